@@ -1,0 +1,3 @@
+from agro_mcp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,373 @@
+"""The one pipeline behind every face (MCP tools, CLI, nightly loop).
+
+It composes the library packages: index generations from ``retrieval``, the cross-encoder stage from
+``reranker`` and the event store from ``training``. It holds no ranking or training logic of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agro_mcp.config import Settings
+from agro_mcp.schemas import SearchHit, SearchResponse
+from retrieval.index import (
+    IndexGeneration,
+    NoIndexError,
+    build_index,
+    current_generation_id,
+    list_corpora,
+    load_current,
+    stale_files,
+    validate_corpus_id,
+)
+from retrieval.search import search as retrieval_search
+from retrieval.types import Hit
+
+__all__ = ["Engine", "UserError", "MAX_K"]
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 50
+
+
+class UserError(ValueError):
+    """Bad input from a caller; the message says how to fix it (surfaces as a ToolError / CLI error)."""
+
+
+@dataclass
+class RankedResult:
+    hits: list[Hit]
+    generation: IndexGeneration
+    timings: dict[str, float]
+    reranking_used: bool
+    reranker_model: str | None
+    fallback_reason: str | None
+
+
+class Engine:
+    """Long-lived state of one server or CLI process: models, loaded generations, the store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.server.home
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._embedder = None
+        self._embedder_error: BaseException | None = None
+        self._embedder_ready = threading.Event()
+        self._embedder_thread: threading.Thread | None = None
+        self._gens: dict[str, IndexGeneration] = {}
+        self._stale: dict[str, tuple[float, str, dict]] = {}
+        self._store = None
+        self._reranker = None
+        self._score_cache = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start_background(self) -> None:
+        """Load the embedding model and the reranker in the background (the MCP handshake must not wait)."""
+        if self._embedder_thread is None:
+            self._embedder_thread = threading.Thread(target=self._load_embedder, name="agro-embedder", daemon=True)
+            self._embedder_thread.start()
+        self.reranker.start()
+
+    def _load_embedder(self) -> None:
+        try:
+            from retrieval.embed import load_embedder
+
+            self._embedder = load_embedder(self.settings.retrieval, batch=self.settings.index.embed_batch)
+            logger.info("embedding model ready: %s (%s)", self._embedder.model_id, self._embedder.dtype)
+        except Exception as exc:  # top-level handler of a background thread: recorded, raised on use
+            logger.exception("embedding model failed to load")
+            self._embedder_error = exc
+        finally:
+            self._embedder_ready.set()
+
+    def embedder(self):
+        if self._embedder_thread is None:
+            with self._lock:
+                if self._embedder_thread is None:
+                    self._embedder_thread = threading.Thread(target=self._load_embedder, daemon=True)
+                    self._embedder_thread.start()
+        self._embedder_ready.wait()
+        if self._embedder is None:
+            raise RuntimeError(
+                f"The embedding model {self.settings.retrieval.embed_model!r} could not be loaded: "
+                f"{self._embedder_error}. Set AGRO_RETRIEVAL_EMBED_MODEL to a local model folder."
+            )
+        return self._embedder
+
+    @property
+    def store(self):
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from training.store import EventStore
+
+                    self._store = EventStore(self.home / "agro.db")
+        return self._store
+
+    @property
+    def reranker(self):
+        if self._reranker is None:
+            with self._lock:
+                if self._reranker is None:
+                    from reranker.cache import ScoreCache
+                    from reranker.manager import RerankerManager
+
+                    self._reranker = RerankerManager(self.settings.reranker, self.home / "models")
+                    self._score_cache = ScoreCache(self.settings.reranker.cache_size)
+        return self._reranker
+
+    def close(self) -> None:
+        if self._reranker is not None:
+            self._reranker.close()
+        if self._store is not None:
+            self._store.close()
+
+    # -- corpora and generations --------------------------------------------------------------------------
+    def corpora(self) -> list[str]:
+        return list_corpora(self.home)
+
+    def resolve_corpus(self, corpus: str | None) -> str:
+        if corpus:
+            try:
+                validate_corpus_id(corpus)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            if corpus not in self.corpora():
+                known = self.corpora()
+                listing = ", ".join(known) if known else "none yet"
+                raise UserError(
+                    f"Unknown corpus {corpus!r}. Known corpora: {listing}. "
+                    f"Index it with: agro index /path/to/repo --corpus {corpus}"
+                )
+            return corpus
+        if self.settings.server.default_corpus:
+            return self.resolve_corpus(self.settings.server.default_corpus)
+        known = self.corpora()
+        if len(known) == 1:
+            return known[0]
+        if not known:
+            raise UserError("No corpus is indexed yet. Index a repository first: agro index /path/to/repo")
+        raise UserError(f"Several corpora are indexed ({', '.join(known)}); pass corpus=<one of them>.")
+
+    def generation(self, corpus: str) -> IndexGeneration:
+        """The published generation of ``corpus``, reloaded when ``current`` has moved."""
+        gen_id = current_generation_id(self.home, corpus)
+        cached = self._gens.get(corpus)
+        if cached is not None and cached.generation_id == gen_id:
+            return cached
+        try:
+            gen = load_current(self.home, corpus)
+        except NoIndexError as exc:
+            raise UserError(str(exc)) from None
+        with self._lock:
+            self._gens[corpus] = gen
+        return gen
+
+    def stale_count(self, gen: IndexGeneration, max_age: float | None = None) -> dict:
+        ttl = self.settings.retrieval.stale_check_ttl_sec if max_age is None else max_age
+        entry = self._stale.get(gen.corpus)
+        now = time.monotonic()
+        if entry and entry[1] == gen.generation_id and now - entry[0] <= ttl:
+            return entry[2]
+        counts = stale_files(gen, self.settings.index)
+        self._stale[gen.corpus] = (now, gen.generation_id, counts)
+        return counts
+
+    # -- the pipeline -------------------------------------------------------------------------------------
+    def validate_query(self, query: str, k: int) -> str:
+        if not isinstance(query, str) or not query.strip():
+            raise UserError("query is empty: pass a question or some code terms, e.g. 'where is the OAuth token validated'")
+        limit = self.settings.retrieval.max_query_chars
+        if len(query) > limit:
+            raise UserError(
+                f"query has {len(query)} characters; the limit is {limit}. Pass the essential part "
+                "(the error message, the identifiers, the question), or raise AGRO_RETRIEVAL_MAX_QUERY_CHARS."
+            )
+        if not 1 <= k <= MAX_K:
+            raise UserError(f"k expects 1..{MAX_K}, but got {k}")
+        return query.strip()
+
+    def rank(
+        self,
+        query: str,
+        corpus: str,
+        k: int,
+        rerank: bool | None = None,
+        path_glob: str | None = None,
+        language: str | None = None,
+    ) -> RankedResult:
+        """Retrieve, fuse and (optionally) rerank: the ranking every face shares."""
+        t0 = time.perf_counter()
+        gen = self.generation(corpus)
+        embedder = self.embedder()
+        if gen.embed_model != embedder.model_id:
+            raise UserError(
+                f"The index of corpus {corpus!r} was built with embedding model {gen.embed_model!r}, but the "
+                f"server uses {embedder.model_id!r}. Rebuild it: agro index {gen.root} --corpus {corpus} --full"
+            )
+        rs = self.settings.reranker
+        want_rerank = rs.enabled if rerank is None else bool(rerank)
+        n_candidates = max(k, rs.topn if rs.topn > 0 else len(gen.chunks)) if want_rerank else k
+        result = retrieval_search(
+            gen, embedder, query, n_candidates, self.settings.retrieval, "fused", path_glob, language
+        )
+        timings = dict(result.timings)
+        hits = result.hits
+        used, model, reason = False, None, None
+        if not want_rerank:
+            reason = "disabled for this call (rerank=false)" if rerank is False else "reranker disabled (AGRO_RERANKER_ENABLED=0)"
+        elif not hits:
+            reason = "no candidates to rerank"
+        else:
+            from reranker.stage import rerank as rerank_stage
+
+            loaded = self.reranker.get(wait=True)
+            if loaded is None:
+                reason = self.reranker.none_reason() or "no reranker model loaded"
+            else:
+                outcome = rerank_stage(query, hits, loaded, rs, self._score_cache)
+                hits, used, model, reason = outcome.hits, outcome.used, outcome.model, outcome.fallback_reason
+                timings["rerank"] = outcome.ms
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return RankedResult(hits[:k], gen, timings, used, model, reason)
+
+    def search(
+        self,
+        query: str,
+        corpus: str | None = None,
+        k: int = 10,
+        rerank: bool | None = None,
+        path_glob: str | None = None,
+        language: str | None = None,
+        source: str = "search",
+    ) -> SearchResponse:
+        query = self.validate_query(query, k)
+        corpus = self.resolve_corpus(corpus)
+        ranked = self.rank(query, corpus, k, rerank, path_glob, language)
+        stale = self.stale_count(ranked.generation)
+        event_id = self.store.log_query(
+            corpus,
+            query,
+            k,
+            ranked.hits,
+            reranker_model=ranked.reranker_model,
+            reranking_used=ranked.reranking_used,
+            fallback_reason=ranked.fallback_reason,
+            latency_ms=ranked.timings["total"],
+            index_generation=ranked.generation.generation_id,
+            source=source,
+        )
+        note = None
+        if stale["total"]:
+            note = f"{stale['total']} file(s) changed on disk since indexing; refresh with rag_index(action='refresh')."
+        if not ranked.hits:
+            note = (note + " " if note else "") + "No match; try other terms, drop filters, or check the corpus."
+        return SearchResponse(
+            event_id=event_id,
+            corpus=corpus,
+            query=query,
+            results=[_hit_out(h) for h in ranked.hits],
+            reranking_used=ranked.reranking_used,
+            reranker_model=ranked.reranker_model,
+            reranker_fallback_reason=ranked.fallback_reason,
+            index_generation=ranked.generation.generation_id,
+            index_stale_files=stale["total"],
+            timings_ms={k_: round(v, 2) for k_, v in ranked.timings.items()},
+            note=note,
+        )
+
+    def corpus_root(self, corpus: str) -> Path | None:
+        """Root folder of an indexed corpus (for validating feedback locations), or None."""
+        try:
+            return self.generation(corpus).root
+        except (UserError, ValueError):
+            return None
+
+    # -- admin ----------------------------------------------------------------------------------------------
+    def admin(self, action: str, run_id: str | None = None, dataset: str | None = None) -> dict:
+        """``reranker_admin`` actions. Training actions live in ``training.jobs`` and are dispatched there."""
+        if action == "info":
+            info = dict(self.reranker.info())
+            latest = self._latest_eval()
+            if latest is not None:
+                info["latest_eval"] = latest
+            return info
+        if action == "reload":
+            return dict(self.reranker.reload())
+        from training.admin import run_admin_action  # training is optional for search-only use
+
+        return run_admin_action(self, action, run_id=run_id, dataset=dataset)
+
+    def _latest_eval(self) -> dict | None:
+        try:
+            return self.store.latest_evaluation()
+        except Exception:  # info must answer even if the store is unavailable
+            logger.debug("no latest evaluation", exc_info=True)
+            return None
+
+    # -- indexing -----------------------------------------------------------------------------------------
+    def index(self, path: str | Path, corpus: str | None = None, full: bool = False, progress=None):
+        root = Path(path).expanduser()
+        corpus = corpus or root.resolve().name
+        try:
+            validate_corpus_id(corpus)
+        except ValueError as exc:
+            raise UserError(f"{exc}. Pass --corpus with a valid id.") from None
+        try:
+            summary = build_index(
+                root, corpus, self.home, self.settings.index, self.settings.retrieval, self.embedder(), progress, full
+            )
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise UserError(str(exc)) from None
+        self._stale.pop(corpus, None)
+        return summary
+
+    def refresh(self, corpus: str | None = None, progress=None):
+        corpus = self.resolve_corpus(corpus)
+        gen = self.generation(corpus)
+        return self.index(gen.root, corpus, progress=progress)
+
+    def status(self, corpus: str | None = None) -> dict:
+        corpus = self.resolve_corpus(corpus)
+        gen = self.generation(corpus)
+        stale = self.stale_count(gen, max_age=0)
+        m = gen.manifest
+        languages: dict[str, int] = {}
+        for rec in m["files"].values():
+            languages[rec["language"]] = languages.get(rec["language"], 0) + 1
+        return {
+            "corpus": corpus,
+            "root": m["root"],
+            "generation": gen.generation_id,
+            "files": m["n_files"],
+            "chunks": m["n_chunks"],
+            "languages": dict(sorted(languages.items(), key=lambda kv: -kv[1])),
+            "stale_files": stale,
+            "last_indexed": m["created_at"],
+            "skipped": m.get("skipped", {}),
+            "embed_model": m["embed_model"],
+        }
+
+
+def _hit_out(h: Hit) -> SearchHit:
+    c = h.chunk
+    return SearchHit(
+        doc_id=c.doc_id,
+        path=c.path,
+        start_line=c.start_line,
+        end_line=c.end_line,
+        language=c.language,
+        symbol=c.symbol,
+        text=c.text,
+        score=round(float(h.score), 6),
+        rerank_score=None if h.rerank_score is None else round(float(h.rerank_score), 6),
+        fused_score=round(float(h.fused_score), 6),
+        bm25_rank=h.bm25_rank,
+        dense_rank=h.dense_rank,
+    )

@@ -1,0 +1,189 @@
+"""The MCP server: tool schemas and thin bodies over ``Engine``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+from agro_mcp.config import Settings
+from agro_mcp.engine import MAX_K, Engine, UserError
+from agro_mcp.schemas import FeedbackResponse, IndexResponse, SearchResponse
+
+__all__ = ["create_server"]
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """agro-mcp searches the user's indexed repositories and learns from your feedback.
+1. Call rag_search with a natural-language question or identifiers; read the hits (path:start-end).
+2. Then call submit_feedback with the event_id from rag_search:
+   - 'used' for each hit you relied on in your answer (the most useful signal after correct_location),
+   - 'correct_location' with path/start_line/end_line when you found the real answer elsewhere (even if it was
+     not in the results),
+   - 'thumbs_down' for a top hit that was clearly irrelevant,
+   - 'click' when you opened/read a hit, 'thumbs_up' / 'rating' (1-5) when the user judged the results.
+Feedback trains the reranker, so the right code comes first next time."""
+
+
+def _user_error(exc: Exception) -> ToolError:
+    return ToolError(str(exc))
+
+
+def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer:
+    """Build the MCP server. Models load in the background once the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[Engine]:
+        eng = engine or Engine(settings)
+        eng.start_background()
+        try:
+            yield eng
+        finally:
+            if engine is None:
+                eng.close()
+
+    server = MCPServer("agro-mcp", instructions=INSTRUCTIONS, lifespan=lifespan, version="0.1.0")
+
+    def _engine(ctx: Context) -> Engine:
+        return ctx.request_context.lifespan_context
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    def rag_search(
+        ctx: Context,
+        query: Annotated[str, Field(min_length=1, description="Question or identifiers; long text (an issue) is fine")],
+        corpus: Annotated[str | None, Field(description="Corpus id; default: the only or configured corpus")] = None,
+        k: Annotated[int, Field(ge=1, le=MAX_K, description="Number of hits")] = 10,
+        rerank: Annotated[bool | None, Field(description="false skips the cross-encoder for this call")] = None,
+        path_glob: Annotated[str | None, Field(description="Only paths matching this glob, e.g. 'src/**/*.py'")] = None,
+        language: Annotated[str | None, Field(description="Only this language, e.g. 'python'")] = None,
+    ) -> SearchResponse:
+        """Search the indexed code for where something is implemented; returns ranked chunks as path:start-end.
+
+        Use it before answering any question about the user's codebase. Afterwards call submit_feedback with the
+        returned event_id: 'used' for each hit you relied on, 'correct_location' (path, start_line, end_line) when
+        the real answer was elsewhere, 'thumbs_down' for an irrelevant top hit. This is how ranking improves.
+        """
+        try:
+            return _engine(ctx).search(query, corpus, k, rerank, path_glob, language)
+        except UserError as exc:
+            raise _user_error(exc) from None
+
+    @server.tool()
+    async def rag_index(
+        ctx: Context,
+        action: Annotated[Literal["index", "refresh", "status", "list"], Field(description="What to do")] = "status",
+        path: Annotated[str | None, Field(description="Repository folder (action 'index')")] = None,
+        corpus: Annotated[str | None, Field(description="Corpus id; default: the folder name")] = None,
+        full: Annotated[bool, Field(description="Rebuild from scratch instead of incrementally")] = False,
+    ) -> IndexResponse:
+        """Build, refresh or inspect a code index: 'index' a folder, 'refresh' changed files, 'status', 'list'.
+
+        Use 'status' when rag_search reports index_stale_files > 0 or results look outdated, then 'refresh'.
+        """
+        eng = _engine(ctx)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            try:
+                anyio.from_thread.run(ctx.report_progress, done, total, f"{stage} {done}/{total}")
+            except Exception:  # progress is best-effort; a client without a token must not fail the build
+                logger.debug("progress notification not delivered", exc_info=True)
+
+        try:
+            if action == "list":
+                data = {"corpora": [_safe_status(eng, c) for c in eng.corpora()]}
+                return IndexResponse(action=action, data=data)
+            if action == "status":
+                return IndexResponse(action=action, corpus=corpus, data=eng.status(corpus))
+            if action == "index":
+                if not path:
+                    raise UserError("action 'index' needs path=<repository folder>")
+                summary = await anyio.to_thread.run_sync(lambda: eng.index(path, corpus, full, progress))
+            else:
+                summary = await anyio.to_thread.run_sync(lambda: eng.refresh(corpus, progress))
+            return IndexResponse(action=action, corpus=summary.corpus, data=summary.to_dict())
+        except UserError as exc:
+            raise _user_error(exc) from None
+        except Exception as exc:  # index errors carry their fix in the message
+            from retrieval.index import IndexError_
+
+            if isinstance(exc, IndexError_):
+                raise ToolError(str(exc)) from None
+            raise
+
+    @server.tool()
+    def submit_feedback(
+        ctx: Context,
+        event_id: Annotated[str, Field(min_length=1, description="event_id returned by rag_search / rag_answer")],
+        signal: Annotated[
+            Literal["click", "used", "thumbs_up", "thumbs_down", "rating", "correct_location"],
+            Field(description="What happened"),
+        ],
+        doc_id: Annotated[str | None, Field(description="The hit (path:start-end) the signal is about")] = None,
+        rating: Annotated[int | None, Field(ge=1, le=5, description="1..5, with signal='rating'")] = None,
+        path: Annotated[str | None, Field(description="correct_location: file path relative to the repo")] = None,
+        start_line: Annotated[int | None, Field(ge=1)] = None,
+        end_line: Annotated[int | None, Field(ge=1)] = None,
+        note: Annotated[str | None, Field(max_length=2000)] = None,
+    ) -> FeedbackResponse:
+        """Tell agro-mcp which results helped, so its reranker learns. Call it after every rag_search you act on.
+
+        Signals: 'used' = you relied on this hit (doc_id); 'correct_location' = the real answer is at
+        path:start_line-end_line (even if not among the results; the strongest signal); 'thumbs_down' = this hit
+        was irrelevant; 'click' = you opened it; 'thumbs_up' / 'rating' (1-5) = the user's judgement.
+        """
+        from training.feedback import FeedbackError, submit_feedback as submit
+
+        eng = _engine(ctx)
+        try:
+            rec = submit(
+                eng.store, event_id, signal, doc_id=doc_id, rating=rating, path=path, start_line=start_line,
+                end_line=end_line, note=note, corpus_root=eng.corpus_root,
+            )
+        except FeedbackError as exc:
+            raise ToolError(str(exc)) from None
+        return FeedbackResponse(
+            feedback_id=rec.feedback_id, event_id=rec.event_id, signal=rec.signal, created=rec.created,
+            message="recorded" if rec.created else "already recorded (identical feedback)",
+        )
+
+    @server.tool()
+    def reranker_admin(
+        ctx: Context,
+        action: Annotated[
+            Literal["info", "reload", "status", "mine", "train", "evaluate", "promote", "rollback", "runs",
+                    "eval_latest", "logs", "cancel"],
+            Field(description="Admin action"),
+        ] = "info",
+        run_id: Annotated[str | None, Field(description="Job / training run id (status, logs, cancel, promote)")] = None,
+        dataset: Annotated[str | None, Field(description="evaluate: 'golden', 'heldout' or a bench collection name")] = None,
+    ) -> dict[str, Any]:
+        """Inspect and manage the learning reranker: 'info', 'reload', and the training loop actions.
+
+        'info' shows the serving model; 'reload' checks models/current now; 'train' / 'evaluate' / 'promote' start
+        background jobs and return a run_id; 'status' / 'logs' / 'runs' report on them; 'rollback' restores the
+        previous release.
+        """
+        eng = _engine(ctx)
+        if action not in ("info", "status", "runs", "eval_latest", "logs") and not eng.settings.server.admin_enabled:
+            raise ToolError("reranker_admin actions that change state are disabled (AGRO_ADMIN_ENABLED=0).")
+        try:
+            return eng.admin(action, run_id=run_id, dataset=dataset)
+        except UserError as exc:
+            raise _user_error(exc) from None
+
+    return server
+
+
+def _safe_status(eng: Engine, corpus: str) -> dict:
+    try:
+        return eng.status(corpus)
+    except UserError as exc:
+        return {"corpus": corpus, "error": str(exc)}

@@ -1,0 +1,438 @@
+"""Cross-encoder loading and scoring on CPU: safetensors only, no remote code, token-based truncation.
+
+The scorer returns raw logits (one per text). Backends (fp32, bf16, int8) sit behind :class:`Backend`; ``auto``
+picks bf16 only when the CPU has native bf16 instructions (AMX or AVX512_BF16), since without them torch emulates
+bf16 matmuls and they run several times slower than fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import warnings
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "UNTRAINED_MARKER",
+    "Backend",
+    "CrossEncoderScorer",
+    "RerankerLoadError",
+    "ScoringCancelled",
+    "cpu_has_native_bf16",
+    "create_from_backbone",
+    "make_backend",
+    "resolve_backend_name",
+]
+
+logger = logging.getLogger(__name__)
+
+UNTRAINED_MARKER = "agro_untrained.json"
+"""File written beside a freshly initialised cross-encoder; training removes it. Such a model is never served."""
+
+_CHARS_PER_TOKEN = 8  # generous upper bound for code: pre-cut texts to this many chars per token of budget
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+class RerankerLoadError(ValueError):
+    """A model reference that cannot be served as a cross-encoder (missing, wrong shape, untrained, unsafe)."""
+
+
+class ScoringCancelled(RuntimeError):
+    """Scoring stopped early because its cancel event was set (the caller gave up on it)."""
+
+
+# --------------------------------------------------------------------------------------------------- backends
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU executes bf16 matmuls natively (flags ``amx_bf16`` or ``avx512_bf16``).
+
+    Args:
+        cpuinfo: text of ``/proc/cpuinfo``; read from the system when None (False when unreadable).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            flags = set(value.split())
+            return any(f in flags for f in _BF16_FLAGS)
+    return False
+
+
+def resolve_backend_name(backend: str, cpuinfo: str | None = None) -> str:
+    """Map ``auto`` to ``bf16`` when the CPU has native bf16, else ``fp32``; other names pass through."""
+    if backend == "auto":
+        return "bf16" if cpu_has_native_bf16(cpuinfo) else "fp32"
+    if backend not in _BACKENDS:
+        raise ValueError(f"reranker backend expects one of auto, {', '.join(_BACKENDS)}, but got {backend!r}")
+    return backend
+
+
+class Backend(ABC):
+    """How a loaded float32 model is prepared and run."""
+
+    name: str
+    dtype: str
+
+    @abstractmethod
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Return the model to run (may convert it in place)."""
+
+    def forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of shape (batch,) as float32."""
+        return model(**inputs).logits[:, 0].float()
+
+
+class Fp32Backend(Backend):
+    name, dtype = "fp32", "float32"
+
+    def prepare(self, model):
+        return model.float()
+
+
+class Bf16Backend(Backend):
+    """Weights and activations in bfloat16 (``model.to(torch.bfloat16)``)."""
+
+    name, dtype = "bf16", "bfloat16"
+
+    def prepare(self, model):
+        import torch
+
+        return model.to(torch.bfloat16)
+
+
+class Bf16AutocastBackend(Backend):
+    """fp32 weights, matmuls under ``torch.autocast('cpu', bfloat16)``; kept for the benchmark's comparison."""
+
+    name, dtype = "bf16-autocast", "float32+autocast(bfloat16)"
+
+    def prepare(self, model):
+        return model.float()
+
+    def forward(self, model, inputs):
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(**inputs).logits[:, 0].float()
+
+
+class Int8Backend(Backend):
+    """Torch dynamic quantisation of every ``nn.Linear`` to int8 (weights int8, activations quantised per batch)."""
+
+    name, dtype = "int8", "qint8-dynamic"
+
+    def prepare(self, model):
+        import torch
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            # torch.ao.quantization is deprecated in favour of torchao; the API still works and is all we need.
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model.float(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+_BACKENDS: dict[str, type[Backend]] = {
+    "fp32": Fp32Backend,
+    "bf16": Bf16Backend,
+    "int8": Int8Backend,
+    "bf16-autocast": Bf16AutocastBackend,
+}
+
+
+def make_backend(name: str, cpuinfo: str | None = None) -> Backend:
+    """Backend for a settings name (``auto``, ``fp32``, ``bf16``, ``int8``, or ``bf16-autocast``)."""
+    return _BACKENDS[resolve_backend_name(name, cpuinfo)]()
+
+
+# ------------------------------------------------------------------------------------------------- resolution
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or ref in (".", "..") or "\\" in ref or ref.count("/") > 1
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise RerankerLoadError(f"cross-encoder path expects a directory, but {path} is a file")
+    if not (path / "config.json").is_file():
+        raise RerankerLoadError(f"cross-encoder directory expects a config.json, but {path} has none")
+    if (path / UNTRAINED_MARKER).exists():
+        raise RerankerLoadError(
+            f"{path} holds a cross-encoder with an untrained head ({UNTRAINED_MARKER}); it would rank at random. "
+            "Train it first (agro bootstrap or agro train), or point AGRO_RERANKER_MODEL_PATH at a trained model."
+        )
+    if not any(path.glob("*.safetensors")):
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        detail = f" (found only {', '.join(found)}: pickle formats are never loaded)" if found else ""
+        raise RerankerLoadError(f"cross-encoder directory expects safetensors weights, but {path} has none{detail}")
+
+
+def _resolve_ref(ref: str) -> tuple[str, bool]:
+    """(what from_pretrained loads, is_local_dir). A path-like ref must exist; anything else is a hub id."""
+    p = Path(ref).expanduser()
+    if p.exists():
+        p = p.resolve()
+        _check_model_dir(p)
+        return str(p), True
+    if _looks_like_path(ref) or Path(ref).is_absolute():
+        raise RerankerLoadError(f"cross-encoder path does not exist: {ref}")
+    return ref, False
+
+
+# ---------------------------------------------------------------------------------------------------- scorer
+
+
+class CrossEncoderScorer:
+    """A loaded cross-encoder: ``score(query, texts)`` returns one raw logit per text.
+
+    Thread-safe for concurrent ``score`` calls (the model is only read). Build with :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        backend: Backend,
+        *,
+        model_id: str,
+        release_id: str | None = None,
+        maxlen: int = 256,
+        query_max_tokens: int = 64,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self._backend = backend
+        self.model_id = model_id
+        self.release_id = release_id
+        self.backend = backend.name
+        self.dtype = backend.dtype
+        self.device = "cpu"
+        self.maxlen = maxlen
+        self.query_max_tokens = query_max_tokens
+        self.loaded_at = time.time()
+        # Specials around a pair ([CLS] q [SEP] t [SEP] = 3 for BERT, 4 for RoBERTa-style).
+        self._n_special = tokenizer.num_special_tokens_to_add(pair=True)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def load(
+        cls,
+        ref: str | Path,
+        *,
+        backend: str = "auto",
+        maxlen: int = 256,
+        query_max_tokens: int = 64,
+        threads: int | None = None,
+        release_id: str | None = None,
+        model_id: str | None = None,
+        local_files_only: bool = True,
+    ) -> CrossEncoderScorer:
+        """Load a cross-encoder from a local directory or a hub id (from the local HF cache by default).
+
+        Raises:
+            RerankerLoadError: missing path, no safetensors, untrained head, or not a 1-label sequence classifier.
+        """
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        source, is_dir = _resolve_ref(str(ref))
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_files_only)
+        except (OSError, ValueError) as exc:
+            raise RerankerLoadError(f"cannot read a model config from {ref}: {exc}") from exc
+        archs = list(getattr(config, "architectures", None) or [])
+        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise RerankerLoadError(
+                f"CrossEncoderScorer expects a sequence classifier (cross-encoder), but {ref} is {', '.join(archs)}"
+            )
+        if config.num_labels != 1:
+            raise RerankerLoadError(
+                f"CrossEncoderScorer expects a cross-encoder with 1 output label, but got {config.num_labels} ({ref})"
+            )
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source,
+                config=config,
+                use_safetensors=True,
+                trust_remote_code=False,
+                local_files_only=local_files_only,
+                dtype=torch.float32,
+            )
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_files_only)
+        except (OSError, ValueError) as exc:
+            raise RerankerLoadError(f"cannot load the cross-encoder at {ref}: {exc}") from exc
+        if not getattr(tokenizer, "is_fast", False):
+            raise RerankerLoadError(f"CrossEncoderScorer expects a fast tokenizer (tokenizer.json), but {ref} has none")
+        model.eval()
+        be = make_backend(backend)
+        model = be.prepare(model)
+        scorer = cls(
+            model,
+            tokenizer,
+            be,
+            model_id=model_id or (release_id or source),
+            release_id=release_id,
+            maxlen=maxlen,
+            query_max_tokens=query_max_tokens,
+        )
+        logger.info("loaded cross-encoder %s (backend %s, local dir %s)", scorer.model_id, be.name, is_dir)
+        return scorer
+
+    # ------------------------------------------------------------------------------------------ tokenisation
+
+    def _cap_query(self, query: str) -> tuple[str, int]:
+        """The query cut to at most ``query_max_tokens`` tokens (by character offsets), and its token count."""
+        cap = max(1, min(self.query_max_tokens, self.maxlen - self._n_special - 1))
+        enc = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        if len(ids) <= cap:
+            return query, len(ids)
+        return query[: enc["offset_mapping"][cap - 1][1]], cap
+
+    def encode(self, query: str, texts: list[str]) -> list[dict[str, list[int]]]:
+        """Token ids for each (query, text) pair, at most ``maxlen`` tokens, keeping each text's first tokens."""
+        query = _clean(query)
+        query, q_len = self._cap_query(query)
+        budget = max(1, self.maxlen - q_len - self._n_special)
+        cut = budget * _CHARS_PER_TOKEN
+        cleaned = [_clean(t[: cut * 2]) for t in texts]  # cheap bound before the exact cut below
+        pre = [t[:cut] for t in cleaned]
+        encs = self._encode_pairs(query, pre)
+        # A text cut by characters that still came out under budget lost content it had room for: redo it whole.
+        redo = [i for i, t in enumerate(cleaned) if len(t) > cut and len(encs[i]["input_ids"]) < self.maxlen]
+        if redo:
+            more = self._encode_pairs(query, [_clean(texts[i][: cut * 16]) for i in redo])
+            for i, e in zip(redo, more):
+                encs[i] = e
+        return encs
+
+    def _encode_pairs(self, query: str, texts: list[str]) -> list[dict[str, list[int]]]:
+        if not texts:
+            return []
+        enc = self.tokenizer(
+            [query] * len(texts),
+            texts,
+            truncation="only_second",
+            max_length=self.maxlen,
+            return_attention_mask=False,
+        )
+        keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+        return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+    # --------------------------------------------------------------------------------------------- scoring
+
+    def score(
+        self, query: str, texts: list[str], batch: int = 16, cancel: threading.Event | None = None
+    ) -> np.ndarray:
+        """Raw logits, one per text, as float32.
+
+        Texts are batched by token length (sorted, padded per batch). ``cancel``, when set between batches,
+        stops the work with :class:`ScoringCancelled`.
+        """
+        import torch
+
+        out = np.zeros(len(texts), dtype=np.float32)
+        if not texts:
+            return out
+        encs = self.encode(query, texts)
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i]["input_ids"]))
+        batch = max(1, int(batch))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch):
+                if cancel is not None and cancel.is_set():
+                    raise ScoringCancelled("scoring cancelled")
+                idx = order[start : start + batch]
+                inputs = self._pad([encs[i] for i in idx])
+                logits = self._backend.forward(self.model, inputs)
+                out[idx] = logits.numpy()
+        return out
+
+    def _pad(self, encs: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        import torch
+
+        width = max(len(e["input_ids"]) for e in encs)
+        ids = torch.full((len(encs), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encs), width), dtype=torch.long)
+        types = torch.zeros((len(encs), width), dtype=torch.long) if "token_type_ids" in encs[0] else None
+        for row, e in enumerate(encs):
+            n = len(e["input_ids"])
+            ids[row, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
+            mask[row, :n] = 1
+            if types is not None:
+                types[row, :n] = torch.tensor(e["token_type_ids"], dtype=torch.long)
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            inputs["token_type_ids"] = types
+        return inputs
+
+    def n_params(self) -> int:
+        """Parameter count of the underlying float model (int8 packed weights are not counted)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "release_id": self.release_id,
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "device": self.device,
+            "loaded_at": self.loaded_at,
+            "maxlen": self.maxlen,
+            "query_max_tokens": self.query_max_tokens,
+        }
+
+
+def _clean(text: str) -> str:
+    """Text the Rust tokenizer accepts: lone surrogates (from undecodable bytes) become U+FFFD."""
+    if not isinstance(text, str):
+        text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------- create
+
+
+def create_from_backbone(out_dir: str | Path, backbone: str | Path | None = None) -> Path:
+    """Write a cross-encoder built from a BERT backbone (default: offline MiniLM) with a fresh 1-logit head.
+
+    The directory gets safetensors weights, config, tokenizer and an ``agro_untrained.json`` marker, so it is
+    refused by :meth:`CrossEncoderScorer.load` until training saves a trained model without the marker.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from retrieval.models import minilm_path
+
+    src = str(backbone) if backbone is not None else str(minilm_path())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Marker first: a crash mid-write must never leave a loadable untrained model.
+    (out / UNTRAINED_MARKER).write_text(
+        json.dumps({"backbone": src, "created_at": time.time(), "note": "fresh classification head; train before use"})
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, num_labels=1, use_safetensors=True, trust_remote_code=False, local_files_only=True
+    )
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(out)  # transformers 5 writes safetensors only
+    AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(out)
+    logger.info("created an untrained cross-encoder from %s at %s", src, out)
+    return out

@@ -1,0 +1,29 @@
+"""Settings for the cross-encoder stage (env prefix AGRO_RERANKER_)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RerankerSettings"]
+
+
+class RerankerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    model_path: str | None = Field(
+        None, description="Local dir or hub id; overrides the promoted release at AGRO_HOME/models/current."
+    )
+    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the cross-encoder score in the blend.")
+    topn: int = Field(50, ge=0, description="Fused candidates reranked (0 = all).")
+    batch: int = Field(16, ge=1)
+    maxlen: int = Field(256, ge=32, le=512, description="Tokens per (query, chunk) pair.")
+    query_max_tokens: int = Field(64, ge=8, description="Cap on the query's share of the window.")
+    backend: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    timeout_ms: int | None = Field(None, ge=1, description="Fall back to fused order past this.")
+    reload_on_change: bool = True
+    reload_period_sec: float = Field(60.0, gt=0)
+    cache_size: int = Field(50_000, ge=0, description="Cached (release, query, chunk) scores.")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: all cores).")

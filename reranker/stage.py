@@ -1,0 +1,179 @@
+"""The rerank stage: score the head of the fused list with the cross-encoder and blend.
+
+Final score of a head hit = ``alpha * minmax(rerank logits over the head) + (1 - alpha) * minmax(fused over the
+head)``. Min-max (not sigmoid) for the logits: a trained cross-encoder's logits for one query's candidates often sit
+in a narrow band far from 0, where a sigmoid squashes them to nearly equal values and alpha stops meaning "weight of
+the cross-encoder". Min-max gives both signals the range [0, 1], so alpha is their true weight. A constant column
+(one candidate, or all equal) normalises to 1.0. Tail hits (below ``topn``) keep their fused order with scores in
+``[head_min - 1, head_min - 0.5]``, strictly below every head score.
+
+The stage never fails a search: any error, or a run past ``timeout_ms``, returns the fused order unchanged with
+``fallback_reason`` set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from reranker.cache import ScoreCache
+from reranker.manager import LoadedReranker, RerankerManager
+from reranker.model import ScoringCancelled
+from reranker.settings import RerankerSettings
+from retrieval.types import Hit
+
+__all__ = ["RerankOutcome", "blend_scores", "minmax", "rerank", "tail_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+class RerankOutcome(NamedTuple):
+    hits: list[Hit]
+    used: bool
+    model: str | None
+    fallback_reason: str | None
+    ms: float
+    cached: int
+
+
+def minmax(values: Sequence[float]) -> np.ndarray:
+    """Min-max to [0, 1]; a constant (or single) column maps to 1.0."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return a
+    lo, hi = float(a.min()), float(a.max())
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        return np.ones_like(a)
+    return (a - lo) / (hi - lo)
+
+
+def blend_scores(rerank: Sequence[float], fused: Sequence[float], alpha: float) -> np.ndarray:
+    """``alpha * minmax(rerank) + (1 - alpha) * minmax(fused)``."""
+    return alpha * minmax(rerank) + (1.0 - alpha) * minmax(fused)
+
+
+def tail_scores(fused: Sequence[float], head_min: float) -> np.ndarray:
+    """Scores for the tail, in ``[head_min - 1, head_min - 0.5]``, monotone in the fused score."""
+    return head_min - 1.0 + 0.5 * minmax(fused)
+
+
+class _Fallback(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _score_with_deadline(
+    loaded: LoadedReranker, query: str, texts: list[str], batch: int, timeout_ms: int | None
+) -> np.ndarray:
+    if timeout_ms is None:
+        return loaded.scorer.score(query, texts, batch)
+    cancel = threading.Event()
+    done = threading.Event()
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["scores"] = loaded.scorer.score(query, texts, batch, cancel)
+        except ScoringCancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, which reports it
+            box["error"] = exc
+        finally:
+            done.set()
+
+    # A daemon thread: past the deadline the search returns, and the worker stops at its next batch boundary.
+    threading.Thread(target=work, name="agro-rerank-score", daemon=True).start()
+    if not done.wait(timeout_ms / 1000.0):
+        cancel.set()
+        raise _Fallback(f"reranker timed out after {timeout_ms} ms")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["scores"]  # type: ignore[return-value]
+
+
+def rerank(
+    query: str,
+    hits: list[Hit],
+    manager_or_loaded: RerankerManager | LoadedReranker | None,
+    settings: RerankerSettings,
+    cache: ScoreCache | None = None,
+    *,
+    wait: bool | float = False,
+) -> RerankOutcome:
+    """Rerank the first ``settings.topn`` hits (0 = all) and blend; the tail keeps its fused order.
+
+    Args:
+        query: the user's query.
+        hits: fused hits, best first (not modified; reranked hits are copies).
+        manager_or_loaded: the process's manager, a model grabbed from it, or None.
+        settings: alpha, topn, batch, timeout_ms.
+        cache: score cache shared by searches (optional).
+        wait: with a manager, how long to wait for its first load (see ``RerankerManager.get``).
+
+    Returns:
+        The new order, or the fused order unchanged with ``fallback_reason`` when reranking was not possible.
+    """
+    t0 = time.perf_counter()
+
+    def fallback(reason: str | None, model: str | None = None, cached: int = 0) -> RerankOutcome:
+        return RerankOutcome(list(hits), False, model, reason, (time.perf_counter() - t0) * 1000.0, cached)
+
+    if not settings.enabled:
+        return fallback("reranker disabled (AGRO_RERANKER_ENABLED=0)")
+    if isinstance(manager_or_loaded, RerankerManager):
+        loaded = manager_or_loaded.get(wait)
+        if loaded is None:
+            return fallback(manager_or_loaded.none_reason or "no reranker model loaded")
+    elif manager_or_loaded is None:
+        return fallback("no reranker model loaded")
+    else:
+        loaded = manager_or_loaded
+    if not hits:
+        return RerankOutcome([], False, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, 0)
+
+    n_head = len(hits) if settings.topn == 0 else min(settings.topn, len(hits))
+    head, tail = hits[:n_head], hits[n_head:]
+    cached = 0
+    try:
+        hashes = [h.chunk.hash for h in head]
+        key = loaded.cache_key
+        scores: list[float | None] = cache.get_many(key, query, hashes) if cache is not None else [None] * n_head
+        missing = [i for i, s in enumerate(scores) if s is None]
+        cached = n_head - len(missing)
+        if missing:
+            new = _score_with_deadline(
+                loaded, query, [head[i].chunk.text for i in missing], settings.batch, settings.timeout_ms
+            )
+            if len(new) != len(missing):
+                raise _Fallback(f"reranker returned {len(new)} scores for {len(missing)} candidates")
+            for i, s in zip(missing, new):
+                scores[i] = float(s)
+            if settings.timeout_ms is not None and (time.perf_counter() - t0) * 1000.0 > settings.timeout_ms:
+                raise _Fallback(f"reranker timed out after {settings.timeout_ms} ms")
+            if cache is not None:
+                cache.put_many(key, query, [(hashes[i], scores[i]) for i in missing])
+        if not all(math.isfinite(s) for s in scores):  # type: ignore[arg-type]
+            raise _Fallback("reranker returned non-finite scores")
+    except _Fallback as exc:
+        logger.warning("rerank fell back to fused order (model %s): %s", loaded.model_id, exc.reason)
+        return fallback(exc.reason, loaded.model_id, cached)
+    except Exception as exc:  # noqa: BLE001 - the stage must never fail a search; the reason is reported
+        reason = f"reranker error: {type(exc).__name__}: {exc}"
+        logger.warning("rerank fell back to fused order (model %s): %s", loaded.model_id, reason, exc_info=exc)
+        return fallback(reason, loaded.model_id, cached)
+
+    final = blend_scores(scores, [h.fused_score for h in head], settings.alpha)  # type: ignore[arg-type]
+    order = sorted(range(n_head), key=lambda i: -final[i])  # stable: ties keep fused order
+    out = [dataclasses.replace(head[i], rerank_score=float(scores[i]), score=float(final[i])) for i in order]
+    if tail:
+        t_scores = tail_scores([h.fused_score for h in tail], float(final.min()))
+        out.extend(dataclasses.replace(h, score=float(s), rerank_score=None) for h, s in zip(tail, t_scores))
+    return RerankOutcome(out, True, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, cached)

@@ -1,0 +1,110 @@
+"""Dense embeddings: a sentence-transformers bi-encoder (all-MiniLM-L6-v2 offline by default)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.models import resolve_model_ref
+from retrieval.settings import RetrievalSettings
+
+__all__ = ["Embedder", "load_embedder", "cpu_supports_bf16"]
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY_WINDOWS = 8
+
+
+def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has native bf16 matmul (AMX or AVX-512 BF16)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+class Embedder:
+    """Encodes chunks and queries into L2-normalised float32 vectors."""
+
+    def __init__(self, model_ref: str, dtype: str = "auto", max_tokens: int = 256, batch: int = 32) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.ref = model_ref
+        path = resolve_model_ref(model_ref)
+        self.dtype = ("bf16" if cpu_supports_bf16() else "fp32") if dtype == "auto" else dtype
+        self._model = SentenceTransformer(path, device="cpu", local_files_only=Path(path).exists())
+        if self.dtype == "bf16":
+            self._model.to(torch.bfloat16)
+        self._model.max_seq_length = max_tokens
+        self.max_tokens = max_tokens
+        self.batch = batch
+        self.dim = int(self._model.get_embedding_dimension())
+        self._lock = threading.Lock()
+        name = Path(path).name if Path(path).exists() else path
+        if Path(path).exists() and (Path(path) / "config.json").is_file():
+            digest = hashlib.sha256((Path(path) / "config.json").read_bytes()).hexdigest()[:8]
+            name = f"{name}@{digest}"
+        # The model id names the weights and the sequence length; vectors from different ids never mix.
+        self.model_id = f"{name}/max{max_tokens}"
+        self.tokenizer = self._model.tokenizer
+
+    def _encode(self, texts: Sequence[str], batch: int) -> np.ndarray:
+        with self._lock:
+            vecs = self._model.encode(
+                list(texts),
+                batch_size=batch,
+                normalize_embeddings=True,
+                convert_to_numpy=False,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+        return vecs.float().cpu().numpy().astype(np.float32)
+
+    def encode_documents(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Vectors for ``texts`` in input order, in batches (sorted by length inside sentence-transformers)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        step = max(self.batch * 8, 256)
+        out = []
+        for i in range(0, len(texts), step):
+            out.append(self._encode(texts[i : i + step], self.batch))
+            if progress:
+                progress(min(step, len(texts) - i))
+        return np.concatenate(out)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One vector for a query of any length.
+
+        A query longer than the model's window (an assistant may paste a whole issue) is split into token windows
+        (at most ``MAX_QUERY_WINDOWS``); their normalised vectors are averaged and renormalised, so every part of
+        the text counts instead of only its first 256 tokens.
+        """
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        window = self.max_tokens - 2
+        if len(ids) <= window:
+            return self._encode([text], 1)[0]
+        pieces = [
+            self.tokenizer.decode(ids[i : i + window]) for i in range(0, len(ids), window)
+        ][:MAX_QUERY_WINDOWS]
+        vecs = self._encode(pieces, len(pieces))
+        mean = vecs.mean(axis=0)
+        return (mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32)
+
+
+def load_embedder(settings: RetrievalSettings, batch: int = 32) -> Embedder:
+    return Embedder(settings.embed_model, settings.embed_dtype, settings.embed_max_tokens, batch)

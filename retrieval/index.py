@@ -1,0 +1,592 @@
+"""Index generations: build, refresh incrementally, publish atomically, load.
+
+Layout under ``AGRO_HOME/indexes/<corpus>/``::
+
+    gens/<generation>/      immutable: manifest.json, chunks.jsonl, vectors.npy, bm25_*.{npz,json}
+    current -> gens/<generation>   switched by creating a new symlink and os.replace()-ing it over the old one
+    .lock                   held (flock) by the one process writing this corpus
+
+A generation is written into ``gens/.tmp-*`` and renamed into place, then ``current`` flips. A crash at any
+point leaves the previous generation published and intact; leftover temp folders are removed by the next build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.chunking import chunk_file
+from retrieval.discovery import DiscoveryResult, FileEntry, detect_language, discover_files, read_text
+from retrieval.lexical import BM25Index
+from retrieval.settings import IndexSettings, RetrievalSettings
+from retrieval.tokenize import code_tokens
+from retrieval.types import Chunk
+
+__all__ = [
+    "INDEX_FORMAT",
+    "IndexError_",
+    "IndexLockedError",
+    "IndexVersionError",
+    "NoIndexError",
+    "IndexGeneration",
+    "IndexSummary",
+    "build_index",
+    "load_current",
+    "current_generation_id",
+    "list_corpora",
+    "corpus_dir",
+    "stale_files",
+    "validate_corpus_id",
+    "document_text",
+    "document_tokens",
+]
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+_CORPUS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class IndexError_(RuntimeError):
+    """Base of index errors; messages say what to run next."""
+
+
+class NoIndexError(IndexError_):
+    pass
+
+
+class IndexVersionError(IndexError_):
+    pass
+
+
+class IndexLockedError(IndexError_):
+    pass
+
+
+def validate_corpus_id(corpus: str) -> str:
+    if not _CORPUS_RE.match(corpus or ""):
+        raise ValueError(
+            f"corpus id expects letters, digits, '.', '_' or '-' (1-128 chars, not starting with a symbol), "
+            f"but got {corpus!r}"
+        )
+    return corpus
+
+
+def corpus_dir(home: Path, corpus: str) -> Path:
+    return home / "indexes" / validate_corpus_id(corpus)
+
+
+def document_text(chunk: Chunk) -> str:
+    """What the bi-encoder sees for a chunk: its location and symbol, then its code."""
+    head = f"# {chunk.path}" + (f" :: {chunk.symbol}" if chunk.symbol else "")
+    return f"{head}\n{chunk.text}"
+
+
+def document_tokens(chunk: Chunk) -> list[str]:
+    """What BM25 sees for a chunk: path and symbol tokens, then the code's tokens."""
+    return code_tokens(chunk.path.replace("/", " ")) + code_tokens(chunk.symbol or "") + code_tokens(chunk.text)
+
+
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class IndexSummary:
+    corpus: str
+    generation: str
+    root: str
+    files: int
+    chunks: int
+    added: int = 0
+    changed: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    non_utf8_files: int = 0
+    published: bool = True
+    elapsed_sec: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class IndexGeneration:
+    """One immutable, fully loaded index generation."""
+
+    corpus: str
+    generation_id: str
+    path: Path
+    manifest: dict
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    lexical: BM25Index
+    languages: np.ndarray
+    paths: np.ndarray
+    _glob_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.manifest["root"])
+
+    @property
+    def files(self) -> dict[str, dict]:
+        return self.manifest["files"]
+
+    @property
+    def embed_model(self) -> str:
+        return self.manifest["embed_model"]
+
+    def path_mask(self, pattern: str) -> np.ndarray:
+        from retrieval.search import glob_to_regex  # local: search imports this module
+
+        mask = self._glob_cache.get(pattern)
+        if mask is None:
+            rx = glob_to_regex(pattern)
+            unique = {p: bool(rx.match(p)) for p in set(self.paths.tolist())}
+            mask = np.fromiter((unique[p] for p in self.paths), dtype=bool, count=len(self.paths))
+            if len(self._glob_cache) > 64:
+                self._glob_cache.clear()
+            self._glob_cache[pattern] = mask
+        return mask
+
+
+# --------------------------------------------------------------------------------------------------------
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _new_generation_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _writer_lock(cdir: Path, corpus: str) -> Iterator[None]:
+    cdir.mkdir(parents=True, exist_ok=True)
+    lock_path = cdir / ".lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise IndexLockedError(
+                f"Corpus {corpus!r} is being indexed by another process (pid {holder}). "
+                "Searches keep working on the current generation; run the index again when that one finishes."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing releases the flock; a killed process releases it too
+
+
+def current_generation_id(home: Path, corpus: str) -> str | None:
+    link = corpus_dir(home, corpus) / "current"
+    try:
+        return Path(os.readlink(link)).name
+    except OSError:
+        return None
+
+
+def list_corpora(home: Path) -> list[str]:
+    base = home / "indexes"
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "current").is_symlink() and (p / "current").exists())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _publish(cdir: Path, tmp: Path, gen_id: str) -> None:
+    gens = cdir / "gens"
+    final = gens / gen_id
+    os.rename(tmp, final)
+    _fsync_dir(gens)
+    link_tmp = cdir / f".current-{uuid.uuid4().hex[:8]}"
+    os.symlink(Path("gens") / gen_id, link_tmp)
+    os.replace(link_tmp, cdir / "current")
+    _fsync_dir(cdir)
+
+
+def _gc(cdir: Path, keep: int) -> None:
+    gens = cdir / "gens"
+    if not gens.is_dir():
+        return
+    cur = os.readlink(cdir / "current") if (cdir / "current").is_symlink() else None
+    cur_name = Path(cur).name if cur else None
+    for p in gens.iterdir():
+        if p.name.startswith(".tmp-"):
+            shutil.rmtree(p, ignore_errors=True)
+    done = sorted((p for p in gens.iterdir() if not p.name.startswith(".")), key=lambda p: p.name, reverse=True)
+    for p in done[keep:]:
+        if p.name != cur_name:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in cdir.iterdir():
+        if p.name.startswith(".current-"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+# --------------------------------------------------------------------------------------------------------
+def _read_manifest(gen_path: Path, corpus: str) -> dict:
+    try:
+        manifest = json.loads((gen_path / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NoIndexError(f"Index generation {gen_path.name} of corpus {corpus!r} has no manifest; rebuild it.") from None
+    fmt = manifest.get("format")
+    if fmt != INDEX_FORMAT:
+        raise IndexVersionError(
+            f"The index of corpus {corpus!r} was written by another agro-mcp version (format {fmt}, this version "
+            f"reads {INDEX_FORMAT}). Rebuild it: agro index {manifest.get('root', 'PATH')} --corpus {corpus} --full"
+        )
+    return manifest
+
+
+def load_generation(gen_path: Path, corpus: str) -> IndexGeneration:
+    manifest = _read_manifest(gen_path, corpus)
+    chunks: list[Chunk] = []
+    with open(gen_path / "chunks.jsonl", encoding="utf-8") as f:
+        for line in f:
+            chunks.append(Chunk.from_dict(json.loads(line)))
+    vectors = np.load(gen_path / "vectors.npy")
+    lexical = BM25Index.load(gen_path)
+    if len(chunks) != vectors.shape[0] or len(chunks) != lexical.n_docs:
+        raise IndexVersionError(
+            f"Index generation {gen_path.name} of corpus {corpus!r} is inconsistent "
+            f"({len(chunks)} chunks, {vectors.shape[0]} vectors, {lexical.n_docs} BM25 rows); "
+            f"rebuild it: agro index {manifest['root']} --corpus {corpus} --full"
+        )
+    return IndexGeneration(
+        corpus=corpus,
+        generation_id=gen_path.name,
+        path=gen_path,
+        manifest=manifest,
+        chunks=chunks,
+        vectors=vectors,
+        lexical=lexical,
+        languages=np.array([c.language for c in chunks], dtype=object),
+        paths=np.array([c.path for c in chunks], dtype=object),
+    )
+
+
+def load_current(home: Path, corpus: str) -> IndexGeneration:
+    """Load the published generation of ``corpus``.
+
+    Raises:
+        NoIndexError: no index yet (the message lists known corpora and the command that builds one).
+        IndexVersionError: written by another format version (the message says how to rebuild).
+    """
+    cdir = corpus_dir(home, corpus)
+    for _attempt in range(3):
+        gen_id = current_generation_id(home, corpus)
+        if gen_id is None:
+            known = list_corpora(home)
+            hint = f" Known corpora: {', '.join(known)}." if known else " No corpus is indexed yet."
+            raise NoIndexError(f"No index for corpus {corpus!r}.{hint} Build it with: agro index /path/to/repo --corpus {corpus}")
+        try:
+            return load_generation(cdir / "gens" / gen_id, corpus)
+        except FileNotFoundError:
+            continue  # a writer published and collected in between; re-resolve current
+    raise NoIndexError(f"Could not load the index of corpus {corpus!r}: it changed while loading; try again.")
+
+
+# --------------------------------------------------------------------------------------------------------
+def stale_files(gen: IndexGeneration, index_settings: IndexSettings, discovered: DiscoveryResult | None = None) -> dict:
+    """Files added, changed or deleted on disk since ``gen`` was built (computed now, never remembered)."""
+    root = gen.root
+    if not root.is_dir():
+        return {"added": 0, "changed": 0, "deleted": len(gen.files), "total": len(gen.files), "root_missing": True}
+    disc = discovered or discover_files(root, index_settings)
+    seen = set()
+    added = changed = 0
+    for fe in disc.files:
+        seen.add(fe.path)
+        rec = gen.files.get(fe.path)
+        if rec is None:
+            added += 1
+        elif rec["size"] != fe.size or rec["mtime_ns"] != fe.mtime_ns:
+            try:
+                if _sha256_file(fe.abs_path) != rec["sha256"]:
+                    changed += 1
+            except OSError:
+                changed += 1
+    deleted = sum(1 for p in gen.files if p not in seen)
+    return {"added": added, "changed": changed, "deleted": deleted, "total": added + changed + deleted}
+
+
+def build_index(
+    root: Path,
+    corpus: str,
+    home: Path,
+    index_settings: IndexSettings,
+    retrieval_settings: RetrievalSettings,
+    embedder,
+    progress: Callable[[str, int, int], None] | None = None,
+    full: bool = False,
+) -> IndexSummary:
+    """Index ``root`` as ``corpus``: only added and changed files are chunked and embedded.
+
+    Publishes a new generation atomically, or none when nothing changed. ``progress(stage, done, total)``.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: bad root.
+        IndexLockedError: another process is writing this corpus.
+    """
+    t0 = time.perf_counter()
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"Cannot index {str(root)!r}: no such directory. Pass the path of a repository.")
+    if not root.is_dir():
+        raise NotADirectoryError(f"Cannot index {str(root)!r}: it is a file, not a directory. Pass the repository folder.")
+    root = root.resolve()
+    cdir = corpus_dir(home, corpus)
+    timings: dict[str, float] = {}
+    with _writer_lock(cdir, corpus):
+        _gc(cdir, index_settings.keep_generations)
+        prev: IndexGeneration | None = None
+        if not full:
+            try:
+                prev = load_current(home, corpus)
+            except (NoIndexError, IndexVersionError) as exc:
+                logger.info("full build of %s: %s", corpus, exc)
+                prev = None
+            if prev is not None and (prev.embed_model != embedder.model_id or Path(prev.manifest["root"]) != root):
+                logger.info("full build of %s: embedding model or root changed", corpus)
+                prev = None
+            if prev is not None and prev.manifest.get("index_settings") != _chunk_params(index_settings):
+                logger.info("full build of %s: chunking settings changed", corpus)
+                prev = None
+
+        t = time.perf_counter()
+        disc = discover_files(root, index_settings)
+        timings["discover"] = time.perf_counter() - t
+        prev_files = prev.files if prev else {}
+        prev_ranges: dict[str, tuple[int, int]] = {}
+        if prev is not None:
+            for p, rec in prev_files.items():
+                prev_ranges[p] = (rec["first_chunk"], rec["first_chunk"] + rec["n_chunks"])
+
+        t = time.perf_counter()
+        files_meta: dict[str, dict] = {}
+        new_chunks: list[Chunk] = []
+        order_spec: list[tuple[str, int]] = []  # ("old", row) or ("new", idx into new_chunks)
+        added = changed = unchanged = non_utf8 = 0
+        unreadable = 0
+        total = len(disc.files)
+        for i, fe in enumerate(disc.files):
+            rec = prev_files.get(fe.path)
+            first = len(order_spec)
+            if rec is not None and rec["size"] == fe.size and rec["mtime_ns"] == fe.mtime_ns:
+                sha = rec["sha256"]
+            else:
+                try:
+                    sha = _sha256_file(fe.abs_path)
+                except OSError:
+                    unreadable += 1
+                    continue
+            if rec is not None and rec["sha256"] == sha:
+                lo, hi = prev_ranges[fe.path]
+                order_spec.extend(("old", r) for r in range(lo, hi))
+                unchanged += 1
+                lang = rec["language"]
+                non_utf8 += int(rec.get("non_utf8", False))
+                bad = rec.get("non_utf8", False)
+            else:
+                try:
+                    text, utf8_ok = read_text(fe.abs_path)
+                    bad = not utf8_ok
+                except OSError:
+                    unreadable += 1
+                    continue
+                non_utf8 += int(bad)
+                chunks = chunk_file(fe.path, text, index_settings)
+                order_spec.extend(("new", len(new_chunks) + j) for j in range(len(chunks)))
+                new_chunks.extend(chunks)
+                lang = detect_language(fe.path)
+                if rec is None:
+                    added += 1
+                else:
+                    changed += 1
+            files_meta[fe.path] = {
+                "sha256": sha,
+                "size": fe.size,
+                "mtime_ns": fe.mtime_ns,
+                "language": lang,
+                "first_chunk": first,
+                "n_chunks": len(order_spec) - first,
+                "non_utf8": bool(bad),
+            }
+            if progress and (i % 200 == 0 or i == total - 1):
+                progress("chunk", i + 1, total)
+        deleted = sum(1 for p in prev_files if p not in files_meta)
+        timings["chunk"] = time.perf_counter() - t
+        skipped = dict(disc.skipped)
+        if unreadable:
+            skipped["unreadable"] = skipped.get("unreadable", 0) + unreadable
+
+        if prev is not None and not (added or changed or deleted):
+            summary = IndexSummary(
+                corpus=corpus, generation=prev.generation_id, root=str(root), files=len(files_meta),
+                chunks=len(prev.chunks), unchanged=unchanged, skipped=skipped, non_utf8_files=non_utf8,
+                published=False, elapsed_sec=time.perf_counter() - t0, timings=timings,
+            )
+            logger.info("corpus %s unchanged; generation %s stays current", corpus, prev.generation_id)
+            return summary
+
+        # Embeddings: reuse by chunk hash from the previous generation, embed the rest.
+        t = time.perf_counter()
+        old_vec_by_hash: dict[str, int] = {}
+        if prev is not None:
+            for r, c in enumerate(prev.chunks):
+                old_vec_by_hash.setdefault(c.hash, r)
+        to_embed = [j for j, c in enumerate(new_chunks) if c.hash not in old_vec_by_hash]
+        dim = embedder.dim
+        new_vecs = np.zeros((len(new_chunks), dim), dtype=np.float32)
+        if to_embed:
+            texts = [document_text(new_chunks[j]) for j in to_embed]
+            done = [0]
+
+            def _tick(n: int) -> None:
+                done[0] += n
+                if progress:
+                    progress("embed", done[0], len(texts))
+
+            new_vecs[to_embed] = embedder.encode_documents(texts, progress=_tick)
+        for j, c in enumerate(new_chunks):
+            r = old_vec_by_hash.get(c.hash)
+            if r is not None:
+                new_vecs[j] = prev.vectors[r]
+        timings["embed"] = time.perf_counter() - t
+
+        # Assemble rows: old rows first in the stacked arrays, then new ones.
+        t = time.perf_counter()
+        n_old = len(prev.chunks) if prev is not None else 0
+        order = np.fromiter(((r if kind == "old" else n_old + r) for kind, r in order_spec), dtype=np.int64, count=len(order_spec))
+        all_chunks = (prev.chunks if prev is not None else []) + new_chunks
+        chunks_final = [all_chunks[i] for i in order]
+        vec_stack = np.concatenate([prev.vectors, new_vecs]) if prev is not None else new_vecs
+        vectors = np.ascontiguousarray(vec_stack[order]) if len(order) else np.zeros((0, dim), np.float32)
+        lexical = BM25Index.restack(
+            prev.lexical if prev is not None else None,
+            [document_tokens(c) for c in new_chunks],
+            order,
+            k1=retrieval_settings.bm25_k1,
+            b=retrieval_settings.bm25_b,
+        )
+        timings["lexical"] = time.perf_counter() - t
+
+        # Write the generation beside the live one, then publish.
+        t = time.perf_counter()
+        gen_id = _new_generation_id()
+        gens = cdir / "gens"
+        gens.mkdir(parents=True, exist_ok=True)
+        tmp = gens / f".tmp-{gen_id}"
+        tmp.mkdir()
+        try:
+            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
+                for c in chunks_final:
+                    f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            with open(tmp / "vectors.npy", "wb") as f:
+                np.save(f, vectors)
+                f.flush()
+                os.fsync(f.fileno())
+            lexical.save(tmp)
+            manifest = {
+                "format": INDEX_FORMAT,
+                "corpus": corpus,
+                "root": str(root),
+                "generation": gen_id,
+                "parent": prev.generation_id if prev is not None else None,
+                "created_at": _now_iso(),
+                "embed_model": embedder.model_id,
+                "embed_dim": dim,
+                "bm25": lexical.params(),
+                "index_settings": _chunk_params(index_settings),
+                "versions": _versions(),
+                "n_chunks": len(chunks_final),
+                "n_files": len(files_meta),
+                "skipped": skipped,
+                "files": files_meta,
+            }
+            _write_file(tmp / "manifest.json", json.dumps(manifest, ensure_ascii=False).encode("utf-8"))
+            _fsync_dir(tmp)
+            _publish(cdir, tmp, gen_id)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        timings["write"] = time.perf_counter() - t
+        _gc(cdir, index_settings.keep_generations)
+        summary = IndexSummary(
+            corpus=corpus, generation=gen_id, root=str(root), files=len(files_meta), chunks=len(chunks_final),
+            added=added, changed=changed, deleted=deleted, unchanged=unchanged, embedded=len(to_embed),
+            skipped=skipped, non_utf8_files=non_utf8, published=True,
+            elapsed_sec=time.perf_counter() - t0, timings=timings,
+        )
+        logger.info("indexed %s: %s", corpus, {k: v for k, v in summary.to_dict().items() if k != "timings"})
+        return summary
+
+
+def _chunk_params(s: IndexSettings) -> dict:
+    """Settings that change which chunks exist; a change forces a full rebuild."""
+    return {
+        "max_chunk_lines": s.max_chunk_lines,
+        "window_lines": s.window_lines,
+        "window_overlap": s.window_overlap,
+        "tokenizer": _tokenizer_version(),
+    }
+
+
+def _tokenizer_version() -> str:
+    from retrieval import tokenize
+
+    return str(getattr(tokenize, "TOKENIZER_VERSION", "1"))
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("agro-mcp", "numpy", "scipy", "sentence-transformers", "torch", "tree-sitter"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out

@@ -1,0 +1,197 @@
+"""Query an index generation: BM25, dense, and their reciprocal-rank fusion."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+
+from retrieval.index import IndexGeneration
+from retrieval.settings import RetrievalSettings
+from retrieval.tokenize import code_tokens
+from retrieval.types import Hit
+
+__all__ = ["SearchResult", "search", "rrf", "query_terms", "glob_to_regex", "top_k_indices", "Mode"]
+
+Mode = Literal["bm25", "dense", "fused"]
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    timings: dict[str, float] = field(default_factory=dict)
+    query_terms: list[str] = field(default_factory=list)
+    candidates: dict[str, int] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=256)
+def glob_to_regex(pattern: str) -> re.Pattern:
+    """Compile a path glob: ``*`` stays inside one folder, ``**/`` spans folders, ``?`` one char, ``[...]`` a set.
+
+    A pattern without ``/`` matches a file or folder name at any depth (``*.py``), as in .gitignore.
+    """
+    pat = pattern.strip().removeprefix("./").lstrip("/")
+    if "/" not in pat:
+        pat = "**/" + pat
+    out, i = [], 0
+    while i < len(pat):
+        ch = pat[i]
+        if pat.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pat.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif ch == "*":
+            out.append("[^/]*")
+            i += 1
+        elif ch == "?":
+            out.append("[^/]")
+            i += 1
+        elif ch == "[":
+            j = pat.find("]", i + 1)
+            if j == -1:
+                out.append(re.escape(ch))
+                i += 1
+            else:
+                body = pat[i + 1 : j].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = j + 1
+        else:
+            out.append(re.escape(ch))
+            i += 1
+    # "dir/" matches everything below dir; any other pattern also matches as a folder prefix ("retrieval").
+    suffix = ".*" if pat.endswith("/") else "(?:/.*)?"
+    return re.compile("".join(out) + suffix + r"\Z")
+
+
+def query_terms(text: str, gen: IndexGeneration, max_terms: int) -> list[str]:
+    """BM25 terms of a query. A long query keeps its ``max_terms`` rarest known terms (highest IDF), with
+    their repeat counts, so a pasted issue is matched on its distinctive identifiers rather than on the
+    hundreds of common words around them."""
+    toks = [t for t in code_tokens(text) if t in gen.lexical.vocab]
+    counts = Counter(toks)
+    if len(counts) <= max_terms:
+        return toks
+    keep = set(sorted(counts, key=lambda t: (-gen.lexical.idf_of(t), t))[:max_terms])
+    return [t for t in toks if t in keep]
+
+
+def top_k_indices(scores: np.ndarray, k: int, valid: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``k`` highest scores (descending, ties by index), among ``valid`` ones."""
+    if valid is not None:
+        idx = np.flatnonzero(valid)
+        sub = scores[idx]
+    else:
+        idx = None
+        sub = scores
+    if sub.size == 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(k, sub.size)
+    part = np.argpartition(-sub, k - 1)[:k] if k < sub.size else np.arange(sub.size)
+    part = part[np.lexsort((part, -sub[part]))]
+    return idx[part] if idx is not None else part
+
+
+def rrf(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score(d) = sum over lists of 1 / (k + rank), rank 1-based.
+
+    Returns (doc, score) by descending score; ties keep the order of first appearance.
+    """
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, doc in enumerate(ranking, start=1):
+            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+    first_seen = {}
+    for ranking in rankings:
+        for pos, doc in enumerate(ranking):
+            first_seen.setdefault(doc, (pos, len(first_seen)))
+    return sorted(scores.items(), key=lambda kv: (-kv[1], first_seen[kv[0]]))
+
+
+def _filter_mask(gen: IndexGeneration, path_glob: str | None, language: str | None) -> np.ndarray | None:
+    mask = None
+    if path_glob:
+        mask = gen.path_mask(path_glob)
+    if language:
+        lm = gen.languages == language.lower()
+        mask = lm if mask is None else (mask & lm)
+    return mask
+
+
+def search(
+    gen: IndexGeneration,
+    embedder,
+    query: str,
+    k: int,
+    settings: RetrievalSettings,
+    mode: Mode = "fused",
+    path_glob: str | None = None,
+    language: str | None = None,
+    query_vector: np.ndarray | None = None,
+) -> SearchResult:
+    """Rank ``gen``'s chunks for ``query`` and return the top ``k`` hits.
+
+    ``mode`` picks BM25 alone, dense alone, or their RRF fusion (each side contributing its top
+    ``lexical_candidates`` / ``dense_candidates``). Filters restrict both sides before ranking.
+    """
+    timings: dict[str, float] = {}
+    mask = _filter_mask(gen, path_glob, language)
+    bm25_order: np.ndarray = np.zeros(0, dtype=np.int64)
+    dense_order: np.ndarray = np.zeros(0, dtype=np.int64)
+    bm25_scores = dense_scores = None
+    terms: list[str] = []
+
+    if mode in ("bm25", "fused"):
+        t = time.perf_counter()
+        terms = query_terms(query, gen, settings.max_query_terms)
+        bm25_scores = gen.lexical.scores(terms)
+        valid = bm25_scores > 0
+        if mask is not None:
+            valid &= mask
+        n = settings.lexical_candidates if mode == "fused" else k
+        bm25_order = top_k_indices(bm25_scores, n, valid)
+        timings["lexical"] = (time.perf_counter() - t) * 1000
+
+    if mode in ("dense", "fused") and len(gen.chunks):
+        t = time.perf_counter()
+        qv = query_vector if query_vector is not None else embedder.encode_query(query)
+        timings["embed_query"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        dense_scores = gen.vectors @ qv
+        n = settings.dense_candidates if mode == "fused" else k
+        dense_order = top_k_indices(dense_scores, n, mask)
+        timings["dense"] = (time.perf_counter() - t) * 1000
+
+    t = time.perf_counter()
+    bm25_rank = {int(d): r for r, d in enumerate(bm25_order, start=1)}
+    dense_rank = {int(d): r for r, d in enumerate(dense_order, start=1)}
+    if mode == "bm25":
+        ranked = [(int(d), float(bm25_scores[d])) for d in bm25_order[:k]]
+    elif mode == "dense":
+        ranked = [(int(d), float(dense_scores[d])) for d in dense_order[:k]]
+    else:
+        ranked = rrf([bm25_order.tolist(), dense_order.tolist()], settings.rrf_k)[:k]
+    hits = []
+    for d, s in ranked:
+        hits.append(
+            Hit(
+                chunk=gen.chunks[d],
+                fused_score=s,
+                score=s,
+                bm25_rank=bm25_rank.get(d),
+                dense_rank=dense_rank.get(d),
+                bm25_score=float(bm25_scores[d]) if bm25_scores is not None and d in bm25_rank else None,
+                dense_score=float(dense_scores[d]) if dense_scores is not None else None,
+            )
+        )
+    timings["fusion"] = (time.perf_counter() - t) * 1000
+    return SearchResult(hits=hits, timings=timings, query_terms=terms,
+                        candidates={"bm25": len(bm25_order), "dense": len(dense_order)})

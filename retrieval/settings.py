@@ -1,0 +1,72 @@
+"""Settings for indexing and retrieval (env prefixes AGRO_INDEX_ and AGRO_RETRIEVAL_)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["IndexSettings", "RetrievalSettings", "DEFAULT_IGNORES", "DEFAULT_SECRET_PATTERNS"]
+
+DEFAULT_IGNORES: tuple[str, ...] = (
+    ".git/", ".hg/", ".svn/", "node_modules/", "dist/", "build/", ".venv/", "venv/", "env/",
+    "__pycache__/", ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", ".tox/", ".nox/", "target/",
+    "vendor/", "third_party/", ".idea/", ".vscode/", "*.egg-info/", ".next/", "coverage/",
+    "*.min.js", "*.min.css", "*.map", "package-lock.json", "yarn.lock", "pnpm-lock.yaml",
+    "poetry.lock", "Cargo.lock", "Pipfile.lock", "uv.lock", "composer.lock", "go.sum", "Gemfile.lock",
+)
+
+DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
+    ".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
+    "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".pgpass", ".npmrc", ".pypirc",
+    "credentials", "credentials.json", "*credentials*.json", "secrets.json", "secrets.yaml",
+    "secrets.yml", "*.secret", "service-account*.json", ".htpasswd", ".git-credentials",
+)
+
+
+class IndexSettings(BaseModel):
+    """How a repository is walked and chunked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_file_bytes: int = Field(1_000_000, ge=1_000, description="Files larger than this are skipped.")
+    extra_ignores: list[str] = Field(default_factory=list, description="Extra gitignore-style patterns.")
+    respect_gitignore: bool = True
+    index_secrets: bool = Field(False, description="Index files that look like secrets (never by default).")
+    max_chunk_lines: int = Field(80, ge=10, description="Symbols longer than this are split, header kept.")
+    window_lines: int = Field(40, ge=5, description="Line window for files without a syntax chunker.")
+    window_overlap: int = Field(10, ge=0)
+    embed_batch: int = Field(32, ge=1)
+    keep_generations: int = Field(3, ge=1, description="Index generations kept on disk per corpus.")
+
+    @model_validator(mode="after")
+    def _check_window(self) -> "IndexSettings":
+        if self.window_overlap >= self.window_lines:
+            raise ValueError(
+                f"window_overlap expects a value below window_lines ({self.window_lines}), "
+                f"but got {self.window_overlap}"
+            )
+        return self
+
+
+class RetrievalSettings(BaseModel):
+    """How a query is run against an index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embed_model: str = Field(
+        "auto",
+        description="Embedding model: 'auto' (the offline all-MiniLM-L6-v2 wheel), a local dir or a hub id.",
+    )
+    embed_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    embed_max_tokens: int = Field(256, ge=16, le=512)
+    bm25_k1: float = Field(1.2, gt=0)
+    bm25_b: float = Field(0.75, ge=0, le=1)
+    rrf_k: int = Field(60, ge=1)
+    lexical_candidates: int = Field(100, ge=1)
+    dense_candidates: int = Field(100, ge=1)
+    max_query_chars: int = Field(20_000, ge=100, description="Queries longer than this are rejected.")
+    max_query_terms: int = Field(
+        64, ge=4, description="Long queries keep at most this many distinct terms (highest IDF) for BM25."
+    )
+    stale_check_ttl_sec: float = Field(10.0, ge=0, description="How long a stale-file count is reused.")

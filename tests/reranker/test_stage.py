@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from reranker.cache import ScoreCache
+from reranker.manager import LoadedReranker
+from reranker.model import CrossEncoderScorer, ScoringCancelled
+from reranker.settings import RerankerSettings
+from reranker.stage import blend_scores, minmax, rerank
+from retrieval.types import Chunk, Hit
+
+
+class TableScorer:
+    """A model stand-in whose logit for a text is looked up in a table (the stage is the unit under test)."""
+
+    backend, dtype, device = "fp32", "float32", "cpu"
+
+    def __init__(self, table: dict[str, float]) -> None:
+        self.table = table
+        self.calls = 0
+
+    def score(self, query, texts, batch=16, cancel=None):
+        self.calls += 1
+        return np.array([self.table[t] for t in texts], dtype=np.float32)
+
+
+class FailsOnceScorer(TableScorer):
+    def score(self, query, texts, batch=16, cancel=None):
+        self.calls += 1
+        if self.calls == 1:
+            raise MemoryError("out of memory in matmul")
+        return super().score(query, texts, batch, cancel)
+
+
+class BlockingScorer(TableScorer):
+    """Works until its cancel event is set: models a stage far slower than the timeout."""
+
+    def __init__(self, table):
+        super().__init__(table)
+        self.cancelled = threading.Event()
+
+    def score(self, query, texts, batch=16, cancel=None):
+        cancel.wait()
+        self.cancelled.set()
+        raise ScoringCancelled("cancelled")
+
+
+def hits_from(fused: list[float]) -> list[Hit]:
+    return [Hit(Chunk.make(f"f{i}.py", 1, 2, "python", None, f"t{i}"), fused_score=f, score=f) for i, f in
+            enumerate(fused)]
+
+
+def loaded(scorer) -> LoadedReranker:
+    return LoadedReranker(scorer=scorer, model_id="r-test", identity=("test", id(scorer)))
+
+
+def test_blend_matches_a_hand_computed_example():
+    # fused head 0.05, 0.04, 0.03 -> minmax 1, 0.5, 0; logits 1, 3, 2 -> minmax 0, 1, 0.5; alpha 0.7:
+    # t0 = 0.7*0 + 0.3*1 = 0.30, t1 = 0.7*1 + 0.3*0.5 = 0.85, t2 = 0.7*0.5 + 0.3*0 = 0.35
+    hits = hits_from([0.05, 0.04, 0.03, 0.02, 0.01])
+    scorer = TableScorer({"t0": 1.0, "t1": 3.0, "t2": 2.0})
+    out = rerank("q", hits, loaded(scorer), RerankerSettings(alpha=0.7, topn=3), None)
+    assert out.used and out.fallback_reason is None and out.model == "r-test"
+    assert [h.doc_id for h in out.hits] == ["f1.py:1-2", "f2.py:1-2", "f0.py:1-2", "f3.py:1-2", "f4.py:1-2"]
+    np.testing.assert_allclose([h.score for h in out.hits[:3]], [0.85, 0.35, 0.30])
+    assert [h.rerank_score for h in out.hits[:3]] == [3.0, 2.0, 1.0]
+    assert [h.fused_score for h in out.hits[:3]] == [0.04, 0.03, 0.05]
+    # Tail: fused 0.02, 0.01 -> minmax 1, 0 -> head_min - 1 + 0.5 * (1, 0) = -0.2, -0.7
+    np.testing.assert_allclose([h.score for h in out.hits[3:]], [-0.2, -0.7])
+    assert all(h.rerank_score is None for h in out.hits[3:])
+
+
+def test_gate_reranks_only_the_head_and_the_tail_keeps_fused_order_below_it():
+    fused = [1.0 - i * 0.01 for i in range(10)]
+    hits = hits_from(fused)
+    table = {f"t{i}": float(i) for i in range(10)}  # the model prefers the worst fused hits
+    out = rerank("q", hits, loaded(TableScorer(table)), RerankerSettings(alpha=1.0, topn=4), None)
+    assert [h.doc_id for h in out.hits[4:]] == [h.doc_id for h in hits[4:]]
+    assert min(h.score for h in out.hits[:4]) > max(h.score for h in out.hits[4:])
+    assert [h.score for h in out.hits] == sorted([h.score for h in out.hits], reverse=True)
+    all_out = rerank("q", hits, loaded(TableScorer(table)), RerankerSettings(alpha=1.0, topn=0), None)
+    assert [h.doc_id for h in all_out.hits] == [h.doc_id for h in reversed(hits)]
+
+
+def test_alpha_one_orders_by_the_cross_encoder_score_alone():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=20)
+    hits = hits_from(sorted(rng.random(20), reverse=True))
+    out = rerank("q", hits, loaded(TableScorer({f"t{i}": float(v) for i, v in enumerate(logits)})),
+                 RerankerSettings(alpha=1.0, topn=0), None)
+    assert [h.doc_id for h in out.hits] == [f"f{i}.py:1-2" for i in np.argsort(-logits, kind="stable")]
+
+
+def test_single_candidate_and_constant_scores_do_not_divide_by_zero():
+    assert minmax([4.2]).tolist() == [1.0]
+    np.testing.assert_allclose(blend_scores([2.0, 2.0, 2.0], [0.3, 0.2, 0.1], 0.5), [1.0, 0.75, 0.5])
+    out = rerank("q", hits_from([0.5]), loaded(TableScorer({"t0": -3.0})), RerankerSettings(), None)
+    assert out.used and out.hits[0].score == 1.0 and out.hits[0].rerank_score == -3.0
+
+
+def test_reranking_leaves_the_callers_hits_untouched():
+    hits = hits_from([0.3, 0.2, 0.1])
+    before = [(h.doc_id, h.score, h.rerank_score) for h in hits]
+    rerank("q", hits, loaded(TableScorer({"t0": 0.0, "t1": 5.0, "t2": 1.0})), RerankerSettings(), None)
+    assert [(h.doc_id, h.score, h.rerank_score) for h in hits] == before
+
+
+def test_a_model_that_raises_falls_back_to_fused_order_and_the_next_call_reranks(caplog):
+    hits = hits_from([0.3, 0.2, 0.1])
+    lr = loaded(FailsOnceScorer({"t0": 0.0, "t1": 5.0, "t2": 1.0}))
+    first = rerank("q", hits, lr, RerankerSettings(), None)
+    assert not first.used and "MemoryError" in first.fallback_reason
+    assert [h.doc_id for h in first.hits] == [h.doc_id for h in hits]
+    assert [h.score for h in first.hits] == [0.3, 0.2, 0.1]
+    assert any("fell back" in r.message for r in caplog.records)
+    second = rerank("q", hits, lr, RerankerSettings(), None)
+    assert second.used and second.hits[0].doc_id == "f1.py:1-2"
+
+
+def test_a_stage_slower_than_the_timeout_falls_back_and_stops_the_worker():
+    hits = hits_from([0.3, 0.2])
+    scorer = BlockingScorer({})
+    out = rerank("q", hits, loaded(scorer), RerankerSettings(timeout_ms=30), None)
+    assert not out.used and "timed out after 30 ms" in out.fallback_reason
+    assert [h.doc_id for h in out.hits] == [h.doc_id for h in hits]
+    assert scorer.cancelled.wait(5)
+
+
+def test_timeout_with_a_real_model_that_is_fast_enough_reranks(tiny_dir):
+    scorer = CrossEncoderScorer.load(tiny_dir, backend="fp32")
+    out = rerank("q", hits_from([0.3, 0.2, 0.1]), loaded(scorer), RerankerSettings(timeout_ms=60_000), None)
+    assert out.used and all(h.rerank_score is not None for h in out.hits)
+
+
+def test_no_model_or_disabled_falls_back_with_a_reason():
+    hits = hits_from([0.3, 0.2])
+    assert rerank("q", hits, None, RerankerSettings(), None).fallback_reason == "no reranker model loaded"
+    off = rerank("q", hits, loaded(TableScorer({})), RerankerSettings(enabled=False), None)
+    assert not off.used and "disabled" in off.fallback_reason
+
+
+def test_cached_scores_are_reused_for_the_same_model_and_query():
+    cache = ScoreCache(100)
+    table = {f"t{i}": float(i) for i in range(5)}
+    scorer = TableScorer(table)
+    lr = loaded(scorer)
+    first = rerank("q", hits_from([0.5, 0.4, 0.3]), lr, RerankerSettings(), cache)
+    assert first.cached == 0 and scorer.calls == 1
+    second = rerank("q", hits_from([0.5, 0.4, 0.3, 0.2, 0.1]), lr, RerankerSettings(), cache)
+    assert second.cached == 3 and scorer.calls == 2
+    assert [h.rerank_score for h in second.hits] == [4.0, 3.0, 2.0, 1.0, 0.0]
+    third = rerank("q", hits_from([0.5, 0.4]), lr, RerankerSettings(), cache)
+    assert third.cached == 2 and scorer.calls == 2
+    other_model = rerank("q", hits_from([0.5, 0.4]), loaded(TableScorer(table)), RerankerSettings(), cache)
+    assert other_model.cached == 0
+
+
+def test_cache_evicts_least_recently_used_and_size_zero_stores_nothing():
+    cache = ScoreCache(2)
+    cache.put_many("m", "q", [("a", 1.0), ("b", 2.0)])
+    assert cache.get_many("m", "q", ["a"]) == [1.0]
+    cache.put_many("m", "q", [("c", 3.0)])
+    assert cache.get_many("m", "q", ["a", "b", "c"]) == [1.0, None, 3.0]
+    off = ScoreCache(0)
+    off.put_many("m", "q", [("a", 1.0)])
+    assert len(off) == 0
+
+
+@pytest.mark.parametrize("query", ["   ", "", "naïve 🦀 \udcff"])
+def test_odd_queries_and_empty_chunks_rerank_with_a_real_model(tiny_dir, query):
+    scorer = CrossEncoderScorer.load(tiny_dir, backend="fp32", maxlen=32)
+    hits = [Hit(Chunk.make("a.py", 1, 1, "python", None, t), fused_score=f, score=f)
+            for t, f in [("", 0.3), ("x\udcfey", 0.2), ("def f(): pass", 0.1)]]
+    out = rerank(query, hits, loaded(scorer), RerankerSettings(), ScoreCache(10))
+    assert out.used and len(out.hits) == 3

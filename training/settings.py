@@ -1,0 +1,28 @@
+"""Settings for mining, training, evaluation and promotion (env prefix AGRO_TRAINING_)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["TrainingSettings"]
+
+
+class TrainingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str | None = Field(None, description="Base when no release exists (local dir or hub id).")
+    loss: Literal["bce", "lambda", "mnrl"] = "bce"
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    max_length: int = Field(256, ge=32, le=512)
+    seed: int = 13
+    negatives_per_query: int = Field(4, ge=1)
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    min_triplets: int = Field(20, ge=1)
+    bootstrap_cap: int = Field(3000, ge=10)
+    promote_delta: float = Field(0.02, ge=0, description="Relative MRR@10 gain required to promote.")
+    promote_min_queries: int = Field(30, ge=1)
+    bf16: bool = Field(True, description="bf16 autocast when the CPU supports it.")

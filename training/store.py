@@ -1,0 +1,966 @@
+"""The event store: query events, feedback, chunk texts, evaluations, promotions and jobs in one SQLite file.
+
+Several server processes (one per MCP client session) and their worker threads share ``AGRO_HOME/agro.db``.
+What keeps that safe, measured in DESIGN.md section 3: WAL, ``synchronous=FULL``, a busy timeout and
+``BEGIN IMMEDIATE`` for every write, so a write either commits durably before its call returns or not at all.
+Each thread gets its own connection; :meth:`EventStore.close` closes them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from retrieval.types import Hit
+
+__all__ = [
+    "ChunkText",
+    "EventStore",
+    "FeedbackRecord",
+    "JOB_STATES",
+    "JobRecord",
+    "QueryEvent",
+    "ResultRecord",
+    "SCHEMA_VERSION",
+    "StoreError",
+    "StoreVersionError",
+]
+
+logger = logging.getLogger(__name__)
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+_TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+_BUSY_TIMEOUT_MS = 30_000
+_PAGE = 500
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked; the message says why and what to do."""
+
+
+class StoreVersionError(StoreError):
+    """The database was written by a newer agro-mcp than this one."""
+
+
+# --------------------------------------------------------------------------------------------------- schema
+# Append only: never edit a migration that has shipped, add a new one. Each runs in one transaction.
+_MIGRATIONS: list[tuple[str, ...]] = [
+    (  # 1: initial schema
+        """CREATE TABLE corpora (
+            id TEXT PRIMARY KEY,
+            root TEXT,
+            created REAL NOT NULL)""",
+        """CREATE TABLE query_events (
+            event_id TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            corpus TEXT NOT NULL,
+            query TEXT NOT NULL,
+            k INTEGER NOT NULL,
+            reranker_model TEXT,
+            reranking_used INTEGER NOT NULL DEFAULT 0,
+            fallback_reason TEXT,
+            latency_ms REAL,
+            index_generation TEXT,
+            source TEXT NOT NULL DEFAULT 'search')""",
+        "CREATE INDEX query_events_ts ON query_events(ts)",
+        "CREATE INDEX query_events_corpus_ts ON query_events(corpus, ts)",
+        """CREATE TABLE query_results (
+            event_id TEXT NOT NULL REFERENCES query_events(event_id) ON DELETE CASCADE,
+            rank INTEGER NOT NULL,
+            doc_id TEXT NOT NULL,
+            chunk_hash TEXT,
+            path TEXT NOT NULL,
+            start_line INTEGER,
+            end_line INTEGER,
+            fused_score REAL,
+            rerank_score REAL,
+            score REAL,
+            bm25_rank INTEGER,
+            dense_rank INTEGER,
+            PRIMARY KEY (event_id, rank)) WITHOUT ROWID""",
+        """CREATE TABLE chunk_texts (
+            hash TEXT PRIMARY KEY,
+            text TEXT NOT NULL,
+            path TEXT,
+            language TEXT,
+            symbol TEXT)""",
+        """CREATE TABLE feedback (
+            feedback_id TEXT PRIMARY KEY,
+            event_id TEXT NOT NULL REFERENCES query_events(event_id) ON DELETE CASCADE,
+            ts REAL NOT NULL,
+            signal TEXT NOT NULL,
+            doc_id TEXT,
+            rating INTEGER,
+            path TEXT,
+            start_line INTEGER,
+            end_line INTEGER,
+            note TEXT,
+            dedupe_key TEXT NOT NULL UNIQUE)""",
+        "CREATE INDEX feedback_event ON feedback(event_id)",
+        "CREATE INDEX feedback_ts ON feedback(ts)",
+        """CREATE TABLE evaluations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            name TEXT NOT NULL,
+            model TEXT,
+            payload TEXT NOT NULL)""",
+        "CREATE INDEX evaluations_name_ts ON evaluations(name, ts)",
+        """CREATE TABLE promotions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            decision TEXT NOT NULL,
+            candidate TEXT,
+            release TEXT,
+            payload TEXT NOT NULL)""",
+        """CREATE TABLE jobs (
+            run_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','cancelled')),
+            progress REAL NOT NULL DEFAULT 0,
+            message TEXT,
+            params TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            pid INTEGER,
+            host TEXT,
+            result TEXT,
+            error TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX jobs_created ON jobs(created)",
+        """CREATE TABLE job_logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES jobs(run_id) ON DELETE CASCADE,
+            ts REAL NOT NULL,
+            line TEXT NOT NULL)""",
+        "CREATE INDEX job_logs_run ON job_logs(run_id, id)",
+        """CREATE TABLE locks (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            pid INTEGER,
+            host TEXT,
+            acquired REAL NOT NULL,
+            heartbeat REAL NOT NULL)""",
+    ),
+]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+# --------------------------------------------------------------------------------------------------- records
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """One ranked hit of a query event (rank is 1-based)."""
+
+    rank: int
+    doc_id: str
+    path: str
+    start_line: int | None
+    end_line: int | None
+    chunk_hash: str | None = None
+    fused_score: float | None = None
+    rerank_score: float | None = None
+    score: float | None = None
+    bm25_rank: int | None = None
+    dense_rank: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkText:
+    """A chunk's text, stored once per content hash."""
+
+    hash: str
+    text: str
+    path: str | None = None
+    language: str | None = None
+    symbol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryEvent:
+    """One search (or answer) and what it returned."""
+
+    event_id: str
+    ts: float
+    corpus: str
+    query: str
+    k: int
+    reranker_model: str | None = None
+    reranking_used: bool = False
+    fallback_reason: str | None = None
+    latency_ms: float | None = None
+    index_generation: str | None = None
+    source: str = "search"
+    results: tuple[ResultRecord, ...] = ()
+
+    def result_by_doc_id(self, doc_id: str) -> ResultRecord | None:
+        return next((r for r in self.results if r.doc_id == doc_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """A stored feedback signal. ``created`` is False when the call repeated an existing record exactly."""
+
+    feedback_id: str
+    event_id: str
+    ts: float
+    signal: str
+    doc_id: str | None = None
+    rating: int | None = None
+    path: str | None = None
+    start_line: int | None = None
+    end_line: int | None = None
+    note: str | None = None
+    created: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    run_id: str
+    kind: str
+    state: str
+    progress: float
+    message: str | None
+    params: dict[str, Any]
+    created: float
+    updated: float
+    pid: int | None
+    host: str | None
+    result: Any
+    error: str | None
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.state in _TERMINAL_STATES
+
+
+@dataclass(slots=True)
+class _Conns:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    by_thread: dict[int, tuple[threading.Thread, sqlite3.Connection]] = field(default_factory=dict)
+
+
+def _dedupe_key(
+    event_id: str,
+    signal: str,
+    doc_id: str | None,
+    rating: int | None,
+    path: str | None,
+    start_line: int | None,
+    end_line: int | None,
+    note: str | None,
+) -> str:
+    return json.dumps([event_id, signal, doc_id, rating, path, start_line, end_line, note], ensure_ascii=False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_run_id(kind: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{kind}-{uuid.uuid4().hex[:6]}"
+
+
+# --------------------------------------------------------------------------------------------------- store
+class EventStore:
+    """Durable store for the learning loop. Safe to share across threads and processes.
+
+    Args:
+        db_path: The SQLite file (created with its parent folder if missing).
+
+    Raises:
+        StoreVersionError: if the file was migrated by a newer agro-mcp.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._conns = _Conns()
+        self._pid = os.getpid()
+        self._closed = False
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------------------------------- connections
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.db_path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.db_path}: SQLite refused WAL mode (got {mode!r}); use a local disk")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            conn.close()
+            raise
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("EventStore is closed")
+        if os.getpid() != self._pid:
+            # Forked child: never reuse the parent's SQLite handles.
+            self._conns = _Conns()
+            self._pid = os.getpid()
+        me = threading.current_thread()
+        with self._conns.lock:
+            entry = self._conns.by_thread.get(me.ident or 0)
+            if entry is not None and entry[0] is me:
+                return entry[1]
+            # Close the connections of threads that have ended (worker pools come and go).
+            for ident, (thread, conn) in list(self._conns.by_thread.items()):
+                if not thread.is_alive():
+                    conn.close()
+                    del self._conns.by_thread[ident]
+            conn = self._connect()
+            self._conns.by_thread[me.ident or 0] = (me, conn)
+            return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed when the block exits, rolled back on error."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close every connection this store opened, in any thread."""
+        with self._conns.lock:
+            for _thread, conn in self._conns.by_thread.values():
+                conn.close()
+            self._conns.by_thread.clear()
+        self._closed = True
+
+    def __enter__(self) -> "EventStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------- migrations
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+                current = 0
+            else:
+                current = int(row[0])
+            if current > SCHEMA_VERSION:
+                raise StoreVersionError(
+                    f"{self.db_path} has schema version {current}, but this agro-mcp supports up to "
+                    f"{SCHEMA_VERSION}. Upgrade agro-mcp (pip install -U agro-mcp) or point AGRO_HOME elsewhere."
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute("UPDATE schema_version SET version = ?", (version,))
+                logger.info("agro.db migrated to schema version %d", version)
+
+    def schema_version(self) -> int:
+        return int(self._conn().execute("SELECT version FROM schema_version").fetchone()[0])
+
+    # ---------------------------------------------------------------------------------------- corpora
+    def register_corpus(self, corpus: str, root: Path | str | None) -> None:
+        """Record a corpus and its root folder (the root is updated if it changed)."""
+        root_s = str(root) if root is not None else None
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO corpora (id, root, created) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET root = COALESCE(excluded.root, corpora.root)",
+                (corpus, root_s, time.time()),
+            )
+
+    def corpus_root(self, corpus: str) -> Path | None:
+        row = self._conn().execute("SELECT root FROM corpora WHERE id = ?", (corpus,)).fetchone()
+        return Path(row[0]) if row is not None and row[0] is not None else None
+
+    def list_corpora(self) -> list[tuple[str, Path | None]]:
+        rows = self._conn().execute("SELECT id, root FROM corpora ORDER BY id").fetchall()
+        return [(r[0], Path(r[1]) if r[1] is not None else None) for r in rows]
+
+    # ---------------------------------------------------------------------------------------- query events
+    def log_query(
+        self,
+        corpus: str,
+        query: str,
+        k: int,
+        hits: Sequence[Hit],
+        *,
+        reranker_model: str | None,
+        reranking_used: bool,
+        fallback_reason: str | None,
+        latency_ms: float,
+        index_generation: str | None,
+        source: str = "search",
+    ) -> str:
+        """Store one search with its ranked hits and their texts in one transaction; return its event_id."""
+        event = QueryEvent(
+            event_id=uuid.uuid4().hex,
+            ts=time.time(),
+            corpus=corpus,
+            query=query,
+            k=k,
+            reranker_model=reranker_model,
+            reranking_used=reranking_used,
+            fallback_reason=fallback_reason,
+            latency_ms=latency_ms,
+            index_generation=index_generation,
+            source=source,
+            results=tuple(
+                ResultRecord(
+                    rank=i,
+                    doc_id=h.chunk.doc_id,
+                    path=h.chunk.path,
+                    start_line=h.chunk.start_line,
+                    end_line=h.chunk.end_line,
+                    chunk_hash=h.chunk.hash,
+                    fused_score=h.fused_score,
+                    rerank_score=h.rerank_score,
+                    score=h.score,
+                    bm25_rank=h.bm25_rank,
+                    dense_rank=h.dense_rank,
+                )
+                for i, h in enumerate(hits, start=1)
+            ),
+        )
+        texts = [ChunkText(h.chunk.hash, h.chunk.text, h.chunk.path, h.chunk.language, h.chunk.symbol) for h in hits]
+        if not self.insert_event(event, texts):  # pragma: no cover - uuid4 collision
+            raise StoreError(f"event_id collision on {event.event_id}")
+        return event.event_id
+
+    def insert_event(
+        self,
+        event: QueryEvent,
+        texts: Iterable[ChunkText] = (),
+        feedback: Iterable[FeedbackRecord] = (),
+    ) -> bool:
+        """Store a ready-made event (imports), its chunk texts and feedback in one transaction.
+
+        Returns False, storing nothing, if its event_id already exists. Feedback is not validated here.
+        """
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM query_events WHERE event_id = ?", (event.event_id,)).fetchone():
+                return False
+            conn.execute(
+                "INSERT OR IGNORE INTO corpora (id, root, created) VALUES (?, NULL, ?)", (event.corpus, time.time())
+            )
+            conn.execute(
+                "INSERT INTO query_events (event_id, ts, corpus, query, k, reranker_model, reranking_used, "
+                "fallback_reason, latency_ms, index_generation, source) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    event.event_id,
+                    event.ts,
+                    event.corpus,
+                    event.query,
+                    event.k,
+                    event.reranker_model,
+                    int(event.reranking_used),
+                    event.fallback_reason,
+                    event.latency_ms,
+                    event.index_generation,
+                    event.source,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO query_results (event_id, rank, doc_id, chunk_hash, path, start_line, end_line, "
+                "fused_score, rerank_score, score, bm25_rank, dense_rank) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        event.event_id,
+                        r.rank,
+                        r.doc_id,
+                        r.chunk_hash,
+                        r.path,
+                        r.start_line,
+                        r.end_line,
+                        r.fused_score,
+                        r.rerank_score,
+                        r.score,
+                        r.bm25_rank,
+                        r.dense_rank,
+                    )
+                    for r in event.results
+                ],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO chunk_texts (hash, text, path, language, symbol) VALUES (?,?,?,?,?)",
+                [(t.hash, t.text, t.path, t.language, t.symbol) for t in texts],
+            )
+            for fb in feedback:
+                self._insert_feedback(conn, fb)
+        return True
+
+    @staticmethod
+    def _event_from_row(row: sqlite3.Row, results: Sequence[sqlite3.Row]) -> QueryEvent:
+        return QueryEvent(
+            event_id=row["event_id"],
+            ts=row["ts"],
+            corpus=row["corpus"],
+            query=row["query"],
+            k=row["k"],
+            reranker_model=row["reranker_model"],
+            reranking_used=bool(row["reranking_used"]),
+            fallback_reason=row["fallback_reason"],
+            latency_ms=row["latency_ms"],
+            index_generation=row["index_generation"],
+            source=row["source"],
+            results=tuple(
+                ResultRecord(
+                    rank=r["rank"],
+                    doc_id=r["doc_id"],
+                    path=r["path"],
+                    start_line=r["start_line"],
+                    end_line=r["end_line"],
+                    chunk_hash=r["chunk_hash"],
+                    fused_score=r["fused_score"],
+                    rerank_score=r["rerank_score"],
+                    score=r["score"],
+                    bm25_rank=r["bm25_rank"],
+                    dense_rank=r["dense_rank"],
+                )
+                for r in results
+            ),
+        )
+
+    def get_event(self, event_id: str) -> QueryEvent | None:
+        conn = self._conn()
+        row = conn.execute("SELECT * FROM query_events WHERE event_id = ?", (event_id,)).fetchone()
+        if row is None:
+            return None
+        results = conn.execute("SELECT * FROM query_results WHERE event_id = ? ORDER BY rank", (event_id,)).fetchall()
+        return self._event_from_row(row, results)
+
+    def iter_events(self, corpus: str | None = None, since: float | None = None) -> Iterator[QueryEvent]:
+        """Events in insertion order, read in pages so a long scan never holds the database."""
+        where, args = ["rowid > ?"], []
+        if corpus is not None:
+            where.append("corpus = ?")
+            args.append(corpus)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        sql = f"SELECT rowid, * FROM query_events WHERE {' AND '.join(where)} ORDER BY rowid LIMIT {_PAGE}"
+        last = 0
+        while True:
+            conn = self._conn()
+            rows = conn.execute(sql, (last, *args)).fetchall()
+            if not rows:
+                return
+            ids = [r["event_id"] for r in rows]
+            marks = ",".join("?" * len(ids))
+            by_event: dict[str, list[sqlite3.Row]] = {i: [] for i in ids}
+            for r in conn.execute(
+                f"SELECT * FROM query_results WHERE event_id IN ({marks}) ORDER BY event_id, rank", ids
+            ):
+                by_event[r["event_id"]].append(r)
+            last = rows[-1]["rowid"]
+            for row in rows:
+                yield self._event_from_row(row, by_event[row["event_id"]])
+
+    # ---------------------------------------------------------------------------------------- chunk texts
+    def chunk_text(self, hash: str) -> str | None:
+        row = self._conn().execute("SELECT text FROM chunk_texts WHERE hash = ?", (hash,)).fetchone()
+        return row[0] if row is not None else None
+
+    def chunk_texts(self, hashes: Iterable[str]) -> dict[str, str]:
+        """Texts for many hashes at once; missing hashes are absent from the result."""
+        wanted = list(dict.fromkeys(hashes))
+        out: dict[str, str] = {}
+        conn = self._conn()
+        for i in range(0, len(wanted), _PAGE):
+            part = wanted[i : i + _PAGE]
+            marks = ",".join("?" * len(part))
+            out.update(conn.execute(f"SELECT hash, text FROM chunk_texts WHERE hash IN ({marks})", part).fetchall())
+        return out
+
+    # ---------------------------------------------------------------------------------------- feedback
+    def add_feedback(
+        self,
+        event_id: str,
+        signal: str,
+        *,
+        doc_id: str | None = None,
+        rating: int | None = None,
+        path: str | None = None,
+        start_line: int | None = None,
+        end_line: int | None = None,
+        note: str | None = None,
+        ts: float | None = None,
+    ) -> FeedbackRecord:
+        """Store one feedback signal, committed before return. An exact repeat returns the existing record.
+
+        This does no validation beyond the event existing: call :func:`training.feedback.submit_feedback`.
+        """
+        record = FeedbackRecord(
+            feedback_id=uuid.uuid4().hex,
+            event_id=event_id,
+            ts=time.time() if ts is None else ts,
+            signal=signal,
+            doc_id=doc_id,
+            rating=rating,
+            path=path,
+            start_line=start_line,
+            end_line=end_line,
+            note=note,
+        )
+        with self._write() as conn:
+            return self._insert_feedback(conn, record)
+
+    def _insert_feedback(self, conn: sqlite3.Connection, record: FeedbackRecord) -> FeedbackRecord:
+        r = record
+        key = _dedupe_key(r.event_id, r.signal, r.doc_id, r.rating, r.path, r.start_line, r.end_line, r.note)
+        try:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO feedback (feedback_id, event_id, ts, signal, doc_id, rating, path, "
+                "start_line, end_line, note, dedupe_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (r.feedback_id, r.event_id, r.ts, r.signal, r.doc_id, r.rating, r.path, r.start_line, r.end_line,
+                 r.note, key),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"Unknown event_id {r.event_id!r}: feedback must name a stored query event") from exc
+        if cur.rowcount == 1:
+            return record
+        row = conn.execute("SELECT * FROM feedback WHERE dedupe_key = ?", (key,)).fetchone()
+        return self._feedback_from_row(row, created=False)
+
+    @staticmethod
+    def _feedback_from_row(row: sqlite3.Row, created: bool = True) -> FeedbackRecord:
+        return FeedbackRecord(
+            feedback_id=row["feedback_id"],
+            event_id=row["event_id"],
+            ts=row["ts"],
+            signal=row["signal"],
+            doc_id=row["doc_id"],
+            rating=row["rating"],
+            path=row["path"],
+            start_line=row["start_line"],
+            end_line=row["end_line"],
+            note=row["note"],
+            created=created,
+        )
+
+    def feedback_for_event(self, event_id: str) -> list[FeedbackRecord]:
+        rows = self._conn().execute(
+            "SELECT * FROM feedback WHERE event_id = ? ORDER BY ts, rowid", (event_id,)
+        ).fetchall()
+        return [self._feedback_from_row(r) for r in rows]
+
+    def iter_feedback(
+        self,
+        corpus: str | None = None,
+        since: float | None = None,
+        signals: Iterable[str] | None = None,
+    ) -> Iterator[FeedbackRecord]:
+        """Feedback in insertion order, optionally filtered by the event's corpus, time and signal."""
+        where, args = ["f.rowid > ?"], []
+        if corpus is not None:
+            where.append("e.corpus = ?")
+            args.append(corpus)
+        if since is not None:
+            where.append("f.ts >= ?")
+            args.append(since)
+        if signals is not None:
+            wanted = list(signals)
+            where.append(f"f.signal IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        sql = (
+            "SELECT f.rowid AS rid, f.* FROM feedback f JOIN query_events e ON e.event_id = f.event_id "
+            f"WHERE {' AND '.join(where)} ORDER BY f.rowid LIMIT {_PAGE}"
+        )
+        last = 0
+        while True:
+            rows = self._conn().execute(sql, (last, *args)).fetchall()
+            if not rows:
+                return
+            last = rows[-1]["rid"]
+            for row in rows:
+                yield self._feedback_from_row(row)
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of the main tables (for `status` and tests)."""
+        conn = self._conn()
+        tables = (
+            "corpora",
+            "query_events",
+            "query_results",
+            "chunk_texts",
+            "feedback",
+            "evaluations",
+            "promotions",
+            "jobs",
+        )
+        return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in tables}
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: 'ok' when the file is sound."""
+        rows = self._conn().execute("PRAGMA integrity_check").fetchall()
+        return "\n".join(str(r[0]) for r in rows)
+
+    # ---------------------------------------------------------------------------------------- evaluations
+    def add_evaluation(self, name: str, model: str | None, payload: dict[str, Any]) -> int:
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO evaluations (ts, name, model, payload) VALUES (?,?,?,?)",
+                (time.time(), name, model, json.dumps(payload, ensure_ascii=False)),
+            )
+        return int(cur.lastrowid)
+
+    @staticmethod
+    def _evaluation_from_row(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "ts": row["ts"],
+            "name": row["name"],
+            "model": row["model"],
+            "payload": json.loads(row["payload"]),
+        }
+
+    def list_evaluations(self, limit: int = 50, name: str | None = None) -> list[dict[str, Any]]:
+        """Newest first: dicts with id, ts, name, model, payload."""
+        if name is None:
+            rows = self._conn().execute("SELECT * FROM evaluations ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        else:
+            rows = self._conn().execute(
+                "SELECT * FROM evaluations WHERE name = ? ORDER BY id DESC LIMIT ?", (name, limit)
+            ).fetchall()
+        return [self._evaluation_from_row(r) for r in rows]
+
+    def latest_evaluation(self, name: str | None = None) -> dict[str, Any] | None:
+        rows = self.list_evaluations(limit=1, name=name)
+        return rows[0] if rows else None
+
+    # ---------------------------------------------------------------------------------------- promotions
+    def add_promotion(
+        self, decision: str, candidate: str | None, release: str | None, payload: dict[str, Any]
+    ) -> int:
+        """Record a promotion decision (promoted, refused, rollback…) with its figures."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO promotions (ts, decision, candidate, release, payload) VALUES (?,?,?,?,?)",
+                (time.time(), decision, candidate, release, json.dumps(payload, ensure_ascii=False)),
+            )
+        return int(cur.lastrowid)
+
+    def list_promotions(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first: dicts with id, ts, decision, candidate, release, payload."""
+        rows = self._conn().execute("SELECT * FROM promotions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [
+            {
+                "id": r["id"],
+                "ts": r["ts"],
+                "decision": r["decision"],
+                "candidate": r["candidate"],
+                "release": r["release"],
+                "payload": json.loads(r["payload"]),
+            }
+            for r in rows
+        ]
+
+    # ---------------------------------------------------------------------------------------- jobs
+    def create_job(self, kind: str, params: dict[str, Any] | None = None, *, run_id: str | None = None) -> str:
+        """Create a queued job and return its run_id (``YYYYmmdd-HHMMSS-<kind>-<hex>``)."""
+        run_id = run_id or new_run_id(kind)
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (run_id, kind, state, progress, params, created, updated, host) "
+                "VALUES (?, ?, 'queued', 0, ?, ?, ?, ?)",
+                (run_id, kind, json.dumps(params or {}, ensure_ascii=False), now, now, socket.gethostname()),
+            )
+        return run_id
+
+    def update_job(
+        self,
+        run_id: str,
+        state: str | None = None,
+        progress: float | None = None,
+        message: str | None = None,
+        result: Any = None,
+        error: str | None = None,
+        pid: int | None = None,
+    ) -> JobRecord:
+        """Update the given fields of a job. A finished job's state cannot change.
+
+        Raises:
+            StoreError: unknown run_id, unknown state, or a change to a finished job's state.
+        """
+        if state is not None and state not in JOB_STATES:
+            raise StoreError(f"job state expects one of {', '.join(JOB_STATES)}, but got {state!r}")
+        sets, args = ["updated = ?"], [time.time()]
+        for col, value in (("state", state), ("progress", progress), ("message", message), ("error", error)):
+            if value is not None:
+                sets.append(f"{col} = ?")
+                args.append(value)
+        if result is not None:
+            sets.append("result = ?")
+            args.append(json.dumps(result, ensure_ascii=False))
+        if pid is not None or state == "running":
+            sets.append("pid = ?")
+            args.append(pid if pid is not None else os.getpid())
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"Unknown run_id {run_id!r}: list jobs with `agro jobs` or reranker_admin status")
+            if state is not None and row[0] in _TERMINAL_STATES and state != row[0]:
+                raise StoreError(f"job {run_id} already {row[0]}; cannot move it to {state}")
+            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE run_id = ?", (*args, run_id))
+            new = conn.execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+        return self._job_from_row(new)
+
+    def request_cancel(self, run_id: str) -> JobRecord | None:
+        """Ask a job to stop; a queued job is cancelled at once, a running one when it next checks."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET cancel_requested = 1, updated = ?, "
+                "state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END WHERE run_id = ?",
+                (time.time(), run_id),
+            )
+        return self.get_job(run_id)
+
+    @staticmethod
+    def _job_from_row(row: sqlite3.Row) -> JobRecord:
+        return JobRecord(
+            run_id=row["run_id"],
+            kind=row["kind"],
+            state=row["state"],
+            progress=row["progress"],
+            message=row["message"],
+            params=json.loads(row["params"]),
+            created=row["created"],
+            updated=row["updated"],
+            pid=row["pid"],
+            host=row["host"],
+            result=json.loads(row["result"]) if row["result"] is not None else None,
+            error=row["error"],
+            cancel_requested=bool(row["cancel_requested"]),
+        )
+
+    def get_job(self, run_id: str) -> JobRecord | None:
+        row = self._conn().execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
+        return self._job_from_row(row) if row is not None else None
+
+    def list_jobs(self, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[JobRecord]:
+        """Newest first."""
+        where, args = ["1=1"], []
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        rows = self._conn().execute(
+            f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created DESC, rowid DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [self._job_from_row(r) for r in rows]
+
+    def reap_dead_jobs(self) -> list[str]:
+        """Mark running jobs whose process on this host has died as failed; return their run_ids."""
+        host = socket.gethostname()
+        dead = [
+            r["run_id"]
+            for r in self._conn().execute("SELECT run_id, pid FROM jobs WHERE state = 'running' AND host = ?", (host,))
+            if r["pid"] is not None and not _pid_alive(r["pid"])
+        ]
+        for run_id in dead:
+            with self._write() as conn:
+                conn.execute(
+                    "UPDATE jobs SET state = 'failed', error = 'process died', updated = ? "
+                    "WHERE run_id = ? AND state = 'running'",
+                    (time.time(), run_id),
+                )
+        return dead
+
+    def append_job_log(self, run_id: str, line: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO job_logs (run_id, ts, line) VALUES (?,?,?)", (run_id, time.time(), line))
+
+    def job_logs(self, run_id: str, tail: int = 200) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT line FROM job_logs WHERE run_id = ? ORDER BY id DESC LIMIT ?", (run_id, tail)
+        ).fetchall()
+        return [r[0] for r in reversed(rows)]
+
+    # ---------------------------------------------------------------------------------------- locks
+    def acquire_lock(
+        self,
+        name: str,
+        owner: str,
+        *,
+        stale_after: float = 900.0,
+        is_alive: Callable[[int], bool] = _pid_alive,
+    ) -> bool:
+        """Take the named lock for ``owner`` (e.g. a run_id); True if now held by it.
+
+        A held lock is taken over when it is stale: its process on this host is gone, or its heartbeat is older
+        than ``stale_after`` seconds (a process on another host, or a hung one). Holders should call
+        :meth:`heartbeat_lock` more often than that.
+        """
+        now, host, pid = time.time(), socket.gethostname(), os.getpid()
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM locks WHERE name = ?", (name,)).fetchone()
+            if row is not None and row["owner"] != owner:
+                dead = row["host"] == host and row["pid"] is not None and not is_alive(row["pid"])
+                if not dead and now - row["heartbeat"] <= stale_after:
+                    return False
+                logger.warning(
+                    "taking over stale lock %r from %s (pid %s on %s)", name, row["owner"], row["pid"], row["host"]
+                )
+            conn.execute(
+                "INSERT INTO locks (name, owner, pid, host, acquired, heartbeat) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, host = excluded.host, "
+                "acquired = excluded.acquired, heartbeat = excluded.heartbeat",
+                (name, owner, pid, host, now, now),
+            )
+        return True
+
+    def heartbeat_lock(self, name: str, owner: str) -> bool:
+        """Refresh the lock's heartbeat; False if ``owner`` no longer holds it."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE locks SET heartbeat = ? WHERE name = ? AND owner = ?", (time.time(), name, owner)
+            )
+        return cur.rowcount == 1
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+        return cur.rowcount == 1
+
+    def lock_holder(self, name: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM locks WHERE name = ?", (name,)).fetchone()
+        return dict(row) if row is not None else None
