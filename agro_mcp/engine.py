@@ -229,7 +229,7 @@ class Engine:
 
             loaded = self.reranker.get(wait=True)
             if loaded is None:
-                reason = self.reranker.none_reason() or "no reranker model loaded"
+                reason = self.reranker.none_reason or "no reranker model loaded"
             else:
                 outcome = rerank_stage(query, hits, loaded, rs, self._score_cache)
                 hits, used, model, reason = outcome.hits, outcome.used, outcome.model, outcome.fallback_reason

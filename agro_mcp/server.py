@@ -11,12 +11,13 @@ import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp_types import InputRequiredResult, ToolAnnotations
 from pydantic import Field
 
+from agro_mcp.answer import rag_answer_call
 from agro_mcp.config import Settings
 from agro_mcp.engine import MAX_K, Engine, UserError
-from agro_mcp.schemas import FeedbackResponse, IndexResponse, SearchResponse
+from agro_mcp.schemas import AnswerResponse, FeedbackResponse, IndexResponse, SearchResponse
 
 __all__ = ["create_server"]
 
@@ -73,6 +74,25 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         """
         try:
             return _engine(ctx).search(query, corpus, k, rerank, path_glob, language)
+        except UserError as exc:
+            raise _user_error(exc) from None
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    async def rag_answer(
+        ctx: Context,
+        question: Annotated[str, Field(min_length=1, description="The question about the indexed code")],
+        corpus: Annotated[str | None, Field(description="Corpus id; default: the only or configured corpus")] = None,
+        k: Annotated[int, Field(ge=1, le=MAX_K, description="Hits to retrieve for the context")] = 8,
+    ) -> AnswerResponse | InputRequiredResult:
+        """Answer a question about the indexed code with path:start-end citations, grounded in retrieved code only.
+
+        Use it when you want an answer rather than a list of hits. When no answer model is available, `answer` is
+        null, `mode` is 'context' and `context` holds the retrieved code: answer from it yourself. Citations outside
+        the retrieved code are dropped and listed in `dropped_citations`. Send submit_feedback with the event_id
+        ('used' per citation you relied on, 'correct_location' when the answer was elsewhere).
+        """
+        try:
+            return await rag_answer_call(_engine(ctx), ctx, question, corpus, k)
         except UserError as exc:
             raise _user_error(exc) from None
 

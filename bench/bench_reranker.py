@@ -70,21 +70,7 @@ def encoder_params(scorer) -> int:
     """Parameters that do matmul work per token (everything except the embedding tables)."""
     total = sum(p.numel() for p in scorer.model.parameters())
     emb = sum(p.numel() for name, p in scorer.model.named_parameters() if "embeddings" in name)
-    if scorer.backend == "int8":  # packed int8 Linear weights are not parameters; count from the float model
-        return -1
     return total - emb
-
-
-def time_scoring(scorer, query: str, texts: list[str], batch: int, budget_sec: float):
-    """Timed runs until budget_sec is spent (at least 1, at most 7); returns (seconds per run, last scores)."""
-    scorer.score(query, texts[:batch], batch)  # warm-up
-    times: list[float] = []
-    start = time.perf_counter()
-    while not times or (time.perf_counter() - start < budget_sec and len(times) < 7):
-        t = time.perf_counter()
-        scores = scorer.score(query, texts, batch)
-        times.append(time.perf_counter() - t)
-    return times, scores
 
 
 def quality_vs_fp32(rank_with_backend: Callable[[str], dict[str, float]], backends: list[str]) -> dict[str, float]:
@@ -123,7 +109,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,256,512")
     ap.add_argument("--backends", default=None, help="default: fp32,bf16,int8 (+bf16-autocast with native bf16)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--budget-sec", type=float, default=6.0, help="time per (backend, length) cell")
+    ap.add_argument("--budget-sec", type=float, default=10.0, help="time per length, all backends (>= 1 round)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -145,28 +131,39 @@ def main() -> None:
           f"50 candidates, batch {args.batch}, tokenisation included; each pair fills the window")
     print()
     hdr = f"{'backend':14} {'tokens':>6} {'p50 ms':>8} {'p95 ms':>8} {'pairs/s':>8} {'GFLOP/s':>8} " \
-          f"{'%bf16pk':>7} {'%bestpk':>7} {'RSS MiB':>8} {'spearman':>8}"
+          f"{'%bf16pk':>7} {'%bestpk':>7} {'+RSS MiB':>8} {'spearman':>8}"
     print(hdr + f"  (n = timed runs)")
-    ref_scores: dict[int, np.ndarray] = {}
-    n_params = None
+    # All backends are loaded first and timed round-robin per length, so load from other processes on this shared
+    # machine hits every backend alike.
+    scorers, rss = {}, {}
     for be in backends:
         gc.collect()
-        scorer = CrossEncoderScorer.load(model_dir, backend=be, maxlen=max(lengths), query_max_tokens=64)
-        if n_params is None or be == "fp32":
-            n_params = encoder_params(scorer) if be != "int8" else n_params
-        for length in lengths:
-            scorer.maxlen = length
-            times, scores = time_scoring(scorer, query, texts, args.batch, args.budget_sec)
-            n_tok = sum(len(e["input_ids"]) for e in scorer.encode(query, texts))
-            if be == "fp32":
-                ref_scores[length] = scores
-            rho = spearmanr(ref_scores[length], scores).statistic if length in ref_scores else float("nan")
-            p50, p95 = float(np.percentile(times, 50)), float(np.percentile(times, 95))
-            gflops = 2 * (n_params or 0) * n_tok / p50 / 1e9
+        before = rss_mib()
+        scorers[be] = CrossEncoderScorer.load(model_dir, backend=be, maxlen=max(lengths), query_max_tokens=64)
+        scorers[be].score(query, texts[: args.batch], args.batch)  # warm-up
+        rss[be] = rss_mib() - before
+    n_params = encoder_params(scorers["fp32"] if "fp32" in scorers else next(iter(scorers.values())))
+    for length in lengths:
+        times: dict[str, list[float]] = {be: [] for be in backends}
+        scores: dict[str, np.ndarray] = {}
+        n_tok = 0
+        start = time.perf_counter()
+        while not times[backends[0]] or (time.perf_counter() - start < args.budget_sec and len(times[backends[0]]) < 7):
+            for be in backends:
+                sc = scorers[be]
+                sc.maxlen = length
+                t = time.perf_counter()
+                scores[be] = sc.score(query, texts, args.batch)
+                times[be].append(time.perf_counter() - t)
+            n_tok = sum(len(e["input_ids"]) for e in scorers[backends[0]].encode(query, texts))
+        for be in backends:
+            p50, p95 = float(np.percentile(times[be], 50)), float(np.percentile(times[be], 95))
+            rho = spearmanr(scores["fp32"], scores[be]).statistic if "fp32" in scores else float("nan")
+            gflops = 2 * n_params * n_tok / p50 / 1e9
             print(f"{be:14} {length:6d} {p50 * 1000:8.0f} {p95 * 1000:8.0f} {len(texts) / p50:8.1f} {gflops:8.1f} "
                   f"{100 * gflops / peak['bf16']:6.1f}% {100 * gflops / max(peak.values()):6.1f}% "
-                  f"{rss_mib():8.0f} {rho:8.4f}  n={len(times)}", flush=True)
-        del scorer
+                  f"{rss[be]:8.0f} {rho:8.4f}  n={len(times[be])}", flush=True)
+    print(f"RSS column: MiB added by loading + warming that backend; process RSS at the end {rss_mib():.0f} MiB")
     print()
     print(f"FLOPs estimate: 2 x {n_params / 1e6:.1f}M non-embedding params x real tokens (attention not counted)")
     print("MRR@10 vs fp32 on ../shared/bench and rag_search latency: NOT RUN (needs retrieval.search; see "

@@ -60,7 +60,7 @@ def _check_span(start_line: object, end_line: object) -> tuple[int, int]:
     for name, value in (("start_line", start_line), ("end_line", end_line)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise FeedbackError(f"{name} expects an integer line number (1-based), but got {value!r}")
-    assert isinstance(start_line, int) and isinstance(end_line, int)
+    start_line, end_line = int(start_line), int(end_line)  # type: ignore[call-overload]
     if start_line < 1 or end_line < start_line:
         raise FeedbackError(f"line range must satisfy 1 <= start_line <= end_line, but got {start_line}-{end_line}")
     return start_line, end_line

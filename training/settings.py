@@ -23,6 +23,7 @@ class TrainingSettings(BaseModel):
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
     min_triplets: int = Field(20, ge=1)
     bootstrap_cap: int = Field(3000, ge=10)
+    max_train_pairs: int | None = Field(6000, ge=10, description="Cap on (query, text) training pairs per run.")
     promote_delta: float = Field(0.02, ge=0, description="Relative MRR@10 gain required to promote.")
     promote_min_queries: int = Field(30, ge=1)
     bf16: bool = Field(True, description="bf16 autocast when the CPU supports it.")

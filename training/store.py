@@ -36,6 +36,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "StoreError",
     "StoreVersionError",
+    "new_run_id",
 ]
 
 logger = logging.getLogger(__name__)

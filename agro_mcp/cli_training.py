@@ -1,0 +1,396 @@
+"""``agro`` commands of the learning loop: feedback, logs, golden, evaluation, mining, training, promotion.
+
+Every command is a thin face over ``training``: the same functions ``reranker_admin`` runs. Errors the user can fix
+exit with status 2 and a message that says how; ``agro loop`` / ``agro bootstrap`` exit 0 when a release was
+promoted and 1 when the loop ran but promoted nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+class _Fail(Exception):
+    """A user-fixable failure: printed as ``agro: <message>``, exit 2."""
+
+
+def _engine(settings):
+    from agro_mcp.engine import Engine
+
+    return Engine(settings)
+
+
+def _dump(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+def _guard(fn):
+    """Turn the training package's user-facing errors into ``agro: message`` and exit 2."""
+
+    def wrapped(args, settings) -> int:
+        from training.admin import AdminError
+        from training.evaluate import EvalError
+        from training.feedback import FeedbackError
+        from training.golden import GoldenError
+        from training.jobs import JobBusyError
+        from training.promote import PromotionError
+        from training.store import StoreError
+        from training.trainer import TrainingError
+
+        try:
+            return fn(args, settings) or 0
+        except (_Fail, AdminError, EvalError, FeedbackError, GoldenError, JobBusyError, PromotionError, StoreError,
+                TrainingError, FileNotFoundError) as exc:
+            print(f"agro: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+# ------------------------------------------------------------------------------------------ feedback / logs
+
+
+def cmd_feedback(args, settings) -> int:
+    from training.feedback import submit_feedback
+
+    eng = _engine(settings)
+    try:
+        rec = submit_feedback(eng.store, args.event_id, args.signal, doc_id=args.doc_id, rating=args.rating,
+                              path=args.path, start_line=args.start_line, end_line=args.end_line, note=args.note,
+                              corpus_root=eng.corpus_root)
+    finally:
+        eng.close()
+    state = "recorded" if rec.created else "already recorded"
+    print(f"feedback {rec.feedback_id} {state}: {rec.signal} on event {rec.event_id}"
+          + (f" ({rec.doc_id})" if rec.doc_id else ""))
+    return 0
+
+
+def cmd_import_logs(args, settings) -> int:
+    from training.logs_io import import_logs
+
+    eng = _engine(settings)
+    try:
+        rep = import_logs(eng.store, Path(args.file), default_corpus=args.corpus)
+    finally:
+        eng.close()
+    print(json.dumps({k: v for k, v in vars(rep).items() if not k.startswith("_")}, default=str, indent=2))
+    return 0
+
+
+def cmd_export(args, settings) -> int:
+    from training.logs_io import export_queries, write_jsonl_atomic
+    from training.loop import chunk_lookup
+    from training.miners import mine_feedback
+
+    out = Path(args.out) if args.out else settings.server.home / "exports"
+    eng = _engine(settings)
+    try:
+        rep = export_queries(eng.store, out / "queries.jsonl", corpus=args.corpus)
+        trips = mine_feedback(eng.store, corpus=args.corpus, negatives_per_query=settings.training.negatives_per_query,
+                              chunk_lookup=chunk_lookup(eng))
+        n = write_jsonl_atomic(out / "triplets.jsonl", (t.to_dict() for t in trips))
+    finally:
+        eng.close()
+    print(f"wrote {out / 'queries.jsonl'} ({rep.queries} queries, {rep.feedback} feedback) and "
+          f"{out / 'triplets.jsonl'} ({n} triplets)")
+    return 0
+
+
+def cmd_golden_add(args, settings) -> int:
+    from retrieval.types import parse_doc_id
+    from training.golden import add_golden
+
+    spans = []
+    for s in args.span or []:
+        try:
+            p, a, b = parse_doc_id(s)
+        except ValueError as exc:
+            raise _Fail(f"--span {exc}") from None
+        spans.append({"path": p, "start_line": a, "end_line": b})
+    row = {"q": args.q, "repo": args.repo, "expect_paths": args.path or [], "expect_spans": spans}
+    idx = add_golden(Path(args.file), row)
+    print(f"added question #{idx} to {args.file}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def cmd_evaluate(args, settings) -> int:
+    from training.evaluate import format_table, make_rerank_fn, run_evaluation, save_report, write_run_jsonl
+
+    home = settings.server.home
+    eng = _engine(settings)
+    try:
+        if args.plot and not args.dataset:
+            return _plot(eng, args)
+        if not args.dataset:
+            raise _Fail("evaluate needs a dataset: golden.json or a bench collection folder (or --plot alone)")
+        rerank_fn = model = None
+        configs = ["bm25", "dense", "fused"]
+        if not args.no_rerank and settings.reranker.enabled:
+            eng.reranker.start()
+            loaded = eng.reranker.get(wait=True)
+            if loaded is not None:
+                rerank_fn, model = make_rerank_fn(loaded, settings.reranker), loaded.model_id
+                configs.append("fused+rerank")
+            else:
+                print(f"note: no reranker ({eng.reranker.none_reason}); scoring retrieval only", file=sys.stderr)
+        candidate = None
+        if args.candidate:
+            from training.trainer import run_dir
+
+            candidate = str(run_dir(home / "models", args.candidate) / "model")
+        report = run_evaluation(args.dataset, home, settings.index, settings.retrieval, configs=configs,
+                                rerank_fn=rerank_fn, candidate_model=candidate, reranker_settings=settings.reranker,
+                                model=model, embedder=eng.embedder(), limit=args.limit)
+        saved = save_report(report, eng.store, home / "exports")
+        if args.runs:
+            for c, run in report.runs.items():
+                write_run_jsonl(run, Path(args.runs) / f"{report.name}.{c}.jsonl")
+        if args.json:
+            _dump(report.to_dict(per_query=False))
+        else:
+            print(format_table(report))
+            print(f"saved: {saved.history_path}")
+        if args.plot:
+            _plot(eng, args)
+    finally:
+        eng.close()
+    return 0
+
+
+def _plot(eng, args) -> int:
+    from training.plot import plot_history
+
+    out = Path(args.plot_out) if args.plot_out else eng.home / "exports" / "evals" / "history.png"
+    try:
+        path = plot_history(eng.store.list_evaluations(limit=1000), out, level=args.level)
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    print(f"plot written: {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def _sources(args) -> tuple[list[str], Path | None]:
+    sources = list(dict.fromkeys(args.source or ["feedback"]))
+    golden = Path(args.golden) if getattr(args, "golden", None) else None
+    if golden is not None and "golden" not in sources:
+        sources.append("golden")
+    if "golden" in sources and golden is None:
+        if Path("golden.json").is_file():
+            golden = Path("golden.json")
+        else:
+            raise _Fail("source 'golden' needs --golden PATH (no ./golden.json)")
+    return sources, golden
+
+
+def _run(settings, kind: str, fn, lock: str | None = "training"):
+    from training.jobs import run_job
+
+    eng = _engine(settings)
+    try:
+        run_id, result = run_job(eng.store, settings.server.home, kind, lambda ctx: fn(eng, ctx), lock_name=lock)
+    finally:
+        eng.close()
+    return run_id, result
+
+
+def cmd_mine(args, settings) -> int:
+    from training.loop import export_triplets, mine
+    from training.trainer import run_dir, write_split
+
+    sources, golden = _sources(args)
+
+    def fn(eng, ctx):
+        split = mine(eng, ctx, sources, golden_path=golden, corpus=args.corpus)
+        write_split(run_dir(eng.home / "models", ctx.run_id), split)
+        path = export_triplets(eng, split)
+        return {"train": len(split.train), "heldout": len(split.heldout), "split": split.info.get("sources"),
+                "exported": str(path)}
+
+    run_id, res = _run(settings, "mine", fn, lock=None)
+    print(f"run {run_id}: {res['train']} training / {res['heldout']} held-out triplets {res['split']}; "
+          f"training side exported to {res['exported']}")
+    return 0
+
+
+def _print_loop(run_id: str, res: dict) -> int:
+    if res.get("table"):
+        print(res["table"])
+    gate = res.get("gate") or {}
+    if gate:
+        print(("gate: PROMOTE " if gate["promote"] else "gate: REFUSE ") + "; ".join(gate["reasons"]))
+    extra = f" -> release {res['release']}" if res.get("release") else ""
+    print(f"run {run_id}: {res.get('decision')}{extra}" + (f" ({res['reason']})" if res.get("reason") else ""))
+    return int(res.get("status", 1))
+
+
+def cmd_train(args, settings) -> int:
+    from training.loop import run_loop
+
+    sources, golden = _sources(args)
+    run_id, res = _run(settings, "train", lambda eng, ctx: run_loop(eng, ctx, sources, golden_path=golden,
+                                                                     corpus=args.corpus, promote=False))
+    _print_loop(run_id, res)
+    return 0 if res.get("decision") != "skipped" else 1
+
+
+def cmd_loop(args, settings) -> int:
+    from training.loop import run_loop
+
+    sources, golden = _sources(args)
+    run_id, res = _run(settings, "loop", lambda eng, ctx: run_loop(eng, ctx, sources, golden_path=golden,
+                                                                    corpus=args.corpus))
+    return _print_loop(run_id, res)
+
+
+def cmd_bootstrap(args, settings) -> int:
+    from training.loop import run_bootstrap
+
+    run_id, res = _run(settings, "bootstrap",
+                       lambda eng, ctx: run_bootstrap(eng, ctx, args.corpus, promote=not args.no_promote))
+    return _print_loop(run_id, res)
+
+
+def cmd_promote(args, settings) -> int:
+    from training.admin import _latest_trained
+    from training.loop import promote_step
+
+    home = settings.server.home
+    rid = args.run_id or _latest_trained(home / "models")
+    run_id, res = _run(settings, "promote", lambda eng, ctx: promote_step(eng, ctx, rid, force=args.force))
+    print(("PROMOTED as " + str(res["release"])) if res["decision"] == "promoted" else "REFUSED")
+    for r in res.get("reasons", []):
+        print(f"  {r}")
+    return 0 if res["decision"] == "promoted" else 1
+
+
+def cmd_rollback(args, settings) -> int:
+    from training.promote import rollback
+
+    eng = _engine(settings)
+    try:
+        res = rollback(settings.server.home, eng.store)
+    finally:
+        eng.close()
+    print(f"rolled back: current -> {res['release']} (was {res['from']}); running servers reload it on their next check")
+    return 0
+
+
+def cmd_jobs(args, settings) -> int:
+    from training.admin import run_admin_action
+
+    eng = _engine(settings)
+    try:
+        if args.cancel:
+            res = run_admin_action(eng, "cancel", run_id=args.cancel)
+        elif args.logs:
+            res = run_admin_action(eng, "logs", run_id=args.logs)
+            if not args.json:
+                print("\n".join(res["lines"]) or "(no log lines)")
+                return 0
+        elif args.runs:
+            res = run_admin_action(eng, "runs")
+        else:
+            res = run_admin_action(eng, "status")
+    finally:
+        eng.close()
+    if args.json or args.cancel or args.runs:
+        _dump(res)
+        return 0
+    print(f"current release: {res['current_release'] or 'none'}; training lock: "
+          f"{res['training_lock'] or 'free'}")
+    for j in res["jobs"]:
+        print(f"{j['run_id']}  {j['kind']:<9} {j['state']:<9} {j['progress']:.0%}  {j['message'] or ''}"
+              + (f"  error: {j['error'][:120]}" if j["error"] else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def register(sub) -> None:
+    """Add the learning-loop subcommands to ``agro``'s subparsers."""
+    s = sub.add_parser("feedback", help="record feedback on a search result (event_id from agro search --json)")
+    s.add_argument("event_id")
+    s.add_argument("signal", choices=["click", "used", "thumbs_up", "thumbs_down", "rating", "correct_location"])
+    s.add_argument("--doc-id")
+    s.add_argument("--rating", type=int)
+    s.add_argument("--path")
+    s.add_argument("--start-line", type=int)
+    s.add_argument("--end-line", type=int)
+    s.add_argument("--note")
+    s.set_defaults(func=_guard(cmd_feedback))
+
+    s = sub.add_parser("import-logs", help="import a seeds-format queries.jsonl log")
+    s.add_argument("file")
+    s.add_argument("--corpus", default="default", help="corpus for events that name none")
+    s.set_defaults(func=_guard(cmd_import_logs))
+
+    s = sub.add_parser("export", help="write queries.jsonl and triplets.jsonl (seeds' formats)")
+    s.add_argument("--out", help="folder (default: $AGRO_HOME/exports)")
+    s.add_argument("--corpus")
+    s.set_defaults(func=_guard(cmd_export))
+
+    g = sub.add_parser("golden", help="golden.json questions")
+    gsub = g.add_subparsers(dest="golden_command", required=True)
+    s = gsub.add_parser("add", help="append one question to golden.json")
+    s.add_argument("--q", required=True, help="the question")
+    s.add_argument("--repo", required=True, help="corpus id")
+    s.add_argument("--path", action="append", help="expected file (repeatable)")
+    s.add_argument("--span", action="append", help="expected span path:start-end (repeatable)")
+    s.add_argument("--file", default="golden.json")
+    s.set_defaults(func=_guard(cmd_golden_add))
+
+    s = sub.add_parser("evaluate", help="score BM25 / dense / fused / reranked on golden.json or a bench folder")
+    s.add_argument("dataset", nargs="?")
+    s.add_argument("--candidate", help="also score this training run's model (run id)")
+    s.add_argument("--no-rerank", action="store_true")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--runs", help="write score.py run files into this folder")
+    s.add_argument("--plot", action="store_true", help="write the history plot (PNG)")
+    s.add_argument("--plot-out")
+    s.add_argument("--level", default="file", choices=["file", "span"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_guard(cmd_evaluate))
+
+    def sources(p):
+        p.add_argument("--source", action="append", choices=["feedback", "golden", "bootstrap"],
+                       help="mining source (repeatable; default feedback)")
+        p.add_argument("--golden", help="golden.json to mine (adds source golden)")
+        p.add_argument("--corpus")
+
+    s = sub.add_parser("mine", help="mine triplets and the held-out split (no training)")
+    sources(s)
+    s.set_defaults(func=_guard(cmd_mine))
+    s = sub.add_parser("train", help="mine, train a candidate into models/runs/<run_id>, evaluate it")
+    sources(s)
+    s.set_defaults(func=_guard(cmd_train))
+    s = sub.add_parser("loop", help="mine, train, evaluate, promote once (cron); exit 0 promoted, 1 not")
+    sources(s)
+    s.set_defaults(func=_guard(cmd_loop))
+    s = sub.add_parser("bootstrap", help="train a first reranker from the indexed corpus itself (after agro index)")
+    s.add_argument("--corpus")
+    s.add_argument("--no-promote", action="store_true")
+    s.set_defaults(func=_guard(cmd_bootstrap))
+    s = sub.add_parser("promote", help="gate a trained run and promote it if it wins")
+    s.add_argument("run_id", nargs="?", help="default: the newest succeeded run")
+    s.add_argument("--force", action="store_true", help="promote even if the gate refuses (recorded as forced)")
+    s.set_defaults(func=_guard(cmd_promote))
+    s = sub.add_parser("rollback", help="point models/current back at the parent release")
+    s.set_defaults(func=_guard(cmd_rollback))
+    s = sub.add_parser("jobs", help="training jobs, runs, logs, cancel")
+    s.add_argument("--logs", metavar="RUN_ID")
+    s.add_argument("--cancel", metavar="RUN_ID")
+    s.add_argument("--runs", action="store_true", help="list runs and releases")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_guard(cmd_jobs))

@@ -1,0 +1,164 @@
+"""Simulate use of the learning loop on a ../shared/bench collection and report MRR@10 before and after.
+
+Feedback loop (docstring collections): the queries are split in half by a fixed seed. For each query of the first
+half a simulated user searches, marks the gold hits it sees as ``used`` and sends ``correct_location`` with the gold
+span when none is shown. Then ``agro loop`` runs once (mine, train, evaluate, promote). The second half is scored
+before (BM25, dense, fused) and after (fused + the trained candidate, whether the gate promoted it or not).
+
+Bootstrap (``--bootstrap``): ``agro bootstrap`` alone on the indexed corpus, then fused vs fused + the bootstrapped
+candidate on every query of the collection. Neither path reads ``corpus_original``; queries and qrels are read only
+to play the user on the training half and to score.
+
+    python bench/bench_learning.py --collection docstring_boltons [--bootstrap] [--home /tmp/agro-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger("bench_learning")
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+
+
+def _settings(home: Path, args):
+    from agro_mcp.config import load_settings
+
+    env = dict(os.environ)
+    env.update({
+        "AGRO_HOME": str(home),
+        "AGRO_TRAINING_MIN_TRIPLETS": "10",
+        "AGRO_TRAINING_PROMOTE_MIN_QUERIES": str(args.gate_min),
+        "AGRO_TRAINING_HELDOUT_FRACTION": str(args.heldout_fraction),
+        "AGRO_TRAINING_MAX_LENGTH": str(args.max_length),
+        "AGRO_TRAINING_MAX_TRAIN_PAIRS": str(args.max_pairs),
+        "AGRO_TRAINING_BOOTSTRAP_CAP": str(args.bootstrap_cap),
+        "AGRO_TRAINING_EPOCHS": str(args.epochs),
+        "AGRO_RERANKER_TOPN": str(args.topn),
+        "AGRO_RERANKER_BACKEND": "fp32",
+    })
+    return load_settings(env)
+
+
+def _overlaps(hit, gold) -> bool:
+    return hit.path == gold.path and (gold.start_line is None or (
+        hit.start_line <= gold.end_line and gold.start_line <= hit.end_line))
+
+
+def simulate_user(engine, corpus: str, queries, k: int) -> dict:
+    from training.feedback import submit_feedback
+
+    n_used = n_loc = 0
+    for q in queries:
+        resp = engine.search(q.query, corpus, k=k, rerank=False)  # no release yet: what the user saw
+        gold = q.span_gold if q.span_gold else q.gold
+        seen = [h for h in resp.results if any(_overlaps(h, g) for g in gold)]
+        for h in seen:
+            submit_feedback(engine.store, resp.event_id, "used", doc_id=h.doc_id, corpus_root=engine.corpus_root)
+            n_used += 1
+        if not seen:
+            g = next((g for g in gold if g.start_line is not None), None)
+            if g is not None:
+                submit_feedback(engine.store, resp.event_id, "correct_location", path=g.path,
+                                start_line=g.start_line, end_line=g.end_line, corpus_root=engine.corpus_root)
+                n_loc += 1
+    return {"queries": len(queries), "used": n_used, "correct_location": n_loc}
+
+
+def score(engine, queries, candidate: Path | None, label: str) -> dict:
+    from training.evaluate import format_table, run_evaluation
+
+    s = engine.settings
+    report = run_evaluation(queries, engine.home, s.index, s.retrieval, configs=("bm25", "dense", "fused"),
+                            candidate_model=str(candidate) if candidate else None, reranker_settings=s.reranker,
+                            embedder=engine.embedder(), k=50)
+    logger.info("%s\n%s", label, format_table(report))
+    return report.metrics
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--collection", default="docstring_boltons")
+    p.add_argument("--home", help="data home (default: a new temp folder)")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--k", type=int, default=10, help="results the simulated user sees")
+    p.add_argument("--bootstrap", action="store_true", help="also run agro bootstrap alone on a fresh home")
+    p.add_argument("--no-feedback", action="store_true", help="skip the feedback simulation")
+    p.add_argument("--max-length", type=int, default=192)
+    p.add_argument("--max-pairs", type=int, default=4000)
+    p.add_argument("--bootstrap-cap", type=int, default=1200)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--topn", type=int, default=30)
+    p.add_argument("--gate-min", type=int, default=15, help="gate's minimum held-out questions")
+    p.add_argument("--heldout-fraction", type=float, default=0.3)
+    p.add_argument("--out", help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from agro_mcp.engine import Engine
+    from training.evaluate import load_bench
+    from training.jobs import run_job
+    from training.loop import run_bootstrap, run_loop
+
+    bench = load_bench(BENCH / args.collection)
+    figures: dict = {"collection": args.collection, "args": vars(args)}
+    base_home = Path(args.home or tempfile.mkdtemp(prefix="agro-bench-"))
+
+    if not args.no_feedback:
+        home = base_home / "feedback"
+        eng = Engine(_settings(home, args))
+        corpora = sorted(bench.roots)
+        for c in corpora:
+            eng.index(bench.roots[c], c)
+        qs = list(bench.queries)
+        random.Random(args.seed).shuffle(qs)
+        train_q, test_q = qs[: len(qs) // 2], qs[len(qs) // 2:]
+        t0 = time.time()
+        figures["user"] = simulate_user(eng, corpora[0], train_q, args.k) if len(corpora) == 1 else None
+        run_id, res = run_job(eng.store, home, "loop", lambda ctx: run_loop(eng, ctx, ["feedback"]))
+        figures["loop"] = {"run_id": run_id, "decision": res.get("decision"), "gate": res.get("gate"),
+                           "trained_sec": res.get("trained_sec"), "loop_sec": round(time.time() - t0, 1)}
+        cand = home / "models" / "runs" / run_id / "model"
+        figures["test_half"] = score(eng, test_q, cand if cand.is_dir() else None, "test half (feedback loop)")
+        figures["test_half_n"] = len(test_q)
+        eng.close()
+
+    if args.bootstrap:
+        home = base_home / "bootstrap"
+        eng = Engine(_settings(home, args))
+        per_corpus = {}
+        for c in sorted(bench.roots):
+            eng.index(bench.roots[c], c)
+            t0 = time.time()
+            run_id, res = run_job(eng.store, home, "bootstrap",
+                                  lambda ctx, c=c: run_bootstrap(eng, ctx, c, promote=True))
+            per_corpus[c] = {"run_id": run_id, "decision": res.get("decision"), "gate": (res.get("gate") or {}).get("reasons"),
+                             "sec": round(time.time() - t0, 1)}
+            logger.info("bootstrap %s: %s", c, per_corpus[c])
+        figures["bootstrap_runs"] = per_corpus
+        if len(bench.roots) == 1:
+            rid = next(iter(per_corpus.values()))["run_id"]
+            cand = home / "models" / "runs" / rid / "model"
+            figures["bootstrap_all_queries"] = score(eng, bench.queries, cand if cand.is_dir() else None,
+                                                     "all queries (bootstrap alone)")
+        eng.close()
+
+    text = json.dumps(figures, indent=1, default=str)
+    if args.out:
+        Path(args.out).write_text(text)
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

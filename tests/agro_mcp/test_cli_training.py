@@ -1,0 +1,119 @@
+"""The learning-loop commands of ``agro``, in process, on a small generated repository."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agro_mcp.cli import main
+from tests.reranker.conftest import build_tiny_cross_encoder
+
+WORDS = ["parse", "render", "cache", "merge", "split", "encode", "decode", "validate", "format", "compress",
+         "hash", "sort", "filter", "group", "resolve", "load", "store", "index", "rank", "score"]
+NOUNS = ["header", "token", "template", "path", "config", "record", "stream", "buffer", "query", "schema"]
+
+
+def make_repo(root):
+    root.mkdir()
+    n = 0
+    for f in range(6):
+        parts = []
+        for j in range(8):
+            v, o = WORDS[(f * 8 + j) % len(WORDS)], NOUNS[(f * 3 + j) % len(NOUNS)]
+            body = "\n".join(f"    step_{k} = {o}_{n} + {k}" for k in range(6))
+            parts.append(f'def {v}_{o}_{n}({o}_{n}):\n    """{v.title()} the {o} number {n} and return it '
+                         f'for the {NOUNS[j % len(NOUNS)]} module."""\n{body}\n    return step_5\n')
+            n += 1
+        (root / f"mod{f}.py").write_text("\n\n".join(parts))
+    return root
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    tiny = build_tiny_cross_encoder(tmp_path / "tiny")
+    monkeypatch.setenv("AGRO_HOME", str(tmp_path / "home"))
+    for k, v in {"BASE_MODEL": str(tiny), "MIN_TRIPLETS": "5", "PROMOTE_MIN_QUERIES": "5", "MAX_LENGTH": "64",
+                 "BATCH_SIZE": "8", "HELDOUT_FRACTION": "0.3"}.items():
+        monkeypatch.setenv(f"AGRO_TRAINING_{k}", v)
+    monkeypatch.setenv("AGRO_RERANKER_TOPN", "10")
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow
+def test_bootstrap_then_jobs_runs_promote_and_rollback_from_the_cli(env, capsys):
+    repo = make_repo(env / "repo")
+    assert run(capsys, "index", str(repo), "--corpus", "demo")[0] == 0
+    code, out, err = run(capsys, "bootstrap", "--corpus", "demo")
+    assert code in (0, 1), err
+    assert "gate: " in out and ("promoted" in out or "refused" in out)
+    code, out, _ = run(capsys, "jobs", "--json")
+    jobs = json.loads(out)["jobs"]
+    assert jobs[0]["kind"] == "bootstrap" and jobs[0]["state"] == "succeeded"
+    run_id = jobs[0]["run_id"]
+    code, out, _ = run(capsys, "jobs", "--runs")
+    assert json.loads(out)["runs"][0]["run_id"] == run_id
+    # forcing a promotion is possible and recorded; rollback then has no parent
+    code, out, err = run(capsys, "promote", run_id, "--force")
+    assert code == 0 and "PROMOTED" in out
+    code, out, err = run(capsys, "rollback")
+    assert code == 2 and "no parent" in err
+
+
+def test_user_errors_exit_2_with_a_message(env, capsys):
+    code, _, err = run(capsys, "feedback", "nope", "used", "--doc-id", "a.py:1-2")
+    assert code == 2 and "Unknown event_id" in err
+    code, _, err = run(capsys, "promote", "no-such-run")
+    assert code == 2 and "No run 'no-such-run'" in err
+    code, _, err = run(capsys, "rollback")
+    assert code == 2 and "No current release" in err
+    code, _, err = run(capsys, "loop")
+    assert code == 1 or code == 2
+
+
+def test_golden_add_appends_a_validated_row(env, capsys, tmp_path):
+    g = tmp_path / "golden.json"
+    g.write_text("[]")
+    code, out, err = run(capsys, "golden", "add", "--q", "where are tokens parsed", "--repo", "demo",
+                         "--span", "src/tok.py:3-9", "--file", str(g))
+    assert code == 0, err
+    (row,) = json.loads(g.read_text())
+    assert row["expect_spans"] == [{"path": "src/tok.py", "start_line": 3, "end_line": 9}]
+    code, _, err = run(capsys, "golden", "add", "--q", "x", "--repo", "demo", "--span", "bad", "--file", str(g))
+    assert code == 2
+
+
+def test_admin_actions_answer_or_say_what_to_do(env):
+    from agro_mcp.config import load_settings
+    from agro_mcp.engine import Engine
+    from training.admin import AdminError, run_admin_action
+
+    eng = Engine(load_settings())
+    try:
+        st = run_admin_action(eng, "status")
+        assert st == {"jobs": [], "training_lock": None, "current_release": None}
+        assert run_admin_action(eng, "runs") == {"runs": [], "releases": []}
+        for action, kw, msg in [("eval_latest", {}, "No evaluation yet"), ("logs", {}, "needs run_id"),
+                                ("cancel", {"run_id": "nope"}, "Unknown run_id"), ("rollback", {}, "No current release"),
+                                ("promote", {}, "No succeeded training run"), ("train", {"run_id": "../x"}, "run_id"),
+                                ("bogus", {}, "action expects")]:
+            with pytest.raises(AdminError, match=msg):
+                run_admin_action(eng, action, **kw)
+        rid = run_admin_action(eng, "mine")["run_id"]
+        import time
+
+        for _ in range(200):
+            job = run_admin_action(eng, "status", run_id=rid)["job"]
+            if job["state"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.05)
+        assert job["state"] == "succeeded" and job["result"]["train"] == 0
+        assert any("mined" in line for line in run_admin_action(eng, "logs", run_id=rid)["lines"])
+    finally:
+        eng.close()

@@ -1,0 +1,78 @@
+"""Trainer on a tiny locally built cross-encoder (2 layers, hidden 64, MiniLM vocabulary)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reranker.model import UNTRAINED_MARKER, CrossEncoderScorer
+from tests.reranker.conftest import build_tiny_cross_encoder, make_release, point_current
+from training.miners import Triplet, split_by_query
+from training.settings import TrainingSettings
+from training.trainer import TrainingCancelled, TrainingError, load_run, resolve_base, run_dir, train_run
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def triplets(n=24):
+    return [Triplet(f"how do I parse item {i}", f"def parse_{i}(x):\n    return x[{i}]",
+                    f"p{i}.py:1-2", [f"class Other{i}:\n    pass", "x = 1"], [f"o{i}.py:1-2", "z.py:1-1"],
+                    "click_feedback", "c") for i in range(n)]
+
+
+def settings(tiny, **kw):
+    return TrainingSettings(base_model=str(tiny), batch_size=8, max_length=64, min_triplets=5, **kw)
+
+
+def test_train_run_writes_only_its_run_folder_with_a_servable_model(tmp_path, tiny):
+    models = tmp_path / "models"
+    split = split_by_query(triplets(), 0.25, seed=13)
+    run = train_run(models, "run-1", split, settings(tiny, epochs=2))
+    d = models / "runs" / "run-1"
+    assert run["state"] == "succeeded" and load_run(models, "run-1")["state"] == "succeeded"
+    assert [e["epoch"] for e in run["epochs"]] == [1.0, 2.0] and run["epochs"][0]["train_loss"] is not None
+    assert run["base_model"]["kind"] == "configured" and run["config"]["max_length"] == 64
+    assert run["data"]["train_hash"] == split.info["train_data_hash"]
+    assert run["heldout_query_hashes"] == split.info["heldout_query_hashes"]
+    assert (d / "data" / "heldout.jsonl").is_file() and not (d / "model" / UNTRAINED_MARKER).exists()
+    assert sorted(p.name for p in models.iterdir()) == ["runs"]
+    scorer = CrossEncoderScorer.load(d / "model", backend="fp32", maxlen=64)
+    assert scorer.score("how do I parse item 1", ["def parse_1(x): return x[1]"]).shape == (1,)
+
+
+def test_too_few_triplets_says_how_many_and_how_to_get_more(tmp_path, tiny):
+    split = split_by_query(triplets(3), 0.1, seed=1)
+    with pytest.raises(TrainingError, match=r"Too few training triplets: \d .*agro bootstrap"):
+        train_run(tmp_path / "models", "run-x", split, settings(tiny))
+
+
+def test_cancel_marks_the_run_cancelled(tmp_path, tiny):
+    models = tmp_path / "models"
+    with pytest.raises(TrainingCancelled):
+        train_run(models, "run-c", split_by_query(triplets(), 0.2, 1), settings(tiny), cancelled=lambda: True)
+    assert load_run(models, "run-c")["state"] == "cancelled"
+    assert not (models / "runs" / "run-c" / "model").exists()
+
+
+def test_base_is_the_current_release_when_there_is_one(tmp_path, tiny):
+    models = tmp_path / "models"
+    (models / "releases").mkdir(parents=True)
+    make_release(models, "r1", tiny)
+    point_current(models, "r1")
+    base = resolve_base(models, "ignored", tmp_path)
+    assert (base.kind, base.release_id) == ("release", "r1")
+
+
+def test_base_falls_back_to_a_fresh_head_backbone(tmp_path):
+    base = resolve_base(tmp_path / "models", None, tmp_path / "work")
+    assert base.kind == "backbone" and (tmp_path / "work" / "base" / UNTRAINED_MARKER).exists()
+
+
+def test_run_ids_cannot_escape_models_runs(tmp_path):
+    for bad in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(TrainingError):
+            run_dir(tmp_path, bad)

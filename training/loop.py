@@ -1,0 +1,284 @@
+"""The learning loop's steps over a live engine: mine, train, evaluate on held-out questions, promote.
+
+Each step takes the engine (duck-typed: ``home``, ``settings``, ``store``, ``generation(corpus)``, ``embedder()``,
+``corpora()``) and a :class:`training.jobs.JobContext`, so the CLI, ``reranker_admin`` and the nightly ``agro loop``
+run the same code. ``training`` never imports ``agro_mcp``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.miners import (
+    MinedSplit,
+    Triplet,
+    heldout_questions,
+    mine_bootstrap,
+    mine_feedback,
+    mine_golden,
+    split_by_query,
+)
+from training.promote import GateDecision, current_release, gate, promote_run
+from training.trainer import TrainingError, load_run, load_split, run_dir, train_run, write_json_atomic, write_split
+
+__all__ = [
+    "LoopOutcome",
+    "chunk_lookup",
+    "evaluate_run",
+    "fused_rank_fn",
+    "mine",
+    "parse_sources",
+    "promote_step",
+    "run_bootstrap",
+    "run_loop",
+    "train_step",
+]
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("feedback", "golden", "bootstrap")
+
+
+def fused_rank_fn(engine: Any, k: int = 30):
+    """``(query, corpus) -> fused hits`` on the corpus's current generation (what the reranker reranks)."""
+    from retrieval.search import search
+
+    embedder = engine.embedder()
+    rs = engine.settings.retrieval
+
+    def rank(query: str, corpus: str):
+        return search(engine.generation(corpus), embedder, query, k, rs, "fused").hits
+
+    return rank
+
+
+def chunk_lookup(engine: Any):
+    """``(corpus, path, start, end) -> (doc_id, text)`` of the indexed chunk overlapping the span most."""
+
+    def look(corpus: str, path: str, start: int, end: int):
+        try:
+            gen = engine.generation(corpus)
+        except (ValueError, OSError):
+            return None
+        best, overlap = None, 0
+        for c in gen.chunks:
+            if c.path != path:
+                continue
+            ov = min(c.end_line, end) - max(c.start_line, start) + 1
+            if ov > overlap:
+                best, overlap = c, ov
+        return (best.doc_id, best.text) if best is not None else None
+
+    return look
+
+
+def parse_sources(dataset: str | None) -> tuple[list[str], Path | None, str | None]:
+    """``reranker_admin``'s ``dataset`` for mining: None/``feedback``, ``golden:<path>`` or a ``.json`` path
+    (feedback + golden), ``bootstrap[:<corpus>]``. Returns (sources, golden path, bootstrap corpus)."""
+    if not dataset or dataset == "feedback":
+        return ["feedback"], None, None
+    if dataset.startswith("bootstrap"):
+        corpus = dataset.partition(":")[2] or None
+        return ["bootstrap"], None, corpus
+    path = dataset.partition(":")[2] if dataset.startswith("golden:") else dataset
+    return ["feedback", "golden"], Path(path), None
+
+
+def mine(
+    engine: Any,
+    ctx: Any,
+    sources: Sequence[str] = ("feedback",),
+    *,
+    golden_path: Path | None = None,
+    corpus: str | None = None,
+) -> MinedSplit:
+    """Mine every requested source and split by query (seeded, ``TrainingSettings.heldout_fraction``)."""
+    ts = engine.settings.training
+    bad = [s for s in sources if s not in SOURCES]
+    if bad:
+        raise TrainingError(f"mining sources expect values among {SOURCES}, but got {bad}")
+    triplets: list[Triplet] = []
+    counts: dict[str, int] = {}
+    if "feedback" in sources:
+        got = mine_feedback(engine.store, corpus=corpus, negatives_per_query=ts.negatives_per_query,
+                            chunk_lookup=chunk_lookup(engine))
+        counts["feedback"] = len(got)
+        triplets += got
+    if "golden" in sources:
+        from training.golden import load_golden
+
+        if golden_path is None or not Path(golden_path).is_file():
+            raise TrainingError(f"golden source needs a golden.json path, but got {golden_path}")
+        items = [it for it in load_golden(golden_path) if it.repo in set(engine.corpora())]
+        got = mine_golden(items, fused_rank_fn(engine), negatives_per_query=ts.negatives_per_query)
+        counts["golden"] = len(got)
+        triplets += got
+    if "bootstrap" in sources:
+        targets = [corpus] if corpus else list(engine.corpora())
+        if not targets:
+            raise TrainingError("No corpus is indexed: run `agro index /path/to/repo` before `agro bootstrap`")
+        for c in targets:
+            gen = engine.generation(c)
+            ctx.log("bootstrap: mining %s (%d chunks)", c, len(gen.chunks))
+            got = mine_bootstrap(gen.chunks, fused_rank_fn(engine), c, cap=ts.bootstrap_cap,
+                                 negatives_per_query=ts.negatives_per_query, seed=ts.seed,
+                                 progress=lambda i, n: ctx.progress(0.2 * i / max(n, 1), f"mining {i}/{n}"),
+                                 cancelled=ctx.cancelled)
+            counts[f"bootstrap:{c}"] = len(got)
+            triplets += got
+    split = split_by_query(triplets, ts.heldout_fraction, ts.seed)
+    split.info["sources"] = counts
+    ctx.log("mined %s -> %d train / %d held-out triplets (%d / %d queries)", counts, len(split.train),
+            len(split.heldout), split.info["train_queries"], split.info["heldout_queries"])
+    return split
+
+
+def export_triplets(engine: Any, split: MinedSplit) -> Path:
+    """Write ``exports/triplets.jsonl`` (training side only, the seeds' format)."""
+    from training.logs_io import write_jsonl_atomic
+
+    out = Path(engine.home) / "exports" / "triplets.jsonl"
+    write_jsonl_atomic(out, (t.to_dict() for t in split.train))
+    return out
+
+
+def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None = None) -> dict[str, Any]:
+    """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json."""
+    ts = engine.settings.training
+    return train_run(
+        Path(engine.home) / "models", ctx.run_id, split, ts,
+        progress=lambda f, m: ctx.progress(0.2 + 0.6 * f, m), cancelled=ctx.cancelled, extra=extra,
+        max_train_pairs=getattr(ts, "max_train_pairs", None),
+    )
+
+
+def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
+    """Candidate vs current release vs retrieval alone on the run's held-out questions, and the gate's decision.
+
+    Saves the report (store ``evaluations`` + ``exports/evals``) and ``runs/<run_id>/evaluation.json``.
+    """
+    from training.evaluate import EvalError, load_rerank_fn, queries_from_feedback, run_evaluation, save_report
+
+    models_dir = Path(engine.home) / "models"
+    run = load_run(models_dir, run_id)
+    if run.get("state") != "succeeded":
+        raise TrainingError(f"run {run_id} is {run.get('state')!r}; only a succeeded run can be evaluated")
+    d = run_dir(models_dir, run_id)
+    split = load_split(d)
+    rows = heldout_questions(split.heldout)
+    known = set(engine.corpora())
+    rows = [r for r in rows if r["corpus"] in known]
+    ts = engine.settings.training
+    rr = engine.settings.reranker
+    configs = ["fused"]
+    rerank_fn = None
+    cur = current_release(models_dir)
+    notes = []
+    if cur is not None:
+        try:
+            rerank_fn = load_rerank_fn(cur["_dir"], rr, release_id=str(cur.get("id")))
+            configs.append("fused+rerank")
+        except (ValueError, OSError, RuntimeError) as exc:
+            notes.append(f"current release {cur.get('id')} could not be loaded ({exc}); compared with retrieval only")
+    if not rows:
+        decision = GateDecision(False, [f"no held-out questions (need at least {ts.promote_min_queries}); "
+                                        "gather more feedback or golden questions"], {"n_queries": 0})
+        result = {"run_id": run_id, "decision": decision.to_dict(), "notes": notes}
+        write_json_atomic(d / "evaluation.json", result)
+        return result
+    ctx.log("evaluating run %s on %d held-out questions (%s + candidate)", run_id, len(rows), ", ".join(configs))
+    try:
+        report = run_evaluation(
+            queries_from_feedback(rows), Path(engine.home), engine.settings.index, engine.settings.retrieval,
+            configs=configs, rerank_fn=rerank_fn, candidate_model=str(d / "model"), reranker_settings=rr,
+            model=str(cur.get("id")) if cur else None, embedder=engine.embedder(), levels=("span", "file"),
+            k=50, progress=lambda i, n: ctx.progress(0.8 + 0.15 * i / max(n, 1), f"evaluating {i}/{n}"),
+        )
+    except EvalError as exc:
+        raise TrainingError(f"evaluation of run {run_id} failed: {exc}") from None
+    report.name = f"heldout-{run_id}"
+    report.notes.extend(notes)
+    saved = save_report(report, engine.store, Path(engine.home) / "exports")
+    names = {"fused+candidate": "candidate", "fused": "retrieval", "fused+rerank": "current"}
+    per_query = {names[c]: report.per_query[c]["span"] for c in report.configs}
+    decision = gate(per_query, delta=ts.promote_delta, min_queries=ts.promote_min_queries, seed=ts.seed)
+    decision.figures["levels"] = {c: report.metrics[c] for c in report.configs}
+    from training.evaluate import format_table
+
+    table = format_table(report)
+    result = {"run_id": run_id, "eval_id": saved.eval_id, "decision": decision.to_dict(), "table": table,
+              "notes": notes}
+    write_json_atomic(d / "evaluation.json", result)
+    ctx.log("gate for %s: %s (%s)", run_id, "promote" if decision.promote else "refuse", "; ".join(decision.reasons))
+    return result
+
+
+def promote_step(engine: Any, ctx: Any, run_id: str, *, force: bool = False, reload: bool = False) -> dict[str, Any]:
+    """Evaluate (unless ``runs/<id>/evaluation.json`` exists) and promote or refuse; record the decision."""
+    d = run_dir(Path(engine.home) / "models", run_id)
+    ev_path = d / "evaluation.json"
+    ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.is_file() else evaluate_run(engine, ctx, run_id)
+    dec = ev["decision"]
+    decision = GateDecision(dec["promote"], dec["reasons"], dec["figures"])
+    out = promote_run(Path(engine.home), run_id, decision, engine.store, force=force)
+    if out["decision"] == "promoted" and reload and hasattr(engine, "reranker"):
+        engine.reranker.reload()  # this process serves the new release at once; others on their next check
+    ctx.log("promotion of %s: %s %s", run_id, out["decision"], out.get("release") or "")
+    return out
+
+
+class LoopOutcome:
+    """Exit statuses of ``agro loop`` / ``agro bootstrap``: 0 promoted, 1 ran but nothing promoted."""
+
+    PROMOTED = 0
+    NOT_PROMOTED = 1
+
+
+def run_loop(
+    engine: Any,
+    ctx: Any,
+    sources: Sequence[str] = ("feedback",),
+    *,
+    golden_path: Path | None = None,
+    corpus: str | None = None,
+    promote: bool = True,
+    reload: bool = False,
+) -> dict[str, Any]:
+    """Mine, train, evaluate and (gate permitting) promote, once. Too few triplets ends with ``status`` 1."""
+    split = mine(engine, ctx, sources, golden_path=golden_path, corpus=corpus)
+    ts = engine.settings.training
+    if len(split.train) < ts.min_triplets:
+        msg = (f"Too few training triplets: {len(split.train)} (need {ts.min_triplets}). Send more feedback, "
+               "add golden.json questions, or run `agro bootstrap`.")
+        ctx.log(msg)
+        d = run_dir(Path(engine.home) / "models", ctx.run_id)
+        write_split(d, split)
+        write_json_atomic(d / "run.json", {"run_id": ctx.run_id, "state": "skipped", "reason": msg,
+                                           "split": split.info})
+        return {"status": LoopOutcome.NOT_PROMOTED, "run_id": ctx.run_id, "decision": "skipped", "reason": msg}
+    if ctx.cancelled():
+        from training.trainer import TrainingCancelled
+
+        raise TrainingCancelled(f"run {ctx.run_id} was cancelled")
+    export_triplets(engine, split)
+    run = train_step(engine, ctx, split, extra={"sources": list(sources)})
+    ev = evaluate_run(engine, ctx, ctx.run_id)
+    out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": ev["decision"],
+                           "table": ev.get("table")}
+    if not promote:
+        out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
+        return out
+    pr = promote_step(engine, ctx, ctx.run_id, reload=reload)
+    out.update(decision=pr["decision"], release=pr.get("release"),
+               status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
+    return out
+
+
+def run_bootstrap(engine: Any, ctx: Any, corpus: str | None = None, *, promote: bool = True,
+                  reload: bool = False) -> dict[str, Any]:
+    """The corpus bootstrap end to end: mine (doc, code) pairs of the indexed corpus, train, evaluate, promote."""
+    return run_loop(engine, ctx, ("bootstrap",), corpus=corpus, promote=promote, reload=reload)

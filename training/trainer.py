@@ -1,0 +1,375 @@
+"""Fine-tune a cross-encoder candidate with sentence-transformers' ``CrossEncoderTrainer``.
+
+A run writes only to ``models/runs/<run_id>/``: ``data/`` (the mined split), ``model/`` (the candidate, never
+served from there) and ``run.json`` (config, base model, data hashes, split, per-epoch metrics, state), replaced
+atomically at each change of state. The base is the current release when there is one, else
+``TrainingSettings.base_model``, else the offline MiniLM backbone with a fresh head.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from training.miners import MinedSplit, Triplet, data_hash
+
+__all__ = [
+    "BaseModel",
+    "TrainingCancelled",
+    "TrainingError",
+    "load_run",
+    "load_split",
+    "resolve_base",
+    "run_dir",
+    "train_run",
+    "write_json_atomic",
+    "write_split",
+]
+
+logger = logging.getLogger(__name__)
+
+_RUN_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_CHARS_PER_TOKEN = 8
+
+
+class TrainingError(RuntimeError):
+    """Training cannot run as asked (too little data, bad base model); the message says what to do."""
+
+
+class TrainingCancelled(TrainingError):
+    """The run was cancelled; its folder is marked cancelled and is never promoted."""
+
+
+@dataclass(frozen=True, slots=True)
+class BaseModel:
+    """Where a run starts from: ``kind`` is ``release``, ``configured`` or ``backbone`` (fresh head)."""
+
+    ref: str
+    kind: str
+    release_id: str | None = None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON beside ``path``, fsync, then ``os.replace``: readers see the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, ensure_ascii=False, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_dir(models_dir: Path, run_id: str) -> Path:
+    """``models/runs/<run_id>``, refusing ids that could name a path outside it."""
+    if not run_id or not set(run_id) <= _RUN_ID_OK or run_id.startswith("."):
+        raise TrainingError(f"run_id expects letters, digits, '-', '_' or '.', but got {run_id!r}")
+    runs = (Path(models_dir) / "runs").resolve()
+    d = (runs / run_id).resolve()
+    if d.parent != runs:
+        raise TrainingError(f"run {run_id!r} resolves outside {runs}; candidates must live in models/runs")
+    return d
+
+
+def load_run(models_dir: Path, run_id: str) -> dict[str, Any]:
+    """The run's ``run.json``.
+
+    Raises:
+        TrainingError: unknown run or unreadable manifest.
+    """
+    d = run_dir(models_dir, run_id)
+    try:
+        return json.loads((d / "run.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainingError(f"No run {run_id!r} in {d.parent}: list runs with `agro runs`") from None
+    except ValueError as exc:
+        raise TrainingError(f"run {run_id}: run.json is unreadable ({exc})") from None
+
+
+def _write_jsonl(path: Path, rows: Sequence[Triplet]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for t in rows:
+            fh.write(json.dumps(t.to_dict(with_corpus=True), ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_split(d: Path, split: MinedSplit) -> None:
+    """Save a mined split into a run folder (``data/train.jsonl``, ``data/heldout.jsonl``, ``data/split.json``)."""
+    _write_jsonl(d / "data" / "train.jsonl", split.train)
+    _write_jsonl(d / "data" / "heldout.jsonl", split.heldout)
+    write_json_atomic(d / "data" / "split.json", split.info)
+
+
+def load_split(d: Path) -> MinedSplit:
+    def read(p: Path) -> list[Triplet]:
+        with open(p, encoding="utf-8") as fh:
+            return [Triplet.from_dict(json.loads(line)) for line in fh if line.strip()]
+
+    try:
+        return MinedSplit(read(d / "data" / "train.jsonl"), read(d / "data" / "heldout.jsonl"),
+                          json.loads((d / "data" / "split.json").read_text(encoding="utf-8")))
+    except FileNotFoundError as exc:
+        raise TrainingError(f"{d} has no mined data ({exc.filename}); run `agro mine` or `agro train`") from None
+
+
+def resolve_base(models_dir: Path, base_model: str | None, workdir: Path) -> BaseModel:
+    """The current release, else ``base_model``, else a fresh-head MiniLM cross-encoder built in ``workdir``."""
+    current = Path(models_dir) / "current"
+    if current.exists():
+        target = current.resolve()
+        try:
+            manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = None
+        if isinstance(manifest, dict):
+            return BaseModel(str(target), "release", str(manifest.get("id") or target.name))
+        logger.warning("models/current -> %s has no manifest; not used as a base", target)
+    if base_model:
+        from retrieval.models import resolve_model_ref
+
+        return BaseModel(resolve_model_ref(base_model), "configured")
+    from reranker.model import create_from_backbone
+
+    out = create_from_backbone(Path(workdir) / "base")
+    return BaseModel(str(out), "backbone")
+
+
+def _datasets(train: Sequence[Triplet], loss_name: str, negatives: int, max_chars: int):
+    from datasets import Dataset
+
+    def cut(s: str) -> str:
+        return s[:max_chars]
+
+    if loss_name == "bce":
+        q, d, y = [], [], []
+        for t in train:
+            q.append(t.query)
+            d.append(cut(t.positive_text))
+            y.append(1.0)
+            for n in t.negative_texts[:negatives]:
+                q.append(t.query)
+                d.append(cut(n))
+                y.append(0.0)
+        return Dataset.from_dict({"query": q, "response": d, "label": y}), len(q)
+    if loss_name == "lambda":
+        rows = {"query": [], "docs": [], "labels": []}
+        for t in train:
+            docs = [cut(t.positive_text)] + [cut(n) for n in t.negative_texts[:negatives]]
+            rows["query"].append(t.query)
+            rows["docs"].append(docs)
+            rows["labels"].append([1] + [0] * (len(docs) - 1))
+        return Dataset.from_dict(rows), sum(len(x) for x in rows["docs"])
+    usable = [t for t in train if t.negative_texts]
+    n_neg = min([negatives] + [len(t.negative_texts) for t in usable]) if usable else 0
+    if n_neg == 0:
+        raise TrainingError("loss 'mnrl' needs triplets with negatives; none has any. Use loss 'bce'.")
+    cols: dict[str, list[str]] = {"query": [], "positive": []}
+    for i in range(n_neg):
+        cols[f"negative_{i + 1}"] = []
+    for t in usable:
+        cols["query"].append(t.query)
+        cols["positive"].append(cut(t.positive_text))
+        for i in range(n_neg):
+            cols[f"negative_{i + 1}"].append(cut(t.negative_texts[i]))
+    return Dataset.from_dict(cols), len(usable) * (n_neg + 1)
+
+
+def _loss(name: str, model):
+    from sentence_transformers.cross_encoder import losses
+
+    if name == "bce":
+        return losses.BinaryCrossEntropyLoss(model)
+    if name == "lambda":
+        return losses.LambdaLoss(model)
+    return losses.MultipleNegativesRankingLoss(model)
+
+
+def train_run(
+    models_dir: Path,
+    run_id: str,
+    split: MinedSplit,
+    settings: Any,
+    *,
+    progress: Callable[[float, str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    extra: dict[str, Any] | None = None,
+    max_train_pairs: int | None = None,
+) -> dict[str, Any]:
+    """Train a candidate on ``split.train`` into ``models/runs/<run_id>/model`` and return its ``run.json``.
+
+    Args:
+        models_dir: ``AGRO_HOME/models``.
+        run_id: the job's run id (the folder name).
+        split: mined data; only ``train`` is trained on, ``heldout`` is saved for the promoter.
+        settings: :class:`training.settings.TrainingSettings`.
+        progress: ``(fraction, message)`` after each step.
+        cancelled: polled between steps; True stops the run (:class:`TrainingCancelled`).
+        extra: more fields for ``run.json`` (sources, corpora).
+        max_train_pairs: cap on (query, text) pairs (triplets are sampled down, seeded), to bound the time.
+
+    Raises:
+        TrainingError: too few triplets, or a base model that cannot be loaded.
+        TrainingCancelled: when ``cancelled()`` turned True.
+    """
+    d = run_dir(models_dir, run_id)
+    train = list(split.train)
+    if len(train) < settings.min_triplets:
+        raise TrainingError(
+            f"Too few training triplets: {len(train)} (need at least {settings.min_triplets}, "
+            f"AGRO_TRAINING_MIN_TRIPLETS). Get more: send feedback (submit_feedback 'used' / 'correct_location'), "
+            "add golden.json questions, or run `agro bootstrap` to mine the corpus itself."
+        )
+    negatives = settings.negatives_per_query
+    if max_train_pairs is not None and len(train) * (1 + negatives) > max_train_pairs:
+        import random
+
+        keep = max(settings.min_triplets, max_train_pairs // (1 + negatives))
+        train = random.Random(settings.seed).sample(train, min(keep, len(train)))
+        logger.info("run %s: sampled %d triplets to stay under %d pairs", run_id, len(train), max_train_pairs)
+    d.mkdir(parents=True, exist_ok=True)
+    write_split(d, split)
+    base = resolve_base(models_dir, settings.base_model, d)
+    from reranker.model import UNTRAINED_MARKER, cpu_has_native_bf16
+
+    bf16 = bool(settings.bf16 and cpu_has_native_bf16())
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "state": "running",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": {"ref": base.ref, "kind": base.kind, "release_id": base.release_id},
+        "config": {
+            "loss": settings.loss, "epochs": settings.epochs, "batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate, "max_length": settings.max_length, "seed": settings.seed,
+            "negatives_per_query": negatives, "bf16": bf16, "max_train_pairs": max_train_pairs,
+        },
+        "data": {
+            "train_hash": data_hash(split.train), "heldout_hash": data_hash(split.heldout),
+            "trained_triplets": len(train), "trained_hash": data_hash(train),
+            "sources": sorted({t.source for t in split.train}),
+        },
+        "split": {k: v for k, v in split.info.items() if k != "heldout_query_hashes"},
+        "heldout_query_hashes": split.info.get("heldout_query_hashes", []),
+        "epochs": [],
+        **(extra or {}),
+    }
+    write_json_atomic(d / "run.json", manifest)
+    t0 = time.perf_counter()
+    try:
+        model_dir = _fit(d, base, train, settings, bf16, manifest, progress, cancelled)
+    except TrainingCancelled:
+        manifest.update(state="cancelled", finished_at=_now(), elapsed_sec=round(time.perf_counter() - t0, 1))
+        write_json_atomic(d / "run.json", manifest)
+        raise
+    except BaseException as exc:
+        manifest.update(state="failed", error=str(exc)[:2000], finished_at=_now())
+        write_json_atomic(d / "run.json", manifest)
+        raise
+    if (model_dir / UNTRAINED_MARKER).exists():  # pragma: no cover - save_pretrained writes a fresh folder
+        (model_dir / UNTRAINED_MARKER).unlink()
+    if base.kind == "backbone":
+        shutil.rmtree(d / "base", ignore_errors=True)
+    manifest.update(state="succeeded", finished_at=_now(), elapsed_sec=round(time.perf_counter() - t0, 1),
+                    model_dir="model")
+    write_json_atomic(d / "run.json", manifest)
+    logger.info("run %s trained in %.0fs on %d triplets (base %s %s)", run_id, manifest["elapsed_sec"],
+                len(train), base.kind, base.release_id or base.ref)
+    return manifest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bool, manifest: dict,
+         progress, cancelled) -> Path:
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+    try:
+        model = CrossEncoder(base.ref, num_labels=1, max_length=settings.max_length, device="cpu",
+                             local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot load the base model {base.ref} ({base.kind}): {exc}") from exc
+    dataset, n_pairs = _datasets(train, settings.loss, settings.negatives_per_query,
+                                 settings.max_length * _CHARS_PER_TOKEN)
+    manifest["data"]["trained_pairs"] = n_pairs
+    state = {"cancelled": False, "last_poll": 0.0, "epoch_losses": []}
+
+    class _Hooks(TrainerCallback):
+        def on_log(self, args, tstate, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                state["epoch_losses"].append(float(logs["loss"]))
+
+        def on_step_end(self, args, tstate, control, **kw):
+            if progress is not None and tstate.max_steps:
+                progress(tstate.global_step / tstate.max_steps,
+                         f"step {tstate.global_step}/{tstate.max_steps}, epoch {tstate.epoch or 0:.2f}")
+            now = time.monotonic()
+            if cancelled is not None and now - state["last_poll"] >= 1.0:
+                state["last_poll"] = now
+                if cancelled():
+                    state["cancelled"] = True
+                    control.should_training_stop = True
+                    control.should_epoch_stop = True
+
+        def on_epoch_end(self, args, tstate, control, **kw):
+            losses = state["epoch_losses"]
+            row = {"epoch": round(tstate.epoch or 0, 3), "step": tstate.global_step,
+                   "train_loss": sum(losses) / len(losses) if losses else None,
+                   "elapsed_sec": round(time.perf_counter() - t_fit, 1)}
+            state["epoch_losses"] = []
+            manifest["epochs"].append(row)
+            write_json_atomic(d / "run.json", manifest)
+            logger.info("run %s epoch %s: loss %s", manifest["run_id"], row["epoch"], row["train_loss"])
+
+    n_steps_epoch = max(1, -(-len(dataset) // settings.batch_size))
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(d / "trainer_tmp"),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=max(0, int(0.1 * n_steps_epoch * settings.epochs)),
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=bf16,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=max(1, n_steps_epoch // 20),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(settings.loss, model),
+                                  callbacks=[_Hooks()])
+    trainer.remove_callback(PrinterCallback)  # it print()s logs to stdout, which a stdio server must never do
+    trainer.remove_callback(ProgressCallback)
+    t_fit = time.perf_counter()
+    trainer.train()
+    shutil.rmtree(d / "trainer_tmp", ignore_errors=True)
+    if state["cancelled"]:
+        raise TrainingCancelled(f"run {manifest['run_id']} was cancelled")
+    out = d / "model"
+    tmp = d / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
