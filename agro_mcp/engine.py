@@ -51,7 +51,8 @@ class RankedResult:
 class Engine:
     """Long-lived state of one server or CLI process: models, loaded generations, the store."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, embedder=None) -> None:
+        """``embedder`` may be passed in (already loaded) to share one model between engines."""
         self.settings = settings
         self.home = settings.server.home
         self.home.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,10 @@ class Engine:
         self._embedder_error: BaseException | None = None
         self._embedder_ready = threading.Event()
         self._embedder_thread: threading.Thread | None = None
+        if embedder is not None:
+            self._embedder = embedder
+            self._embedder_thread = threading.current_thread()
+            self._embedder_ready.set()
         self._gens: dict[str, IndexGeneration] = {}
         self._stale: dict[str, tuple[float, str, dict]] = {}
         self._store = None

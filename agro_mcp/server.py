@@ -194,9 +194,15 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         eng = _engine(ctx)
         if action not in ("info", "status", "runs", "eval_latest", "logs") and not eng.settings.server.admin_enabled:
             raise ToolError("reranker_admin actions that change state are disabled (AGRO_ADMIN_ENABLED=0).")
+        from training.admin import AdminError
+        from training.evaluate import EvalError
+        from training.jobs import JobBusyError
+        from training.promote import PromotionError
+        from training.trainer import TrainingError
+
         try:
             return eng.admin(action, run_id=run_id, dataset=dataset)
-        except UserError as exc:
+        except (UserError, AdminError, EvalError, JobBusyError, PromotionError, TrainingError) as exc:
             raise _user_error(exc) from None
 
     return server

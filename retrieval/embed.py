@@ -48,6 +48,8 @@ class Embedder:
         self._model = SentenceTransformer(path, device="cpu", local_files_only=Path(path).exists())
         if self.dtype == "bf16":
             self._model.to(torch.bfloat16)
+        elif self.dtype == "int8":
+            self._model = _quantize_int8(self._model)
         self._model.max_seq_length = max_tokens
         self.max_tokens = max_tokens
         self.batch = batch
@@ -58,7 +60,7 @@ class Embedder:
             digest = hashlib.sha256((Path(path) / "config.json").read_bytes()).hexdigest()[:8]
             name = f"{name}@{digest}"
         # The model id names the weights and the sequence length; vectors from different ids never mix.
-        self.model_id = f"{name}/max{max_tokens}"
+        self.model_id = f"{name}/max{max_tokens}" + ("/int8" if self.dtype == "int8" else "")
         self.tokenizer = self._model.tokenizer
 
     def _encode(self, texts: Sequence[str], batch: int) -> np.ndarray:
@@ -104,6 +106,17 @@ class Embedder:
         vecs = self._encode(pieces, len(pieces))
         mean = vecs.mean(axis=0)
         return (mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32)
+
+
+def _quantize_int8(model):
+    """Dynamic int8 quantisation of the Linear layers (uses VNNI where the CPU has it)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated but still the offline int8 path
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def load_embedder(settings: RetrievalSettings, batch: int = 32) -> Embedder:
