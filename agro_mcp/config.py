@@ -103,11 +103,15 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
                 data[section][fname] = _coerce_env(env[key])
     if isinstance(data["index"].get("extra_ignores"), str):
         data["index"]["extra_ignores"] = [p.strip() for p in data["index"]["extra_ignores"].split(",") if p.strip()]
-    try:
-        return Settings(**{k: models[k](**v) for k, v in data.items()})
-    except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            loc = [str(p) for p in err["loc"]]
-            msgs.append(f"{'.'.join(loc)}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("Invalid settings: " + "; ".join(msgs)) from exc
+    built, msgs = {}, []
+    for section, values in data.items():
+        try:
+            built[section] = models[section](**values)
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = str(err["loc"][0]) if err["loc"] else ""
+                env_name = ENV_SECTIONS[section] + field.upper() if field else section
+                msgs.append(f"{env_name} ({section}.{field}): {err['msg']} (got {err.get('input')!r})")
+    if msgs:
+        raise ConfigError("Invalid settings: " + "; ".join(msgs))
+    return Settings(**built)
