@@ -16,6 +16,11 @@ from agro_mcp.logging_setup import configure_logging
 logger = logging.getLogger("agro")
 
 
+def echo(*parts, **kw) -> None:
+    """The one way commands write results to stdout (never used by ``agro serve``, whose stdout is MCP)."""
+    print(*parts, **kw)
+
+
 class _Progress:
     """A one-line progress display on stderr, only when stderr is a terminal."""
 

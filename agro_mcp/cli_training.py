@@ -11,6 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from agro_mcp.cli import echo
+
+
 __all__ = ["register"]
 
 
@@ -25,7 +28,7 @@ def _engine(settings):
 
 
 def _dump(obj) -> None:
-    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+    echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
 def _guard(fn):
@@ -45,7 +48,7 @@ def _guard(fn):
             return fn(args, settings) or 0
         except (_Fail, AdminError, EvalError, FeedbackError, GoldenError, JobBusyError, PromotionError, StoreError,
                 TrainingError, FileNotFoundError) as exc:
-            print(f"agro: {exc}", file=sys.stderr)
+            echo(f"agro: {exc}", file=sys.stderr)
             return 2
 
     return wrapped
@@ -65,7 +68,7 @@ def cmd_feedback(args, settings) -> int:
     finally:
         eng.close()
     state = "recorded" if rec.created else "already recorded"
-    print(f"feedback {rec.feedback_id} {state}: {rec.signal} on event {rec.event_id}"
+    echo(f"feedback {rec.feedback_id} {state}: {rec.signal} on event {rec.event_id}"
           + (f" ({rec.doc_id})" if rec.doc_id else ""))
     return 0
 
@@ -78,7 +81,7 @@ def cmd_import_logs(args, settings) -> int:
         rep = import_logs(eng.store, Path(args.file), default_corpus=args.corpus)
     finally:
         eng.close()
-    print(json.dumps({k: v for k, v in vars(rep).items() if not k.startswith("_")}, default=str, indent=2))
+    echo(json.dumps({k: v for k, v in vars(rep).items() if not k.startswith("_")}, default=str, indent=2))
     return 0
 
 
@@ -96,7 +99,7 @@ def cmd_export(args, settings) -> int:
         n = write_jsonl_atomic(out / "triplets.jsonl", (t.to_dict() for t in trips))
     finally:
         eng.close()
-    print(f"wrote {out / 'queries.jsonl'} ({rep.queries} queries, {rep.feedback} feedback) and "
+    echo(f"wrote {out / 'queries.jsonl'} ({rep.queries} queries, {rep.feedback} feedback) and "
           f"{out / 'triplets.jsonl'} ({n} triplets)")
     return 0
 
@@ -114,7 +117,7 @@ def cmd_golden_add(args, settings) -> int:
         spans.append({"path": p, "start_line": a, "end_line": b})
     row = {"q": args.q, "repo": args.repo, "expect_paths": args.path or [], "expect_spans": spans}
     idx = add_golden(Path(args.file), row)
-    print(f"added question #{idx} to {args.file}")
+    echo(f"added question #{idx} to {args.file}")
     return 0
 
 
@@ -140,7 +143,7 @@ def cmd_evaluate(args, settings) -> int:
                 rerank_fn, model = make_rerank_fn(loaded, settings.reranker), loaded.model_id
                 configs.append("fused+rerank")
             else:
-                print(f"note: no reranker ({eng.reranker.none_reason}); scoring retrieval only", file=sys.stderr)
+                echo(f"note: no reranker ({eng.reranker.none_reason}); scoring retrieval only", file=sys.stderr)
         candidate = None
         if args.candidate:
             from training.trainer import run_dir
@@ -156,8 +159,8 @@ def cmd_evaluate(args, settings) -> int:
         if args.json:
             _dump(report.to_dict(per_query=False))
         else:
-            print(format_table(report))
-            print(f"saved: {saved.history_path}")
+            echo(format_table(report))
+            echo(f"saved: {saved.history_path}")
         if args.plot:
             _plot(eng, args)
     finally:
@@ -173,7 +176,7 @@ def _plot(eng, args) -> int:
         path = plot_history(eng.store.list_evaluations(limit=1000), out, level=args.level)
     except ValueError as exc:
         raise _Fail(str(exc)) from None
-    print(f"plot written: {path}")
+    echo(f"plot written: {path}")
     return 0
 
 
@@ -218,19 +221,19 @@ def cmd_mine(args, settings) -> int:
                 "exported": str(path)}
 
     run_id, res = _run(settings, "mine", fn, lock=None)
-    print(f"run {run_id}: {res['train']} training / {res['heldout']} held-out triplets {res['split']}; "
+    echo(f"run {run_id}: {res['train']} training / {res['heldout']} held-out triplets {res['split']}; "
           f"training side exported to {res['exported']}")
     return 0
 
 
 def _print_loop(run_id: str, res: dict) -> int:
     if res.get("table"):
-        print(res["table"])
+        echo(res["table"])
     gate = res.get("gate") or {}
     if gate:
-        print(("gate: PROMOTE " if gate["promote"] else "gate: REFUSE ") + "; ".join(gate["reasons"]))
+        echo(("gate: PROMOTE " if gate["promote"] else "gate: REFUSE ") + "; ".join(gate["reasons"]))
     extra = f" -> release {res['release']}" if res.get("release") else ""
-    print(f"run {run_id}: {res.get('decision')}{extra}" + (f" ({res['reason']})" if res.get("reason") else ""))
+    echo(f"run {run_id}: {res.get('decision')}{extra}" + (f" ({res['reason']})" if res.get("reason") else ""))
     return int(res.get("status", 1))
 
 
@@ -268,9 +271,9 @@ def cmd_promote(args, settings) -> int:
     home = settings.server.home
     rid = args.run_id or _latest_trained(home / "models")
     run_id, res = _run(settings, "promote", lambda eng, ctx: promote_step(eng, ctx, rid, force=args.force))
-    print(("PROMOTED as " + str(res["release"])) if res["decision"] == "promoted" else "REFUSED")
+    echo(("PROMOTED as " + str(res["release"])) if res["decision"] == "promoted" else "REFUSED")
     for r in res.get("reasons", []):
-        print(f"  {r}")
+        echo(f"  {r}")
     return 0 if res["decision"] == "promoted" else 1
 
 
@@ -282,7 +285,7 @@ def cmd_rollback(args, settings) -> int:
         res = rollback(settings.server.home, eng.store)
     finally:
         eng.close()
-    print(f"rolled back: current -> {res['release']} (was {res['from']}); running servers reload it on their next check")
+    echo(f"rolled back: current -> {res['release']} (was {res['from']}); running servers reload it on their next check")
     return 0
 
 
@@ -296,7 +299,7 @@ def cmd_jobs(args, settings) -> int:
         elif args.logs:
             res = run_admin_action(eng, "logs", run_id=args.logs)
             if not args.json:
-                print("\n".join(res["lines"]) or "(no log lines)")
+                echo("\n".join(res["lines"]) or "(no log lines)")
                 return 0
         elif args.runs:
             res = run_admin_action(eng, "runs")
@@ -307,10 +310,10 @@ def cmd_jobs(args, settings) -> int:
     if args.json or args.cancel or args.runs:
         _dump(res)
         return 0
-    print(f"current release: {res['current_release'] or 'none'}; training lock: "
+    echo(f"current release: {res['current_release'] or 'none'}; training lock: "
           f"{res['training_lock'] or 'free'}")
     for j in res["jobs"]:
-        print(f"{j['run_id']}  {j['kind']:<9} {j['state']:<9} {j['progress']:.0%}  {j['message'] or ''}"
+        echo(f"{j['run_id']}  {j['kind']:<9} {j['state']:<9} {j['progress']:.0%}  {j['message'] or ''}"
               + (f"  error: {j['error'][:120]}" if j["error"] else ""))
     return 0
 

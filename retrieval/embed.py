@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ __all__ = ["Embedder", "load_embedder", "cpu_supports_bf16"]
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_WINDOWS = 8
+QUERY_CACHE_SIZE = 512
 
 
 def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
@@ -55,6 +57,7 @@ class Embedder:
         self.batch = batch
         self.dim = int(self._model.get_embedding_dimension())
         self._lock = threading.Lock()
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         name = Path(path).name if Path(path).exists() else path
         if Path(path).exists() and (Path(path) / "config.json").is_file():
             digest = hashlib.sha256((Path(path) / "config.json").read_bytes()).hexdigest()[:8]
@@ -90,6 +93,21 @@ class Embedder:
         return np.concatenate(out)
 
     def encode_query(self, text: str) -> np.ndarray:
+        """One vector for a query of any length; repeated queries come from a small LRU cache."""
+        with self._lock:
+            hit = self._query_cache.get(text)
+            if hit is not None:
+                self._query_cache.move_to_end(text)
+                return hit
+        vec = self._encode_query(text)
+        vec.setflags(write=False)
+        with self._lock:
+            self._query_cache[text] = vec
+            while len(self._query_cache) > QUERY_CACHE_SIZE:
+                self._query_cache.popitem(last=False)
+        return vec
+
+    def _encode_query(self, text: str) -> np.ndarray:
         """One vector for a query of any length.
 
         A query longer than the model's window (an assistant may paste a whole issue) is split into token windows
