@@ -535,6 +535,24 @@ def _load_dataset(
     raise EvalError(f"dataset expects golden.json or a bench collection folder, but {path} does not exist")
 
 
+def _self_paths(dataset, roots: Mapping[str, Path]) -> dict[str, set[str]]:
+    """A golden file inside the corpus it asks about holds every question verbatim: never count it as an answer."""
+    if not isinstance(dataset, (str, Path)):
+        return {}
+    path = Path(dataset)
+    if path.is_dir():
+        path = path / "golden.json"
+    if not path.is_file():
+        return {}
+    out: dict[str, set[str]] = {}
+    for corpus, root in roots.items():
+        try:
+            out.setdefault(corpus, set()).add(path.resolve().relative_to(Path(root).resolve()).as_posix())
+        except ValueError:
+            continue
+    return out
+
+
 def _ensure_index(home: Path, corpus: str, root: Path | None, index_settings, retrieval_settings, embedder):
     """The current generation of ``corpus``, built from ``root`` first when there is none."""
     from retrieval.index import NoIndexError, build_index, load_current
@@ -637,6 +655,7 @@ def run_evaluation(
         EvalError: on an empty set, an unknown config, a missing reranker or a corpus with no index and no root.
     """
     name, queries, known_roots = _load_dataset(dataset, roots)
+    excluded = _self_paths(dataset, known_roots)
     if limit is not None:
         queries = queries[:limit]
     if not queries:
@@ -672,7 +691,8 @@ def run_evaluation(
     def searcher(mode: str) -> RankFn:
         def fn(q: EvalQuery) -> Ranking:
             res = search(gens[q.corpus], embedder, q.query, k, retrieval_settings, mode=mode)
-            return Ranking(list(res.hits), dict(res.timings))
+            skip = excluded.get(q.corpus, ())
+            return Ranking([h for h in res.hits if h.chunk.path not in skip], dict(res.timings))
 
         return fn
 
