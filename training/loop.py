@@ -187,7 +187,8 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
     if not rows:
         decision = GateDecision(False, [f"no held-out questions (need at least {ts.promote_min_queries}); "
                                         "gather more feedback or golden questions"], {"n_queries": 0})
-        result = {"run_id": run_id, "decision": decision.to_dict(), "notes": notes}
+        result = {"run_id": run_id, "decision": decision.to_dict(), "notes": notes,
+                  "current_release": cur.get("id") if cur else None}
         write_json_atomic(d / "evaluation.json", result)
         return result
     ctx.log("evaluating run %s on %d held-out questions (%s + candidate)", run_id, len(rows), ", ".join(configs))
@@ -211,17 +212,22 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
 
     table = format_table(report)
     result = {"run_id": run_id, "eval_id": saved.eval_id, "decision": decision.to_dict(), "table": table,
-              "notes": notes}
+              "notes": notes, "current_release": cur.get("id") if cur else None}
     write_json_atomic(d / "evaluation.json", result)
     ctx.log("gate for %s: %s (%s)", run_id, "promote" if decision.promote else "refuse", "; ".join(decision.reasons))
     return result
 
 
 def promote_step(engine: Any, ctx: Any, run_id: str, *, force: bool = False, reload: bool = False) -> dict[str, Any]:
-    """Evaluate (unless ``runs/<id>/evaluation.json`` exists) and promote or refuse; record the decision."""
-    d = run_dir(Path(engine.home) / "models", run_id)
+    """Evaluate (unless ``runs/<id>/evaluation.json`` exists and was made against the release that is current now)
+    and promote or refuse; record the decision."""
+    models_dir = Path(engine.home) / "models"
+    d = run_dir(models_dir, run_id)
     ev_path = d / "evaluation.json"
-    ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.is_file() else evaluate_run(engine, ctx, run_id)
+    ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.is_file() else None
+    cur = current_release(models_dir)
+    if ev is None or ev.get("current_release") != (cur.get("id") if cur else None):
+        ev = evaluate_run(engine, ctx, run_id)  # the gate must compare with the release serving now
     dec = ev["decision"]
     decision = GateDecision(dec["promote"], dec["reasons"], dec["figures"])
     out = promote_run(Path(engine.home), run_id, decision, engine.store, force=force)

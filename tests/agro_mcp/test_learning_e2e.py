@@ -9,7 +9,8 @@ legitimately refuses (a tiny 2-layer model rarely beats retrieval on 40 question
 its figures and the run is forced with ``agro promote RUN --force`` (MCP offers no force option). Either way the
 *running* server must then report the new release in ``rag_search`` without a restart. A second run (trained on top
 of that release) is promoted the same way, and ``reranker_admin rollback`` brings the first release back; rolling back
-the first release is refused (it has no parent) while the server keeps serving.
+the first release is refused (it has no parent) while the server keeps serving. Finally, promoting the first run again
+must re-run the gate against the release now serving, not reuse a verdict made when there was none.
 """
 
 from __future__ import annotations
@@ -538,8 +539,19 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
         runs = await _call(client, "reranker_admin", action="runs")
         assert {run_a, run_b} <= {r["run_id"] for r in runs["runs"]}
         assert [r["id"] for r in runs["releases"] if r["current"]] == [rel_a]
+
+        # Promoting run A again: its saved evaluation predates rel_a, so the gate must re-evaluate it against the
+        # release serving now (the same weights: a tie, refused) instead of reusing the retrieval-only verdict.
+        again = await _call(client, "reranker_admin", action="promote", run_id=run_a)
+        res = (await _job(client, again["run_id"]))["result"]
+        assert res["decision"] == "refused", res
+        await _served(client, rel_a, within=5)
     with sqlite3.connect(db) as conn:
-        decisions = [r[0] for r in conn.execute("SELECT decision FROM promotions ORDER BY id")]
-    assert decisions[-1] == "rollback" and decisions.count("promoted") == 2
+        rows = conn.execute("SELECT decision, candidate, payload FROM promotions ORDER BY id").fetchall()
+    decisions = [r[0] for r in rows]
+    assert decisions[-2:] == ["rollback", "refused"] and decisions.count("promoted") == 2, decisions
+    figures = json.loads(rows[-1][2])["figures"]
+    assert rows[-1][1] == run_a and "current" in figures, figures
+    assert figures["current"]["MRR@10"] == pytest.approx(figures["candidate"]["MRR@10"])
     print(f"\nlearning e2e: feedback {sent}; releases {rel_a} -> {rel_b} -> rollback {rel_a}; "
           f"{time.monotonic() - t_start:.1f}s")
