@@ -13,7 +13,6 @@ from pathlib import Path
 
 from agro_mcp.cli import echo
 
-
 __all__ = ["register"]
 
 
@@ -125,7 +124,13 @@ def cmd_golden_add(args, settings) -> int:
 
 
 def cmd_evaluate(args, settings) -> int:
-    from training.evaluate import format_table, make_rerank_fn, run_evaluation, save_report, write_run_jsonl
+    from training.evaluate import (
+        format_table,
+        make_rerank_fn,
+        run_evaluation,
+        save_report,
+        write_run_jsonl,
+    )
 
     home = settings.server.home
     eng = _engine(settings)

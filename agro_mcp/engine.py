@@ -305,7 +305,9 @@ class Engine:
             return info
         if action == "reload":
             return dict(self.reranker.reload())
-        from training.admin import run_admin_action  # training is optional for search-only use
+        from training.admin import (
+            run_admin_action,  # training is optional for search-only use
+        )
 
         return run_admin_action(self, action, run_id=run_id, dataset=dataset)
 

@@ -17,7 +17,12 @@ from pydantic import Field
 from agro_mcp.answer import rag_answer_call
 from agro_mcp.config import Settings
 from agro_mcp.engine import MAX_K, Engine, UserError
-from agro_mcp.schemas import AnswerResponse, FeedbackResponse, IndexResponse, SearchResponse
+from agro_mcp.schemas import (
+    AnswerResponse,
+    FeedbackResponse,
+    IndexResponse,
+    SearchResponse,
+)
 
 __all__ = ["create_server"]
 
@@ -159,7 +164,8 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         path:start_line-end_line (even if not among the results; the strongest signal); 'thumbs_down' = this hit
         was irrelevant; 'click' = you opened it; 'thumbs_up' / 'rating' (1-5) = the user's judgement.
         """
-        from training.feedback import FeedbackError, submit_feedback as submit
+        from training.feedback import FeedbackError
+        from training.feedback import submit_feedback as submit
 
         eng = _engine(ctx)
         try:

@@ -246,7 +246,11 @@ class CrossEncoderScorer:
             RerankerLoadError: missing path, no safetensors, untrained head, or not a 1-label sequence classifier.
         """
         import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import (
+            AutoConfig,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
         source, is_dir = _resolve_ref(str(ref))
         if threads:

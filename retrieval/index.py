@@ -29,8 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.atomic import fsync_dir, write_json_atomic
 from retrieval.chunking import chunk_file
-from retrieval.discovery import DiscoveryResult, FileEntry, detect_language, discover_files, read_text
+from retrieval.discovery import (
+    DiscoveryResult,
+    detect_language,
+    discover_files,
+    read_text,
+)
 from retrieval.lexical import BM25Index
 from retrieval.settings import IndexSettings, RetrievalSettings
 from retrieval.tokenize import code_tokens
@@ -220,30 +226,15 @@ def list_corpora(home: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / "current").is_symlink() and (p / "current").exists())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _publish(cdir: Path, tmp: Path, gen_id: str) -> None:
     gens = cdir / "gens"
     final = gens / gen_id
     os.rename(tmp, final)
-    _fsync_dir(gens)
+    fsync_dir(gens)
     link_tmp = cdir / f".current-{uuid.uuid4().hex[:8]}"
     os.symlink(Path("gens") / gen_id, link_tmp)
     os.replace(link_tmp, cdir / "current")
-    _fsync_dir(cdir)
+    fsync_dir(cdir)
 
 
 def _gc(cdir: Path, keep: int) -> None:
@@ -548,8 +539,7 @@ def build_index(
                 "skipped": skipped,
                 "files": files_meta,
             }
-            _write_file(tmp / "manifest.json", json.dumps(manifest, ensure_ascii=False).encode("utf-8"))
-            _fsync_dir(tmp)
+            write_json_atomic(tmp / "manifest.json", manifest, indent=None)
             _publish(cdir, tmp, gen_id)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,6 @@ it against ``rank-bm25`` and ``bm25s``; ``tests/retrieval/test_lexical.py`` chec
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path

@@ -9,12 +9,19 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from retrieval.atomic import write_text_atomic
 
 __all__ = ["GoldenError", "GoldenItem", "GoldenSpan", "add_golden", "load_golden", "dump_golden_rows"]
 
@@ -168,21 +175,7 @@ def add_golden(path: str | Path, item: GoldenItem | dict) -> int:
             if any((it.q.strip().casefold(), it.repo) == key for it in items):
                 raise GoldenError(f"{path.name} already has the question {item.q!r} for repo {item.repo!r}")
             items.append(item)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(dump_golden_rows(items))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_text_atomic(path, dump_golden_rows(items))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     logger.info("Added golden question %d to %s", len(items) - 1, path)

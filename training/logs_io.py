@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,9 +31,16 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from retrieval.atomic import atomic_write
 from retrieval.types import chunk_hash, parse_doc_id
 from training.feedback import MAX_NOTE_CHARS, FeedbackError, submit_feedback
-from training.store import ChunkText, EventStore, FeedbackRecord, QueryEvent, ResultRecord
+from training.store import (
+    ChunkText,
+    EventStore,
+    FeedbackRecord,
+    QueryEvent,
+    ResultRecord,
+)
 
 __all__ = ["ExportReport", "ImportReport", "export_queries", "import_logs", "write_jsonl_atomic"]
 
@@ -94,27 +99,11 @@ def write_jsonl_atomic(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
 
     Readers see the old file or the complete new one, never a partial one. Returns the number of rows.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_write(Path(path)) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 

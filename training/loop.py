@@ -23,7 +23,15 @@ from training.miners import (
     split_by_query,
 )
 from training.promote import GateDecision, current_release, gate, promote_run
-from training.trainer import TrainingError, load_run, load_split, run_dir, train_run, write_json_atomic, write_split
+from training.trainer import (
+    TrainingError,
+    load_run,
+    load_split,
+    run_dir,
+    train_run,
+    write_json_atomic,
+    write_split,
+)
 
 __all__ = [
     "LoopOutcome",
@@ -161,7 +169,13 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
 
     Saves the report (store ``evaluations`` + ``exports/evals``) and ``runs/<run_id>/evaluation.json``.
     """
-    from training.evaluate import EvalError, load_rerank_fn, queries_from_feedback, run_evaluation, save_report
+    from training.evaluate import (
+        EvalError,
+        load_rerank_fn,
+        queries_from_feedback,
+        run_evaluation,
+        save_report,
+    )
 
     models_dir = Path(engine.home) / "models"
     run = load_run(models_dir, run_id)

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from retrieval.atomic import fsync_dir
 from training.trainer import TrainingError, load_run, run_dir, write_json_atomic
 
 __all__ = [
@@ -116,14 +117,6 @@ def gate(
 # ------------------------------------------------------------------------------------------------- releases
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def current_release(models_dir: Path) -> dict[str, Any] | None:
     """The manifest of the release ``current`` points at (with ``_dir``), or None."""
     cur = Path(models_dir) / "current"
@@ -174,7 +167,7 @@ def flip_current(models_dir: Path, release_id: str, hook: Hook | None = None) ->
     if hook:
         hook("symlink_created")
     os.replace(tmp, models_dir / "current")
-    _fsync_dir(models_dir)
+    fsync_dir(models_dir)
     if hook:
         hook("replaced")
 
@@ -232,7 +225,7 @@ def promote_run(
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        _fsync_dir(dest)
+        fsync_dir(dest)
         if hook:
             hook("copied")
         manifest = {
@@ -249,7 +242,7 @@ def promote_run(
             "config": run.get("config"),
         }
         write_json_atomic(dest / "manifest.json", manifest)
-        _fsync_dir(dest)
+        fsync_dir(dest)
         if hook:
             hook("manifest_written")
         flip_current(models_dir, release_id, hook)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from retrieval.atomic import atomic_write, write_json_atomic
 from training.miners import MinedSplit, Triplet, data_hash
 
 __all__ = [
@@ -58,20 +58,6 @@ class BaseModel:
     release_id: str | None = None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON beside ``path``, fsync, then ``os.replace``: readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, ensure_ascii=False, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_dir(models_dir: Path, run_id: str) -> Path:
@@ -101,14 +87,9 @@ def load_run(models_dir: Path, run_id: str) -> dict[str, Any]:
 
 
 def _write_jsonl(path: Path, rows: Sequence[Triplet]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_write(path) as fh:
         for t in rows:
             fh.write(json.dumps(t.to_dict(with_corpus=True), ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_split(d: Path, split: MinedSplit) -> None:
@@ -300,7 +281,11 @@ def _now() -> str:
 
 def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bool, manifest: dict,
          progress, cancelled) -> Path:
-    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
     from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
     try:
