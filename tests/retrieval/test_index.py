@@ -202,11 +202,11 @@ def test_kill_during_indexing_leaves_the_previous_generation_usable(tmp_path, em
         (repo / f"mod{i}.py").write_text(f"def changed_{i}():\n    return {i}\n")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     for delay in (0.05, 0.3, 0.8):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(repo), str(home)], stdout=subprocess.PIPE, env=env)
-        assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        with subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(repo), str(home)], stdout=subprocess.PIPE, env=env) as proc:
+            assert proc.stdout.readline().strip() == b"ready"
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         gen = load_current(home, "sample")  # the published generation is always complete
         assert len(gen.chunks) == gen.vectors.shape[0] == gen.lexical.n_docs
         assert gen.generation_id == before or not any(c.path == "mod0.py" and "f0_0" in c.text for c in gen.chunks)
