@@ -67,6 +67,7 @@ class Engine:
             self._embedder_ready.set()
         self._gens: dict[str, IndexGeneration] = {}
         self._stale: dict[str, tuple[float, str, dict]] = {}
+        self._stale_renewing: set[str] = set()
         self._store = None
         self._reranker = None
         self._score_cache = None
@@ -174,15 +175,44 @@ class Engine:
             self._gens[corpus] = gen
         return gen
 
-    def stale_count(self, gen: IndexGeneration, max_age: float | None = None) -> dict:
+    def stale_count(self, gen: IndexGeneration, max_age: float | None = None, block: bool = True) -> dict:
+        """Files added, changed or deleted on disk since ``gen`` was built.
+
+        A count older than ``max_age`` (default: the TTL setting) is recomputed. With ``block=False`` (the search
+        path) an expired count of the same generation is returned at once while a background thread renews it,
+        so a search never pays for walking the repository; only the first search of a generation waits.
+        """
         ttl = self.settings.retrieval.stale_check_ttl_sec if max_age is None else max_age
         entry = self._stale.get(gen.corpus)
         now = time.monotonic()
-        if entry and entry[1] == gen.generation_id and now - entry[0] <= ttl:
-            return entry[2]
+        if entry and entry[1] == gen.generation_id:
+            if now - entry[0] <= ttl:
+                return entry[2]
+            if not block:
+                self._renew_stale(gen)
+                return entry[2]
+        return self._compute_stale(gen)
+
+    def _compute_stale(self, gen: IndexGeneration) -> dict:
         counts = stale_files(gen, self.settings.index)
-        self._stale[gen.corpus] = (now, gen.generation_id, counts)
+        self._stale[gen.corpus] = (time.monotonic(), gen.generation_id, counts)
         return counts
+
+    def _renew_stale(self, gen: IndexGeneration) -> None:
+        with self._lock:
+            if gen.corpus in self._stale_renewing:
+                return
+            self._stale_renewing.add(gen.corpus)
+
+        def work() -> None:
+            try:
+                self._compute_stale(gen)
+            except OSError:
+                logger.warning("stale-file check of %s failed", gen.corpus, exc_info=True)
+            finally:
+                self._stale_renewing.discard(gen.corpus)
+
+        threading.Thread(target=work, name=f"agro-stale-{gen.corpus}", daemon=True).start()
 
     # -- the pipeline -------------------------------------------------------------------------------------
     def validate_query(self, query: str, k: int) -> str:
@@ -255,7 +285,7 @@ class Engine:
         query = self.validate_query(query, k)
         corpus = self.resolve_corpus(corpus)
         ranked = self.rank(query, corpus, k, rerank, path_glob, language)
-        stale = self.stale_count(ranked.generation)
+        stale = self.stale_count(ranked.generation, block=False)
         event_id = self.store.log_query(
             corpus,
             query,

@@ -2,7 +2,8 @@
 
 Layout under ``AGRO_HOME/indexes/<corpus>/``::
 
-    gens/<generation>/      immutable: manifest.json, chunks.jsonl, vectors.npy, bm25_*.{npz,json}
+    gens/<generation>/      immutable: manifest.json, chunks_meta.json, chunks_text.bin, chunks_offsets.npy,
+                            vectors.npy, bm25_*.{npz,json}
     current -> gens/<generation>   switched by creating a new symlink and os.replace()-ing it over the old one
     .lock                   held (flock) by the one process writing this corpus
 
@@ -51,6 +52,8 @@ __all__ = [
     "IndexGeneration",
     "IndexSummary",
     "build_index",
+    "save_generation_files",
+    "load_generation",
     "load_current",
     "current_generation_id",
     "list_corpora",
@@ -63,7 +66,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 _CORPUS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -271,12 +274,48 @@ def _read_manifest(gen_path: Path, corpus: str) -> dict:
     return manifest
 
 
+def save_chunks(folder: Path, chunks: list[Chunk]) -> None:
+    """Chunk metadata as one compact JSON array; texts as one UTF-8 blob with byte offsets.
+
+    Loading 40k chunks this way takes a fraction of per-line JSON, which keeps an incremental refresh fast.
+    """
+    meta = [[c.path, c.start_line, c.end_line, c.language, c.symbol, c.hash] for c in chunks]
+    blobs = [c.text.encode("utf-8", "surrogatepass") for c in chunks]
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    if blobs:
+        np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    with open(folder / "chunks_meta.json", "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False, separators=(",", ":"))
+    with open(folder / "chunks_text.bin", "wb") as f:
+        f.write(b"".join(blobs))
+    np.save(folder / "chunks_offsets.npy", offsets)
+
+
+def load_chunks(folder: Path) -> list[Chunk]:
+    meta = json.loads((folder / "chunks_meta.json").read_text(encoding="utf-8"))
+    data = (folder / "chunks_text.bin").read_bytes()
+    offsets = np.load(folder / "chunks_offsets.npy").tolist()
+    if len(offsets) != len(meta) + 1 or offsets[-1] != len(data):
+        raise IndexVersionError(f"Index generation {folder.name} has inconsistent chunk files; rebuild it with --full")
+    return [
+        Chunk(m[0], m[1], m[2], m[3], m[4], data[offsets[i] : offsets[i + 1]].decode("utf-8", "surrogatepass"), m[5])
+        for i, m in enumerate(meta)
+    ]
+
+
+def save_generation_files(folder: Path, chunks: list[Chunk], vectors: np.ndarray, lexical: BM25Index) -> None:
+    """Every data file of a generation (the manifest is written last, by the caller). fsync'ed before publish."""
+    save_chunks(folder, chunks)
+    np.save(folder / "vectors.npy", vectors)
+    lexical.save(folder)
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
 def load_generation(gen_path: Path, corpus: str) -> IndexGeneration:
     manifest = _read_manifest(gen_path, corpus)
-    chunks: list[Chunk] = []
-    with open(gen_path / "chunks.jsonl", encoding="utf-8") as f:
-        for line in f:
-            chunks.append(Chunk.from_dict(json.loads(line)))
+    chunks = load_chunks(gen_path)
     vectors = np.load(gen_path / "vectors.npy")
     lexical = BM25Index.load(gen_path)
     if len(chunks) != vectors.shape[0] or len(chunks) != lexical.n_docs:
@@ -512,16 +551,7 @@ def build_index(
         tmp = gens / f".tmp-{gen_id}"
         tmp.mkdir()
         try:
-            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
-                for c in chunks_final:
-                    f.write(json.dumps(c.to_dict(), ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            with open(tmp / "vectors.npy", "wb") as f:
-                np.save(f, vectors)
-                f.flush()
-                os.fsync(f.fileno())
-            lexical.save(tmp)
+            save_generation_files(tmp, chunks_final, vectors, lexical)
             manifest = {
                 "format": INDEX_FORMAT,
                 "corpus": corpus,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.index import (
+    INDEX_FORMAT,
     IndexLockedError,
     IndexVersionError,
     NoIndexError,
@@ -128,7 +129,7 @@ def test_index_from_another_format_asks_for_a_rebuild(sample_repo, tmp_path, emb
         load_current(home, "sample")
     # a plain re-index rebuilds it from scratch
     assert _build(sample_repo, home, embedder).published
-    assert load_current(home, "sample").manifest["format"] == 1
+    assert load_current(home, "sample").manifest["format"] == INDEX_FORMAT
 
 
 def test_secrets_are_never_indexed_and_are_counted(sample_repo, tmp_path, embedder):
