@@ -135,6 +135,8 @@ def cmd_evaluate(args, settings) -> int:
     home = settings.server.home
     eng = _engine(settings)
     try:
+        if args.history:
+            return _history(eng, args)
         if args.plot and not args.dataset:
             return _plot(eng, args)
         if not args.dataset:
@@ -170,6 +172,28 @@ def cmd_evaluate(args, settings) -> int:
             _plot(eng, args)
     finally:
         eng.close()
+    return 0
+
+
+def _history(eng, args) -> int:
+    """One line per past evaluation, newest first: every config's MRR@10 at the chosen level."""
+    rows = eng.store.list_evaluations(limit=args.history)
+    if args.json:
+        _dump([{k: r[k] for k in ("id", "ts", "name", "model")} | {"metrics": r["payload"].get("metrics")} for r in rows])
+        return 0
+    if not rows:
+        echo("no evaluation yet: agro evaluate golden.json")
+        return 0
+    echo(f"{'id':>4}  {'when (UTC)':<20} {'dataset':<22} {'model':<28} MRR@10 ({args.level})")
+    for r in rows:
+        payload = r["payload"]
+        when = payload.get("created_at") or str(r["ts"])
+        scores = ", ".join(
+            f"{cfg} {lv[args.level]['MRR@10']:.3f}"
+            for cfg, lv in payload.get("metrics", {}).items()
+            if args.level in lv and "MRR@10" in lv[args.level]
+        )
+        echo(f"{r['id']:>4}  {when[:19]:<20} {r['name'][:22]:<22} {str(r['model'] or '-')[:28]:<28} {scores}")
     return 0
 
 
@@ -366,6 +390,8 @@ def register(sub) -> None:
     s.add_argument("--limit", type=int)
     s.add_argument("--runs", help="write score.py run files into this folder")
     s.add_argument("--plot", action="store_true", help="write the history plot (PNG)")
+    s.add_argument("--history", type=int, nargs="?", const=20, metavar="N",
+                   help="list the last N evaluations (default 20) instead of running one")
     s.add_argument("--plot-out")
     s.add_argument("--level", default="file", choices=["file", "span"])
     s.add_argument("--json", action="store_true")

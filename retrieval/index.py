@@ -507,7 +507,11 @@ def build_index(
         if prev is not None:
             for r, c in enumerate(prev.chunks):
                 old_vec_by_hash.setdefault(c.hash, r)
-        to_embed = [j for j, c in enumerate(new_chunks) if c.hash not in old_vec_by_hash]
+        first_of_hash: dict[str, int] = {}
+        for j, c in enumerate(new_chunks):
+            if c.hash not in old_vec_by_hash:
+                first_of_hash.setdefault(c.hash, j)
+        to_embed = list(first_of_hash.values())  # identical chunks (copied code, licence headers) embed once
         dim = embedder.dim
         new_vecs = np.zeros((len(new_chunks), dim), dtype=np.float32)
         if to_embed:
@@ -524,6 +528,8 @@ def build_index(
             r = old_vec_by_hash.get(c.hash)
             if r is not None:
                 new_vecs[j] = prev.vectors[r]
+            elif first_of_hash[c.hash] != j:
+                new_vecs[j] = new_vecs[first_of_hash[c.hash]]
         timings["embed"] = time.perf_counter() - t
 
         # Assemble rows: old rows first in the stacked arrays, then new ones.
