@@ -92,8 +92,10 @@ class Embedder:
                 progress(min(step, len(texts) - i))
         return np.concatenate(out)
 
-    def encode_query(self, text: str) -> np.ndarray:
+    def encode_query(self, text: str, cache: bool = True) -> np.ndarray:
         """One vector for a query of any length; repeated queries come from a small LRU cache."""
+        if not cache:
+            return self._encode_query(text)
         with self._lock:
             hit = self._query_cache.get(text)
             if hit is not None:

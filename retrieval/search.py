@@ -136,6 +136,7 @@ def search(
     path_glob: str | None = None,
     language: str | None = None,
     query_vector: np.ndarray | None = None,
+    use_query_cache: bool = True,
 ) -> SearchResult:
     """Rank ``gen``'s chunks for ``query`` and return the top ``k`` hits.
 
@@ -162,7 +163,7 @@ def search(
 
     if mode in ("dense", "fused") and len(gen.chunks):
         t = time.perf_counter()
-        qv = query_vector if query_vector is not None else embedder.encode_query(query)
+        qv = query_vector if query_vector is not None else embedder.encode_query(query, cache=use_query_cache)
         timings["embed_query"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         dense_scores = gen.vectors @ qv

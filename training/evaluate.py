@@ -544,10 +544,14 @@ def _self_paths(dataset, roots: Mapping[str, Path]) -> dict[str, set[str]]:
 
 def _ensure_index(home: Path, corpus: str, root: Path | None, index_settings, retrieval_settings, embedder):
     """The current generation of ``corpus``, built from ``root`` first when there is none."""
-    from retrieval.index import NoIndexError, build_index, load_current
+    from retrieval.index import IndexVersionError, NoIndexError, build_index, load_current
 
     try:
         gen = load_current(home, corpus)
+    except IndexVersionError:
+        if root is None:
+            raise
+        gen = None  # written by another format: build_index rebuilds it from scratch
     except NoIndexError as exc:
         if root is None:
             raise EvalError(
@@ -679,7 +683,8 @@ def run_evaluation(
 
     def searcher(mode: str) -> RankFn:
         def fn(q: EvalQuery) -> Ranking:
-            res = search(gens[q.corpus], embedder, q.query, k, retrieval_settings, mode=mode)
+            # No query-vector cache: every config pays for its own query embedding, so latencies compare.
+            res = search(gens[q.corpus], embedder, q.query, k, retrieval_settings, mode=mode, use_query_cache=False)
             skip = excluded.get(q.corpus, ())
             return Ranking([h for h in res.hits if h.chunk.path not in skip], dict(res.timings))
 
