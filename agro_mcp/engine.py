@@ -54,6 +54,7 @@ class Engine:
     def __init__(self, settings: Settings, embedder=None) -> None:
         """``embedder`` may be passed in (already loaded) to share one model between engines."""
         self.settings = settings
+        _single_threaded_blas()
         self.home = settings.server.home
         self.home.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -390,6 +391,19 @@ class Engine:
             "skipped": m.get("skipped", {}),
             "embed_model": m["embed_model"],
         }
+
+
+def _single_threaded_blas() -> None:
+    """numpy/scipy BLAS on one thread for this process.
+
+    Torch (the embedder, the cross-encoder) and OpenBLAS (numpy's dense scoring) each keep a thread pool that
+    busy-waits after its work; on a 2-core laptop the two pools steal the cores from each other, which made the
+    query embedding 4x slower inside a search than alone (119 ms vs 32 ms p50, measured with bench_search.py).
+    Our BLAS work is a memory-bound matrix-vector product that gains nothing from a second thread.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 def _hit_out(h: Hit) -> SearchHit:
