@@ -359,7 +359,8 @@ class Engine:
             raise UserError(f"{exc}. Pass --corpus with a valid id.") from None
         try:
             summary = build_index(
-                root, corpus, self.home, self.settings.index, self.settings.retrieval, self.embedder(), progress, full
+                root, corpus, self.home, self.settings.index, self.settings.retrieval, self.embedder(), progress, full,
+                previous=self._gens.get(corpus),
             )
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise UserError(str(exc)) from None

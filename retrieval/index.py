@@ -391,10 +391,13 @@ def build_index(
     embedder,
     progress: Callable[[str, int, int], None] | None = None,
     full: bool = False,
+    previous: IndexGeneration | None = None,
 ) -> IndexSummary:
     """Index ``root`` as ``corpus``: only added and changed files are chunked and embedded.
 
     Publishes a new generation atomically, or none when nothing changed. ``progress(stage, done, total)``.
+    ``previous`` is the published generation when the caller already holds it in memory (a running server):
+    it is used only if it is still the one ``current`` points at, which saves reloading it from disk.
 
     Raises:
         FileNotFoundError / NotADirectoryError: bad root.
@@ -412,7 +415,9 @@ def build_index(
     with _writer_lock(cdir, corpus):
         _gc(cdir, index_settings.keep_generations)
         prev: IndexGeneration | None = None
-        if not full:
+        if not full and previous is not None and previous.generation_id == current_generation_id(home, corpus):
+            prev = previous
+        elif not full:
             try:
                 prev = load_current(home, corpus)
             except (NoIndexError, IndexVersionError) as exc:
