@@ -263,6 +263,7 @@ class Engine:
         else:
             from reranker.stage import rerank as rerank_stage
 
+            self.reranker.start()  # idempotent: a caller that never started the loader still gets a model
             loaded = self.reranker.get(wait=True)
             if loaded is None:
                 reason = self.reranker.none_reason or "no reranker model loaded"

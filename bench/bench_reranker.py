@@ -7,9 +7,8 @@ temp dir): speed is the same as a trained model's; score agreement with an untra
 (its logits' spread across candidates is small relative to rounding error), so pass a trained release for the
 agreement figure that matters.
 
-Not measured here (need the search pipeline, ``retrieval.search``, which is not written yet): MRR@10 per backend on
-../shared/bench relative to fp32 and end-to-end rag_search latency. ``quality_vs_fp32`` and ``search_latency`` below
-take a callable so they can be wired up once it exists.
+Pipeline figures (need --model): --quality docstring_boltons runs training.evaluate.run_evaluation per backend
+(MRR@10 relative to fp32); --latency-corpus ID --latency-queries FILE times Engine.rank(rerank=True) per backend.
 """
 
 from __future__ import annotations
@@ -17,11 +16,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,35 +70,188 @@ def encoder_params(scorer) -> int:
     return total - emb
 
 
-def quality_vs_fp32(rank_with_backend: Callable[[str], dict[str, float]], backends: list[str]) -> dict[str, float]:
-    """MRR@10 on ../shared/bench per backend divided by fp32's.
+def pipeline_settings(home: Path, model_dir: str | Path, backend: str, *, topn: int, maxlen: int,
+                      threads: int | None = None, cache_size: int = 0):
+    """The real ``agro_mcp`` settings (``load_settings(env=...)``) with the reranker pinned to one model/backend."""
+    from agro_mcp.config import load_settings
 
-    TODO(lead): ``rank_with_backend(backend) -> {collection: MRR@10}`` must run retrieval.search with the reranker on
-    that backend over the bench collections and score with tools/score.py. Not run: the pipeline does not exist yet.
+    env = {
+        "AGRO_HOME": str(home),
+        "AGRO_RERANKER_MODEL_PATH": str(model_dir),
+        "AGRO_RERANKER_BACKEND": backend,
+        "AGRO_RERANKER_TOPN": str(topn),
+        "AGRO_RERANKER_MAXLEN": str(maxlen),
+        "AGRO_RERANKER_CACHE_SIZE": str(cache_size),
+    }
+    if threads:
+        env["AGRO_RERANKER_THREADS"] = str(threads)
+    return load_settings(env=env)
+
+
+def quality_vs_fp32(
+    model_dir: str | Path,
+    backends: list[str],
+    collections: list[Path],
+    home: Path,
+    *,
+    limit: int | None = 40,
+    topn: int = 20,
+    maxlen: int = 256,
+    threads: int | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """MRR@10 (file and span level) of fused and fused+rerank per backend on ../shared/bench collections.
+
+    Runs ``training.evaluate.run_evaluation`` (retrieve -> fuse -> ``reranker.stage.rerank``) with the model loaded by
+    ``CrossEncoderScorer.load(model_dir, backend=be)``; the first ``limit`` queries of each collection, the top
+    ``topn`` fused candidates reranked at ``maxlen`` tokens. Returns
+    ``{collection: {backend: {"fused/file": mrr, "fused/span": ..., "rerank/file": ..., "rerank/span": ...,
+    "rerank/file_rel": mrr / fp32's, "rerank/span_rel": ..., "rerank_p50_ms": ...}}}``.
     """
-    base = rank_with_backend("fp32")
-    out = {}
-    for be in backends:
-        got = rank_with_backend(be)
-        out[be] = statistics.mean(got[c] / base[c] for c in base if base[c] > 0)
+    from reranker.manager import LoadedReranker
+    from reranker.model import CrossEncoderScorer
+    from retrieval.embed import load_embedder
+    from training.evaluate import make_rerank_fn, run_evaluation
+
+    base = pipeline_settings(home, model_dir, "fp32", topn=topn, maxlen=maxlen, threads=threads)
+    embedder = load_embedder(base.retrieval, batch=base.index.embed_batch)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for coll in collections:
+        rows: dict[str, dict[str, float]] = {}
+        for be in backends:
+            st = pipeline_settings(home, model_dir, be, topn=topn, maxlen=maxlen, threads=threads)
+            rs = st.reranker
+            scorer = CrossEncoderScorer.load(model_dir, backend=be, maxlen=rs.maxlen,
+                                             query_max_tokens=rs.query_max_tokens, threads=rs.threads)
+            loaded = LoadedReranker(scorer=scorer, model_id=f"{model_dir}:{be}", target=str(model_dir))
+            t = time.perf_counter()
+            rep = run_evaluation(coll, home, st.index, st.retrieval, configs=("fused", "fused+rerank"),
+                                 rerank_fn=make_rerank_fn(loaded, rs), reranker_settings=rs, embedder=embedder,
+                                 limit=limit)
+            row = {f"{'fused' if c == 'fused' else 'rerank'}/{lvl}": rep.metrics[c][lvl]["MRR@10"]
+                   for c in ("fused", "fused+rerank") for lvl in rep.levels if lvl in rep.metrics[c]}
+            row["n"] = rep.n_queries
+            row["rerank_p50_ms"] = rep.latency_ms["fused+rerank"].get("rerank", {}).get("p50", float("nan"))
+            row["wall_s"] = time.perf_counter() - t
+            rows[be] = row
+            print(f"  {Path(coll).name} {be}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()), flush=True)
+            del scorer, loaded
+            gc.collect()
+        if "fp32" in rows:
+            for be, row in rows.items():
+                for lvl in ("file", "span"):
+                    ref = rows["fp32"].get(f"rerank/{lvl}")
+                    if ref and f"rerank/{lvl}" in row:
+                        row[f"rerank/{lvl}_rel"] = row[f"rerank/{lvl}"] / ref
+        out[Path(coll).name] = rows
     return out
 
 
-def search_latency(search: Callable[[str], object], queries: list[str]) -> dict[str, float]:
-    """p50/p95 ms of ``search(query)`` (rag_search with reranking on a 10k-chunk corpus). TODO(lead): wire up."""
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        search(q)
-        times.append((time.perf_counter() - t) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95))}
+def search_latency(
+    model_dir: str | Path,
+    backends: list[str],
+    home: Path,
+    corpus: str,
+    queries: list[str],
+    *,
+    topn: int = 50,
+    maxlen: int = 256,
+    k: int = 10,
+    threads: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """p50/p95 ms of ``Engine.rank(query, corpus, k, rerank=True)`` (what rag_search runs) per backend.
+
+    One ``agro_mcp.engine.Engine`` per backend (the embedder is shared), reranker pinned with
+    ``AGRO_RERANKER_MODEL_PATH``/``BACKEND``/``TOPN``/``MAXLEN`` and the score cache off (``CACHE_SIZE=0``), so every
+    query is cold. One untimed warm-up query per backend (model load, first-call allocations); queries are distinct
+    so the query-vector cache never hits either. Returns ``{backend: {total_p50, total_p95, rerank_p50, rerank_p95,
+    retrieval_p50, n, n_chunks}}``.
+    """
+    from agro_mcp.engine import Engine
+    from retrieval.embed import load_embedder
+
+    base = pipeline_settings(home, model_dir, "fp32", topn=topn, maxlen=maxlen, threads=threads)
+    embedder = load_embedder(base.retrieval, batch=base.index.embed_batch)
+    out: dict[str, dict[str, float]] = {}
+    for be in backends:
+        eng = Engine(pipeline_settings(home, model_dir, be, topn=topn, maxlen=maxlen, threads=threads),
+                     embedder=embedder)
+        try:
+            # Engine.rank only waits for a load in progress: start the loader first (as start_background does).
+            eng.reranker.start()
+            eng.reranker.get(wait=True)
+            warm = eng.rank("warm up the reranker " + be, corpus, k, rerank=True)
+            if not warm.reranking_used:
+                raise RuntimeError(f"reranker did not run on backend {be}: {warm.fallback_reason}")
+            totals, reranks = [], []
+            for q in queries:
+                res = eng.rank(q, corpus, k, rerank=True)
+                if not res.reranking_used:
+                    raise RuntimeError(f"reranker fell back on {q!r} ({be}): {res.fallback_reason}")
+                totals.append(res.timings["total"])
+                reranks.append(res.timings["rerank"])
+            pct = lambda xs, p: float(np.percentile(xs, p))
+            out[be] = {"total_p50": pct(totals, 50), "total_p95": pct(totals, 95),
+                       "rerank_p50": pct(reranks, 50), "rerank_p95": pct(reranks, 95),
+                       "retrieval_p50": pct([t - r for t, r in zip(totals, reranks)], 50),
+                       "n": len(queries), "n_chunks": len(warm.generation.chunks)}
+            print(f"  latency {be}: " + ", ".join(f"{k2}={v:.1f}" for k2, v in out[be].items()), flush=True)
+        finally:
+            eng.close()
+            del eng
+            gc.collect()
+    return out
+
+
+def run_pipeline_figures(args) -> None:
+    """MRR@10 vs fp32 on bench collections and Engine.rank latency with reranking, from the CLI flags."""
+    if not args.model:
+        sys.exit("--quality / --latency-corpus need --model (a trained cross-encoder folder)")
+    home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="agro-bench-rr-"))
+    figures: dict[str, object] = {"model": str(args.model), "threads": args.threads, "maxlen": args.maxlen}
+    if args.quality:
+        backends = (args.backends or "fp32,int8,bf16").split(",")
+        colls = [BENCH / c for c in args.quality.split(",")]
+        print(f"MRR@10 on {[c.name for c in colls]}: first {args.quality_limit} queries, top {args.quality_topn} "
+              f"fused candidates reranked at {args.maxlen} tokens, backends {backends}", flush=True)
+        q = quality_vs_fp32(args.model, backends, colls, home, limit=args.quality_limit, topn=args.quality_topn,
+                            maxlen=args.maxlen, threads=args.threads)
+        figures["quality"] = q
+        for coll, rows in q.items():
+            print(f"{coll} (n={int(next(iter(rows.values()))['n'])})")
+            print(f"  {'backend':8} {'fused file':>10} {'fused span':>10} {'rr file':>8} {'rr span':>8} "
+                  f"{'file/fp32':>9} {'span/fp32':>9} {'rr p50 ms':>9}")
+            for be, r in rows.items():
+                print(f"  {be:8} {r.get('fused/file', float('nan')):10.4f} {r.get('fused/span', float('nan')):10.4f} "
+                      f"{r.get('rerank/file', float('nan')):8.4f} {r.get('rerank/span', float('nan')):8.4f} "
+                      f"{r.get('rerank/file_rel', float('nan')):9.4f} {r.get('rerank/span_rel', float('nan')):9.4f} "
+                      f"{r['rerank_p50_ms']:9.0f}")
+    if args.latency_corpus:
+        queries = [ln.strip() for ln in Path(args.latency_queries).read_text().splitlines() if ln.strip()]
+        backends = args.latency_backends.split(",")
+        print(f"Engine.rank latency on corpus {args.latency_corpus}: {len(queries)} distinct queries, rerank=True, "
+              f"topn 50, maxlen {args.maxlen}, score cache off, backends {backends}", flush=True)
+        lat = search_latency(args.model, backends, home, args.latency_corpus, queries, topn=50, maxlen=args.maxlen,
+                             threads=args.threads)
+        figures["latency"] = lat
+        print(f"  {'backend':8} {'chunks':>6} {'total p50':>9} {'total p95':>9} {'rerank p50':>10} "
+              f"{'rerank p95':>10} {'retr p50':>8}  (ms)")
+        for be, r in lat.items():
+            print(f"  {be:8} {int(r['n_chunks']):6d} {r['total_p50']:9.0f} {r['total_p95']:9.0f} "
+                  f"{r['rerank_p50']:10.0f} {r['rerank_p95']:10.0f} {r['retrieval_p50']:8.0f}  n={int(r['n'])}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=2, default=str))
 
 
 def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from reranker.model import UNTRAINED_MARKER, CrossEncoderScorer, cpu_has_native_bf16, create_from_backbone
+    from reranker.model import (
+        UNTRAINED_MARKER,
+        CrossEncoderScorer,
+        cpu_has_native_bf16,
+        create_from_backbone,
+    )
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", help="trained cross-encoder dir (default: MiniLM backbone + fresh head)")
@@ -110,8 +260,23 @@ def main() -> None:
     ap.add_argument("--backends", default=None, help="default: fp32,bf16,int8 (+bf16-autocast with native bf16)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--budget-sec", type=float, default=10.0, help="time per length, all backends (>= 1 round)")
+    ap.add_argument("--skip-micro", action="store_true", help="skip the scorer micro-benchmark")
+    ap.add_argument("--home", default=None, help="data home for the pipeline figures (indexes; default: a temp dir)")
+    ap.add_argument("--quality", default=None,
+                    help="comma-separated ../shared/bench collection names: MRR@10 per backend vs fp32 (needs --model)")
+    ap.add_argument("--quality-limit", type=int, default=40, help="first N queries per collection")
+    ap.add_argument("--quality-topn", type=int, default=20, help="fused candidates reranked for the quality figure")
+    ap.add_argument("--latency-corpus", default=None, help="indexed corpus id in --home for Engine.rank latency")
+    ap.add_argument("--latency-queries", default=None, help="file with one query per line")
+    ap.add_argument("--latency-backends", default="fp32,int8")
+    ap.add_argument("--maxlen", type=int, default=256, help="reranker window for the pipeline figures")
+    ap.add_argument("--json-out", default=None, help="write the pipeline figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.quality or args.latency_corpus:
+        run_pipeline_figures(args)
+        if args.skip_micro:
+            return
     lengths = [int(x) for x in args.lengths.split(",")]
     backends = (args.backends or "fp32,bf16,int8" + (",bf16-autocast" if cpu_has_native_bf16() else "")).split(",")
 
@@ -132,7 +297,7 @@ def main() -> None:
     print()
     hdr = f"{'backend':14} {'tokens':>6} {'p50 ms':>8} {'p95 ms':>8} {'pairs/s':>8} {'GFLOP/s':>8} " \
           f"{'%bf16pk':>7} {'%bestpk':>7} {'+RSS MiB':>8} {'spearman':>8}"
-    print(hdr + f"  (n = timed runs)")
+    print(hdr + "  (n = timed runs)")
     # All backends are loaded first and timed round-robin per length, so load from other processes on this shared
     # machine hits every backend alike.
     scorers, rss = {}, {}
@@ -166,8 +331,7 @@ def main() -> None:
     print(f"RSS column: MiB added by loading + warming that backend; process RSS at the end {rss_mib():.0f} MiB")
     print()
     print(f"FLOPs estimate: 2 x {n_params / 1e6:.1f}M non-embedding params x real tokens (attention not counted)")
-    print("MRR@10 vs fp32 on ../shared/bench and rag_search latency: NOT RUN (needs retrieval.search; see "
-          "quality_vs_fp32 / search_latency)")
+    print("MRR@10 vs fp32 and rag_search latency: see --quality / --latency-corpus")
     if tmp is not None:
         tmp.cleanup()
 
