@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retrieval.models import cpu_has_native_bf16
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,7 +41,6 @@ UNTRAINED_MARKER = "agro_untrained.json"
 """File written beside a freshly initialised cross-encoder; training removes it. Such a model is never served."""
 
 _CHARS_PER_TOKEN = 8  # generous upper bound for code: pre-cut texts to this many chars per token of budget
-_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 class RerankerLoadError(ValueError):
@@ -51,25 +52,6 @@ class ScoringCancelled(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------- backends
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU executes bf16 matmuls natively (flags ``amx_bf16`` or ``avx512_bf16``).
-
-    Args:
-        cpuinfo: text of ``/proc/cpuinfo``; read from the system when None (False when unreadable).
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            flags = set(value.split())
-            return any(f in flags for f in _BF16_FLAGS)
-    return False
 
 
 def resolve_backend_name(backend: str, cpuinfo: str | None = None) -> str:

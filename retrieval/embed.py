@@ -11,30 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.models import resolve_model_ref
+from retrieval.models import cpu_has_native_bf16, resolve_model_ref
 from retrieval.settings import RetrievalSettings
 
-__all__ = ["Embedder", "load_embedder", "cpu_supports_bf16"]
+__all__ = ["Embedder", "load_embedder"]
 
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_WINDOWS = 8
 QUERY_CACHE_SIZE = 512
-
-
-def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU has native bf16 matmul (AMX or AVX-512 BF16)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
 class Embedder:
@@ -46,7 +31,7 @@ class Embedder:
 
         self.ref = model_ref
         path = resolve_model_ref(model_ref)
-        self.dtype = ("bf16" if cpu_supports_bf16() else "fp32") if dtype == "auto" else dtype
+        self.dtype = ("bf16" if cpu_has_native_bf16() else "fp32") if dtype == "auto" else dtype
         self._model = SentenceTransformer(path, device="cpu", local_files_only=Path(path).exists())
         if self.dtype == "bf16":
             self._model.to(torch.bfloat16)

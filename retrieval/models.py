@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["MINILM_ID", "minilm_path", "resolve_model_ref"]
+__all__ = ["MINILM_ID", "cpu_has_native_bf16", "minilm_path", "resolve_model_ref"]
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -39,3 +39,25 @@ def resolve_model_ref(ref: str | None) -> str:
     if p.exists():
         return str(p.resolve())
     return ref
+
+
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU executes bf16 matmuls natively (flags ``amx_bf16`` or ``avx512_bf16``).
+
+    Args:
+        cpuinfo: text of ``/proc/cpuinfo``; read from the system when None (False when unreadable).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            flags = set(value.split())
+            return any(f in flags for f in _BF16_FLAGS)
+    return False

@@ -5,6 +5,7 @@ Run after moving code: python scripts/make_golden.py
 import ast
 import sys
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.golden import GoldenItem, GoldenSpan, dump_golden_rows
 
@@ -47,7 +48,7 @@ Q = [
  ("which index settings force a full rebuild when they change", ["retrieval/index.py"], [("retrieval/index.py", "_chunk_params")]),
  ("how is a query longer than the embedding model's window embedded", ["retrieval/embed.py"], [("retrieval/embed.py", "Embedder.encode_query")]),
  ("how are chunk embeddings computed in batches and normalised", ["retrieval/embed.py"], [("retrieval/embed.py", "Embedder.encode_documents")]),
- ("how do we detect whether the CPU has native bf16 support", ["retrieval/embed.py", "reranker/model.py"], [("retrieval/embed.py", "cpu_supports_bf16"), ("reranker/model.py", "cpu_has_native_bf16")]),
+ ("how do we detect whether the CPU has native bf16 support", ["retrieval/models.py"], [("retrieval/models.py", "cpu_has_native_bf16")]),
  ("where do the offline all-MiniLM-L6-v2 weights come from", ["retrieval/models.py"], [("retrieval/models.py", "minilm_path")]),
  ("how is a model reference like auto or a hub id resolved to something from_pretrained can load", ["retrieval/models.py"], [("retrieval/models.py", "resolve_model_ref")]),
  ("how is a doc_id of the form path:start-end parsed and validated", ["retrieval/types.py"], [("retrieval/types.py", "parse_doc_id")]),

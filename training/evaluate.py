@@ -544,7 +544,12 @@ def _self_paths(dataset, roots: Mapping[str, Path]) -> dict[str, set[str]]:
 
 def _ensure_index(home: Path, corpus: str, root: Path | None, index_settings, retrieval_settings, embedder):
     """The current generation of ``corpus``, built from ``root`` first when there is none."""
-    from retrieval.index import IndexVersionError, NoIndexError, build_index, load_current
+    from retrieval.index import (
+        IndexVersionError,
+        NoIndexError,
+        build_index,
+        load_current,
+    )
 
     try:
         gen = load_current(home, corpus)
