@@ -52,6 +52,8 @@ __all__ = [
     "IndexGeneration",
     "IndexSummary",
     "build_index",
+    "FilePlan",
+    "plan_files",
     "save_generation_files",
     "load_generation",
     "load_current",
@@ -159,6 +161,10 @@ class IndexGeneration:
     @property
     def embed_model(self) -> str:
         return self.manifest["embed_model"]
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunks)
 
     def path_mask(self, pattern: str) -> np.ndarray:
         from retrieval.search import glob_to_regex  # local: search imports this module
@@ -382,6 +388,72 @@ def stale_files(gen: IndexGeneration, index_settings: IndexSettings, discovered:
     return {"added": added, "changed": changed, "deleted": deleted, "total": added + changed + deleted}
 
 
+@dataclass
+class FilePlan:
+    """What an incremental build does to each discovered file, before anything is embedded or written."""
+
+    files: dict[str, dict]  # path -> sha256, size, mtime_ns, language, non_utf8 (discovery order)
+    new_chunks: dict[str, list[Chunk]]  # added and changed files -> their chunks; unchanged files are absent
+    added: int = 0
+    changed: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    non_utf8: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    deleted_paths: list[str] = field(default_factory=list)
+
+
+def plan_files(
+    disc: DiscoveryResult,
+    prev_files: dict[str, dict],
+    index_settings: IndexSettings,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> FilePlan:
+    """Compare discovered files with the previous build's records (size + mtime, then content hash) and chunk
+    the added and changed ones. Shared by every storage backend, so they chunk identically."""
+    plan = FilePlan(files={}, new_chunks={}, skipped=dict(disc.skipped))
+    unreadable = 0
+    total = len(disc.files)
+    for i, fe in enumerate(disc.files):
+        rec = prev_files.get(fe.path)
+        if rec is not None and rec["size"] == fe.size and rec["mtime_ns"] == fe.mtime_ns:
+            sha = rec["sha256"]
+        else:
+            try:
+                sha = _sha256_file(fe.abs_path)
+            except OSError:
+                unreadable += 1
+                continue
+        if rec is not None and rec["sha256"] == sha:
+            plan.unchanged += 1
+            lang = rec["language"]
+            bad = bool(rec.get("non_utf8", False))
+        else:
+            try:
+                text, utf8_ok = read_text(fe.abs_path)
+                bad = not utf8_ok
+            except OSError:
+                unreadable += 1
+                continue
+            plan.new_chunks[fe.path] = chunk_file(fe.path, text, index_settings)
+            lang = detect_language(fe.path)
+            if rec is None:
+                plan.added += 1
+            else:
+                plan.changed += 1
+        plan.non_utf8 += int(bad)
+        plan.files[fe.path] = {
+            "sha256": sha, "size": fe.size, "mtime_ns": fe.mtime_ns, "language": lang, "non_utf8": bool(bad),
+        }
+        if progress and (i % 200 == 0 or i == total - 1):
+            progress("chunk", i + 1, total)
+    plan.deleted_paths = [p for p in prev_files if p not in plan.files]
+    plan.deleted = len(plan.deleted_paths)
+    if unreadable:
+        plan.skipped["unreadable"] = plan.skipped.get("unreadable", 0) + unreadable
+    return plan
+
+
 def build_index(
     root: Path,
     corpus: str,
@@ -434,68 +506,25 @@ def build_index(
         disc = discover_files(root, index_settings)
         timings["discover"] = time.perf_counter() - t
         prev_files = prev.files if prev else {}
-        prev_ranges: dict[str, tuple[int, int]] = {}
-        if prev is not None:
-            for p, rec in prev_files.items():
-                prev_ranges[p] = (rec["first_chunk"], rec["first_chunk"] + rec["n_chunks"])
-
         t = time.perf_counter()
+        plan = plan_files(disc, prev_files, index_settings, progress)
         files_meta: dict[str, dict] = {}
         new_chunks: list[Chunk] = []
         order_spec: list[tuple[str, int]] = []  # ("old", row) or ("new", idx into new_chunks)
-        added = changed = unchanged = non_utf8 = 0
-        unreadable = 0
-        total = len(disc.files)
-        for i, fe in enumerate(disc.files):
-            rec = prev_files.get(fe.path)
+        for path, rec in plan.files.items():
             first = len(order_spec)
-            if rec is not None and rec["size"] == fe.size and rec["mtime_ns"] == fe.mtime_ns:
-                sha = rec["sha256"]
+            fresh = plan.new_chunks.get(path)
+            if fresh is None:
+                old = prev_files[path]
+                order_spec.extend(("old", r) for r in range(old["first_chunk"], old["first_chunk"] + old["n_chunks"]))
             else:
-                try:
-                    sha = _sha256_file(fe.abs_path)
-                except OSError:
-                    unreadable += 1
-                    continue
-            if rec is not None and rec["sha256"] == sha:
-                lo, hi = prev_ranges[fe.path]
-                order_spec.extend(("old", r) for r in range(lo, hi))
-                unchanged += 1
-                lang = rec["language"]
-                non_utf8 += int(rec.get("non_utf8", False))
-                bad = rec.get("non_utf8", False)
-            else:
-                try:
-                    text, utf8_ok = read_text(fe.abs_path)
-                    bad = not utf8_ok
-                except OSError:
-                    unreadable += 1
-                    continue
-                non_utf8 += int(bad)
-                chunks = chunk_file(fe.path, text, index_settings)
-                order_spec.extend(("new", len(new_chunks) + j) for j in range(len(chunks)))
-                new_chunks.extend(chunks)
-                lang = detect_language(fe.path)
-                if rec is None:
-                    added += 1
-                else:
-                    changed += 1
-            files_meta[fe.path] = {
-                "sha256": sha,
-                "size": fe.size,
-                "mtime_ns": fe.mtime_ns,
-                "language": lang,
-                "first_chunk": first,
-                "n_chunks": len(order_spec) - first,
-                "non_utf8": bool(bad),
-            }
-            if progress and (i % 200 == 0 or i == total - 1):
-                progress("chunk", i + 1, total)
-        deleted = sum(1 for p in prev_files if p not in files_meta)
+                order_spec.extend(("new", len(new_chunks) + j) for j in range(len(fresh)))
+                new_chunks.extend(fresh)
+            files_meta[path] = {**rec, "first_chunk": first, "n_chunks": len(order_spec) - first}
+        added, changed, deleted, unchanged = plan.added, plan.changed, plan.deleted, plan.unchanged
+        non_utf8 = plan.non_utf8
         timings["chunk"] = time.perf_counter() - t
-        skipped = dict(disc.skipped)
-        if unreadable:
-            skipped["unreadable"] = skipped.get("unreadable", 0) + unreadable
+        skipped = plan.skipped
 
         if prev is not None and not (added or changed or deleted):
             summary = IndexSummary(

@@ -143,6 +143,8 @@ def search(
     ``mode`` picks BM25 alone, dense alone, or their RRF fusion (each side contributing its top
     ``lexical_candidates`` / ``dense_candidates``). Filters restrict both sides before ranking.
     """
+    if not isinstance(gen, IndexGeneration):  # another storage backend ranks in its own engine (pg_index)
+        return gen.search(embedder, query, k, settings, mode, path_glob, language, query_vector, use_query_cache)
     timings: dict[str, float] = {}
     mask = _filter_mask(gen, path_glob, language)
     bm25_order: np.ndarray = np.zeros(0, dtype=np.int64)

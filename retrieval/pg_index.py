@@ -1,0 +1,578 @@
+"""The PostgreSQL + pgvector index backend: chunks, BM25 statistics and vectors in tables, hybrid search in SQL.
+
+Schema (component ``index``, versioned by :meth:`retrieval.pgdb.Database.migrate`)::
+
+    agro_corpora   (corpus PK, generation, manifest jsonb, n_docs, total_len)   one row per corpus
+    agro_chunks    (corpus, id) PK, path, lines, language, symbol, hash, text, doc_len, embed_dim, embedding
+    agro_postings  (corpus, term, chunk_id) PK, tf, dl                          BM25 postings, dl denormalised
+    agro_terms     (corpus, term) PK, df                                          document frequencies
+
+The three data tables are LIST-partitioned by corpus (one partition per corpus, created at its first index),
+so every query prunes to one corpus and each corpus has its own HNSW graph. On Citus the same tables are
+distributed by ``corpus`` (README: "Sharding with Citus").
+
+Lexical ranking is BM25 computed in SQL from the postings, with the same code-aware tokens, k1, b and IDF as
+the embedded backend, so both rank identically (measured on ../shared/bench; see bench/bench_pg.py).
+``ts_rank_cd`` over a ``tsvector`` was measured as the alternative and is not BM25.
+
+A refresh is one transaction: the changed and deleted files' chunks and postings are deleted, the new ones
+copied in, document frequencies adjusted and the corpus row (generation id, manifest) updated. Readers see
+the old generation or the new one, never a mix: the fused query is one statement on one snapshot and reports
+the generation it read. One writer per corpus across every machine: a session advisory lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.discovery import discover_files
+from retrieval.index import (
+    INDEX_FORMAT,
+    IndexLockedError,
+    IndexSummary,
+    NoIndexError,
+    _chunk_params,
+    _new_generation_id,
+    _now_iso,
+    _versions,
+    document_text,
+    document_tokens,
+    plan_files,
+    validate_corpus_id,
+)
+from retrieval.pgdb import Database
+from retrieval.settings import IndexSettings, RetrievalSettings
+from retrieval.tokenize import code_tokens
+from retrieval.types import Chunk, Hit
+
+__all__ = ["PgIndexBackend", "PgIndexView", "INDEX_MIGRATIONS", "pg_regex"]
+
+logger = logging.getLogger(__name__)
+
+INDEX_MIGRATIONS: list[tuple[str, ...]] = [
+    (  # 1: initial schema
+        """CREATE TABLE agro_corpora (
+            corpus text PRIMARY KEY,
+            generation text NOT NULL,
+            manifest jsonb NOT NULL,
+            n_docs bigint NOT NULL,
+            total_len bigint NOT NULL,
+            updated timestamptz NOT NULL DEFAULT now())""",
+        """CREATE TABLE agro_chunks (
+            corpus text NOT NULL,
+            id bigint NOT NULL,
+            path text NOT NULL,
+            start_line integer NOT NULL,
+            end_line integer NOT NULL,
+            language text NOT NULL,
+            symbol text,
+            hash text NOT NULL,
+            text text NOT NULL,
+            doc_len integer NOT NULL,
+            embed_dim integer NOT NULL,
+            embedding vector NOT NULL,
+            PRIMARY KEY (corpus, id)) PARTITION BY LIST (corpus)""",
+        "CREATE INDEX agro_chunks_path ON agro_chunks (corpus, path)",
+        "CREATE INDEX agro_chunks_hash ON agro_chunks (corpus, hash)",
+        """CREATE TABLE agro_postings (
+            corpus text NOT NULL,
+            term text NOT NULL,
+            chunk_id bigint NOT NULL,
+            tf integer NOT NULL,
+            dl integer NOT NULL,
+            PRIMARY KEY (corpus, term, chunk_id) INCLUDE (tf, dl)) PARTITION BY LIST (corpus)""",
+        """CREATE TABLE agro_terms (
+            corpus text NOT NULL,
+            term text NOT NULL,
+            df integer NOT NULL,
+            PRIMARY KEY (corpus, term)) PARTITION BY LIST (corpus)""",
+        "CREATE SEQUENCE agro_chunk_id_seq",
+    ),
+]
+
+_PARTITIONED = ("agro_chunks", "agro_postings", "agro_terms")
+
+
+def pg_regex(pattern: str) -> str:
+    """The path glob as a PostgreSQL regular expression (the same language as the embedded filter)."""
+    from retrieval.search import glob_to_regex
+
+    rx = glob_to_regex(pattern).pattern
+    return "^" + rx.removesuffix(r"\Z") + "$"
+
+
+def _partition_suffix(corpus: str) -> str:
+    return hashlib.sha1(corpus.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class PgIndexView:
+    """The published generation of one corpus in PostgreSQL, as the pipeline sees an index generation."""
+
+    backend: "PgIndexBackend"
+    corpus: str
+    generation_id: str
+    manifest: dict
+    _extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.manifest["root"])
+
+    @property
+    def files(self) -> dict[str, dict]:
+        return self.manifest["files"]
+
+    @property
+    def embed_model(self) -> str:
+        return self.manifest["embed_model"]
+
+    @property
+    def n_chunks(self) -> int:
+        return int(self.manifest["n_chunks"])
+
+    @cached_property
+    def chunks(self) -> list[Chunk]:
+        """Every chunk of the corpus (the corpus bootstrap miner reads them all), in path and line order."""
+        return self.backend.all_chunks(self.corpus)
+
+    def search(self, embedder, query: str, k: int, settings: RetrievalSettings, mode: str = "fused",
+               path_glob: str | None = None, language: str | None = None,
+               query_vector: np.ndarray | None = None, use_query_cache: bool = True):
+        return self.backend.search(self, embedder, query, k, settings, mode, path_glob, language,
+                                   query_vector, use_query_cache)
+
+
+class PgIndexBackend:
+    """Indexes in PostgreSQL. Thread-safe: every call takes a pooled connection."""
+
+    name = "postgres"
+
+    def __init__(self, db: Database, home: Path | None = None) -> None:
+        self.db = db
+        self.home = home
+        db.migrate("index", INDEX_MIGRATIONS)
+        self._hnsw_dims: set[int] = set()
+
+    # -- corpora and generations --------------------------------------------------------------------------
+    def list_corpora(self) -> list[str]:
+        return self.db.read(lambda c: [r[0] for r in c.execute("SELECT corpus FROM agro_corpora ORDER BY corpus")],
+                            "list_corpora")
+
+    def current_generation_id(self, corpus: str) -> str | None:
+        def q(conn):
+            row = conn.execute("SELECT generation FROM agro_corpora WHERE corpus = %s", (corpus,)).fetchone()
+            return row[0] if row else None
+
+        return self.db.read(q, "current_generation_id")
+
+    def load_current(self, corpus: str) -> PgIndexView:
+        def q(conn):
+            return conn.execute("SELECT generation, manifest FROM agro_corpora WHERE corpus = %s", (corpus,)).fetchone()
+
+        row = self.db.read(q, "load_current")
+        if row is None:
+            known = self.list_corpora()
+            hint = f" Known corpora: {', '.join(known)}." if known else " No corpus is indexed yet."
+            raise NoIndexError(f"No index for corpus {corpus!r}.{hint} Build it with: agro index /path/to/repo --corpus {corpus}")
+        return PgIndexView(self, corpus, row[0], row[1])
+
+    def all_chunks(self, corpus: str) -> list[Chunk]:
+        def q(conn):
+            return conn.execute(
+                "SELECT path, start_line, end_line, language, symbol, text, hash FROM agro_chunks "
+                "WHERE corpus = %s ORDER BY path, start_line, id", (corpus,)
+            ).fetchall()
+
+        return [Chunk(*r) for r in self.db.read(q, "all_chunks")]
+
+    def close(self) -> None:
+        """The pool is shared by the process (index and event store); it is closed by retrieval.pgdb.close_all."""
+
+    # -- search ---------------------------------------------------------------------------------------------
+    def search(self, view: PgIndexView, embedder, query: str, k: int, settings: RetrievalSettings,
+               mode: str = "fused", path_glob: str | None = None, language: str | None = None,
+               query_vector: np.ndarray | None = None, use_query_cache: bool = True):
+        """BM25, dense and RRF in one SQL statement (one round trip, one snapshot)."""
+        from retrieval.search import SearchResult
+
+        timings: dict[str, float] = {}
+        terms: list[str] = []
+        qv = None
+        if mode in ("bm25", "fused"):
+            terms = code_tokens(query)
+        if mode in ("dense", "fused"):
+            t = time.perf_counter()
+            qv = query_vector if query_vector is not None else embedder.encode_query(query, cache=use_query_cache)
+            timings["embed_query"] = (time.perf_counter() - t) * 1000
+        counts = Counter(terms)
+        dim = int(view.manifest.get("embed_dim") or (len(qv) if qv is not None else 0))
+        params: dict = {
+            "corpus": view.corpus,
+            "terms": list(counts),
+            "qtf": list(counts.values()),
+            "max_terms": settings.max_query_terms,
+            "k1": settings.bm25_k1,
+            "b": settings.bm25_b,
+            "rrf_k": settings.rrf_k,
+            "k": k,
+            "n_lex": settings.lexical_candidates if mode == "fused" else k,
+            "n_dense": settings.dense_candidates if mode == "fused" else k,
+        }
+        filt = ""
+        if path_glob:
+            params["rx"] = pg_regex(path_glob)
+            filt += " AND c.path ~ %(rx)s"
+        if language:
+            params["lang"] = language.lower()
+            filt += " AND c.language = %(lang)s"
+        if qv is not None:
+            params["qv"] = np.asarray(qv, dtype=np.float32)
+        sql = _search_sql(mode, dim, filt)
+        ef = max(40, params["n_dense"])
+
+        def run(conn):
+            with conn.cursor() as cur:
+                cur.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                            "set_config('hnsw.iterative_scan', 'relaxed_order', true)", (str(ef),))
+                cur.execute(sql, params, prepare=True)
+                return cur.fetchall()
+
+        t = time.perf_counter()
+        rows = self.db.read(run, "search")
+        timings["sql"] = (time.perf_counter() - t) * 1000
+        hits = []
+        n_lex = n_dense = 0
+        used_terms: list[str] = []
+        for r in rows:
+            (_id, score, bm25_rank, bm25_score, dense_rank, dense_score, path, start, end, lang, symbol, text,
+             chash, generation, n_lex, n_dense, used_terms) = r
+            hits.append(Hit(
+                chunk=Chunk(path, start, end, lang, symbol, text, chash),
+                fused_score=float(score), score=float(score),
+                bm25_rank=bm25_rank, dense_rank=dense_rank,
+                bm25_score=None if bm25_score is None else float(bm25_score),
+                dense_score=None if dense_score is None else float(dense_score),
+            ))
+            if generation != view.generation_id:
+                logger.debug("search of %s read generation %s (view had %s)", view.corpus, generation, view.generation_id)
+        return SearchResult(hits=hits, timings=timings, query_terms=list(used_terms or []),
+                            candidates={"bm25": int(n_lex or 0), "dense": int(n_dense or 0)})
+
+    # -- build ----------------------------------------------------------------------------------------------
+    def build(
+        self,
+        root: Path,
+        corpus: str,
+        index_settings: IndexSettings,
+        retrieval_settings: RetrievalSettings,
+        embedder,
+        progress: Callable[[str, int, int], None] | None = None,
+        full: bool = False,
+        previous=None,
+    ) -> IndexSummary:
+        """Index ``root`` as ``corpus``: only added and changed files are chunked and embedded; published in one
+        transaction. Raises IndexLockedError when another process (on any machine) is writing this corpus."""
+        t0 = time.perf_counter()
+        validate_corpus_id(corpus)
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise FileNotFoundError(f"Cannot index {str(root)!r}: no such directory. Pass the path of a repository.")
+        if not root.is_dir():
+            raise NotADirectoryError(f"Cannot index {str(root)!r}: it is a file, not a directory. Pass the repository folder.")
+        root = root.resolve()
+        timings: dict[str, float] = {}
+        with self.db.pool.connection() as lock_conn:  # held out of the pool for the whole build
+            lock_conn.autocommit = True
+            try:
+                got = lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"agro-index:{corpus}",)).fetchone()[0]
+                if not got:
+                    raise IndexLockedError(
+                        f"Corpus {corpus!r} is being indexed by another process (on this or another machine sharing "
+                        "the database). Searches keep working on the current generation; run the index again when "
+                        "that one finishes."
+                    )
+                try:
+                    return self._build_locked(root, corpus, index_settings, retrieval_settings, embedder, progress,
+                                              full, t0, timings)
+                finally:
+                    lock_conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"agro-index:{corpus}",))
+            finally:
+                lock_conn.autocommit = False
+
+    def _build_locked(self, root, corpus, index_settings, retrieval_settings, embedder, progress, full, t0, timings):
+        prev = None
+        if not full:
+            try:
+                prev = self.load_current(corpus)
+            except NoIndexError:
+                prev = None
+            if prev is not None and (prev.embed_model != embedder.model_id or Path(prev.manifest["root"]) != root):
+                logger.info("full build of %s: embedding model or root changed", corpus)
+                prev = None
+            if prev is not None and prev.manifest.get("index_settings") != _chunk_params(index_settings):
+                logger.info("full build of %s: chunking settings changed", corpus)
+                prev = None
+            if prev is not None and prev.manifest.get("format") != INDEX_FORMAT:
+                prev = None
+        t = time.perf_counter()
+        disc = discover_files(root, index_settings)
+        timings["discover"] = time.perf_counter() - t
+        prev_files = prev.files if prev else {}
+        t = time.perf_counter()
+        plan = plan_files(disc, prev_files, index_settings, progress)
+        timings["chunk"] = time.perf_counter() - t
+        if prev is not None and not (plan.added or plan.changed or plan.deleted):
+            return IndexSummary(
+                corpus=corpus, generation=prev.generation_id, root=str(root), files=len(plan.files),
+                chunks=prev.n_chunks, unchanged=plan.unchanged, skipped=plan.skipped, non_utf8_files=plan.non_utf8,
+                published=False, elapsed_sec=time.perf_counter() - t0, timings=timings,
+            )
+        new_chunks = [c for chunks in plan.new_chunks.values() for c in chunks]
+
+        # Embeddings: reuse by chunk hash from what the corpus already holds, embed the rest (each text once).
+        t = time.perf_counter()
+        dim = int(embedder.dim)
+        known: dict[str, np.ndarray] = {}
+        if prev is not None and new_chunks:
+            hashes = list({c.hash for c in new_chunks})
+
+            def fetch(conn):
+                return conn.execute(
+                    "SELECT DISTINCT ON (hash) hash, embedding FROM agro_chunks WHERE corpus = %s AND hash = ANY(%s)",
+                    (corpus, hashes),
+                ).fetchall()
+
+            known = {h: _as_array(v) for h, v in self.db.read(fetch, "reuse embeddings")}
+        first_of_hash: dict[str, int] = {}
+        for j, c in enumerate(new_chunks):
+            if c.hash not in known:
+                first_of_hash.setdefault(c.hash, j)
+        to_embed = list(first_of_hash.values())
+        vecs = np.zeros((len(new_chunks), dim), dtype=np.float32)
+        if to_embed:
+            done = [0]
+
+            def _tick(n: int) -> None:
+                done[0] += n
+                if progress:
+                    progress("embed", done[0], len(to_embed))
+
+            vecs[to_embed] = embedder.encode_documents([document_text(new_chunks[j]) for j in to_embed], progress=_tick)
+        for j, c in enumerate(new_chunks):
+            if c.hash in known:
+                vecs[j] = known[c.hash]
+            elif first_of_hash[c.hash] != j:
+                vecs[j] = vecs[first_of_hash[c.hash]]
+        timings["embed"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        toks = [Counter(document_tokens(c)) for c in new_chunks]
+        gen_id = _new_generation_id()
+        drop_paths = [] if prev is None else [p for p in prev_files if p not in plan.files or p in plan.new_chunks]
+        files_meta = {p: dict(rec) for p, rec in plan.files.items()}
+
+        def publish(conn):
+            self._ensure_partitions(conn, corpus, dim)
+            removed_df: Counter = Counter()
+            if prev is None:
+                for table in _PARTITIONED:
+                    conn.execute(f"DELETE FROM {table} WHERE corpus = %s", (corpus,))
+            elif drop_paths:
+                old = conn.execute(
+                    "DELETE FROM agro_chunks WHERE corpus = %s AND path = ANY(%s) "
+                    "RETURNING id, path, symbol, text", (corpus, drop_paths),
+                ).fetchall()
+                terms, ids = [], []
+                for cid, path, symbol, text in old:
+                    tc = Counter(document_tokens(Chunk(path, 0, 0, "", symbol, text, "")))
+                    removed_df.update(tc.keys())
+                    terms.extend(tc.keys())
+                    ids.extend([cid] * len(tc))
+                if terms:
+                    conn.execute(
+                        "DELETE FROM agro_postings p USING unnest(%s::text[], %s::bigint[]) AS d(term, chunk_id) "
+                        "WHERE p.corpus = %s AND p.term = d.term AND p.chunk_id = d.chunk_id", (terms, ids, corpus),
+                    )
+            ids = [r[0] for r in conn.execute(
+                "SELECT nextval('agro_chunk_id_seq') FROM generate_series(1, %s)", (len(new_chunks),)
+            )] if new_chunks else []
+            with conn.cursor().copy(
+                "COPY agro_chunks (corpus, id, path, start_line, end_line, language, symbol, hash, text, doc_len, "
+                "embed_dim, embedding) FROM STDIN WITH (FORMAT BINARY)"
+            ) as cp:
+                cp.set_types(["text", "int8", "text", "int4", "int4", "text", "text", "text", "text", "int4", "int4",
+                              "vector"])
+                for cid, c, tc, v in zip(ids, new_chunks, toks, vecs):
+                    cp.write_row((corpus, cid, c.path, c.start_line, c.end_line, c.language, c.symbol, c.hash,
+                                  c.text.replace("\x00", "\ufffd"), sum(tc.values()), dim, v))
+            added_df: Counter = Counter()
+            with conn.cursor().copy(
+                "COPY agro_postings (corpus, term, chunk_id, tf, dl) FROM STDIN WITH (FORMAT BINARY)"
+            ) as cp:
+                cp.set_types(["text", "text", "int8", "int4", "int4"])
+                for cid, tc in zip(ids, toks):
+                    dl = sum(tc.values())
+                    for term, tf in tc.items():
+                        cp.write_row((corpus, term, cid, tf, dl))
+                    added_df.update(tc.keys())
+            delta = Counter(added_df)
+            delta.subtract(removed_df)
+            changes = [(t_, d) for t_, d in delta.items() if d]
+            if changes:
+                conn.execute(
+                    "INSERT INTO agro_terms (corpus, term, df) SELECT %s, t, d FROM unnest(%s::text[], %s::int[]) AS x(t, d) "
+                    "ON CONFLICT (corpus, term) DO UPDATE SET df = agro_terms.df + EXCLUDED.df",
+                    (corpus, [c[0] for c in changes], [c[1] for c in changes]),
+                )
+                conn.execute("DELETE FROM agro_terms WHERE corpus = %s AND df <= 0", (corpus,))
+            n_docs, total_len = conn.execute(
+                "SELECT count(*), coalesce(sum(doc_len), 0) FROM agro_chunks WHERE corpus = %s", (corpus,)
+            ).fetchone()
+            manifest = {
+                "format": INDEX_FORMAT,
+                "backend": "postgres",
+                "corpus": corpus,
+                "root": str(root),
+                "generation": gen_id,
+                "parent": prev.generation_id if prev is not None else None,
+                "created_at": _now_iso(),
+                "embed_model": embedder.model_id,
+                "embed_dim": dim,
+                "bm25": {"k1": retrieval_settings.bm25_k1, "b": retrieval_settings.bm25_b, "idf": "lucene"},
+                "index_settings": _chunk_params(index_settings),
+                "versions": _versions(),
+                "n_chunks": int(n_docs),
+                "n_files": len(files_meta),
+                "skipped": plan.skipped,
+                "files": files_meta,
+            }
+            conn.execute(
+                "INSERT INTO agro_corpora (corpus, generation, manifest, n_docs, total_len) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (corpus) DO UPDATE SET generation = EXCLUDED.generation, manifest = EXCLUDED.manifest, "
+                "n_docs = EXCLUDED.n_docs, total_len = EXCLUDED.total_len, updated = now()",
+                (corpus, gen_id, json.dumps(manifest), n_docs, total_len),
+            )
+            return int(n_docs)
+
+        n_docs = self.db.write(publish, "index publish")
+        timings["write"] = time.perf_counter() - t
+        if prev is None or len(new_chunks) > 1000:
+            t = time.perf_counter()
+            self._analyze(corpus)
+            timings["analyze"] = time.perf_counter() - t
+        summary = IndexSummary(
+            corpus=corpus, generation=gen_id, root=str(root), files=len(files_meta), chunks=n_docs,
+            added=plan.added, changed=plan.changed, deleted=plan.deleted, unchanged=plan.unchanged,
+            embedded=len(to_embed), skipped=plan.skipped, non_utf8_files=plan.non_utf8, published=True,
+            elapsed_sec=time.perf_counter() - t0, timings=timings,
+        )
+        logger.info("indexed %s in postgres: %s", corpus, {k: v for k, v in summary.to_dict().items() if k != "timings"})
+        return summary
+
+    def _ensure_partitions(self, conn, corpus: str, dim: int) -> None:
+        """One partition per corpus in each data table, and an HNSW index for the embedding dimension."""
+        suffix = _partition_suffix(corpus)
+        for table in _PARTITIONED:
+            exists = conn.execute("SELECT to_regclass(%s)", (f"{table}_{suffix}",)).fetchone()[0]
+            if exists is None:
+                lit = conn.execute("SELECT quote_literal(%s)", (corpus,)).fetchone()[0]
+                conn.execute(f"CREATE TABLE {table}_{suffix} PARTITION OF {table} FOR VALUES IN ({lit})")
+        if dim not in self._hnsw_dims:
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS agro_chunks_hnsw_{dim} ON agro_chunks USING hnsw "
+                f"((embedding::vector({dim})) vector_cosine_ops) WHERE embed_dim = {dim}"
+            )
+            self._hnsw_dims.add(dim)
+
+    def _analyze(self, corpus: str) -> None:
+        """Fresh planner statistics and visibility map (index-only scans of the postings) after a big write."""
+        suffix = _partition_suffix(corpus)
+        with self.db.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                for table in _PARTITIONED:
+                    conn.execute(f"VACUUM (ANALYZE) {table}_{suffix}")
+            finally:
+                conn.autocommit = False
+
+
+def _as_array(v) -> np.ndarray:
+    return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32)
+
+
+def _search_sql(mode: str, dim: int, filt: str) -> str:
+    """The hybrid query. Lexical: BM25 (lucene IDF) over the ``max_terms`` rarest known query terms, like the
+    embedded backend. Dense: HNSW cosine with iterative scan (so filters still fill k). Fused: RRF."""
+    lex_filter = ""
+    if filt:
+        lex_filter = f" AND EXISTS (SELECT 1 FROM agro_chunks c WHERE c.corpus = %(corpus)s AND c.id = p.chunk_id{filt})"
+    parts = [
+        """stats AS (
+            SELECT n_docs, greatest(total_len::float8 / greatest(n_docs, 1), 1e-9) AS avgdl, generation
+            FROM agro_corpora WHERE corpus = %(corpus)s)""",
+    ]
+    if mode in ("bm25", "fused"):
+        parts += [
+            """qt AS (
+                SELECT q.term, q.qtf, ln(1 + (s.n_docs - t.df + 0.5) / (t.df + 0.5)) AS idf
+                FROM unnest(%(terms)s::text[], %(qtf)s::int[]) AS q(term, qtf)
+                JOIN agro_terms t ON t.corpus = %(corpus)s AND t.term = q.term
+                CROSS JOIN stats s
+                ORDER BY idf DESC, q.term LIMIT %(max_terms)s)""",
+            f"""lex AS (
+                SELECT p.chunk_id AS id,
+                       sum(qt.qtf * qt.idf * p.tf * (%(k1)s + 1)
+                           / (p.tf + %(k1)s * (1 - %(b)s + %(b)s * p.dl / s.avgdl))) AS score
+                FROM qt JOIN agro_postings p ON p.corpus = %(corpus)s AND p.term = qt.term
+                CROSS JOIN stats s
+                WHERE true{lex_filter}
+                GROUP BY p.chunk_id
+                ORDER BY score DESC, p.chunk_id LIMIT %(n_lex)s)""",
+            "lr AS (SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS r FROM lex)",
+        ]
+    else:
+        parts.append("lr AS (SELECT NULL::bigint AS id, NULL::float8 AS score, NULL::bigint AS r WHERE false)")
+    if mode in ("dense", "fused"):
+        parts += [
+            f"""dense AS (
+                SELECT c.id, c.embedding::vector({dim}) <=> %(qv)s::vector({dim}) AS dist
+                FROM agro_chunks c
+                WHERE c.corpus = %(corpus)s AND c.embed_dim = {dim}{filt}
+                ORDER BY c.embedding::vector({dim}) <=> %(qv)s::vector({dim}) LIMIT %(n_dense)s)""",
+            "dr AS (SELECT id, dist, row_number() OVER (ORDER BY dist, id) AS r FROM dense)",
+        ]
+    else:
+        parts.append("dr AS (SELECT NULL::bigint AS id, NULL::float8 AS dist, NULL::bigint AS r WHERE false)")
+    if mode == "bm25":
+        score = "lr.score"
+    elif mode == "dense":
+        score = "1 - dr.dist"
+    else:
+        score = "coalesce(1.0 / (%(rrf_k)s + lr.r), 0) + coalesce(1.0 / (%(rrf_k)s + dr.r), 0)"
+    parts.append(
+        f"""fused AS (
+            SELECT coalesce(lr.id, dr.id) AS id, ({score})::float8 AS score, lr.r AS bm25_rank, lr.score AS bm25_score,
+                   dr.r AS dense_rank, 1 - dr.dist AS dense_score
+            FROM lr FULL JOIN dr ON lr.id = dr.id
+            ORDER BY 2 DESC, coalesce(lr.r, 2147483647), coalesce(dr.r, 2147483647) LIMIT %(k)s)"""
+    )
+    body = "WITH " + ",\n".join(parts)
+    used_terms = "(SELECT array_agg(term) FROM qt)" if mode in ("bm25", "fused") else "NULL::text[]"
+    return body + f"""
+        SELECT f.id, f.score, f.bm25_rank::int, f.bm25_score, f.dense_rank::int, f.dense_score,
+               c.path, c.start_line, c.end_line, c.language, c.symbol, c.text, c.hash,
+               (SELECT generation FROM stats), (SELECT count(*) FROM lr), (SELECT count(*) FROM dr), {used_terms}
+        FROM fused f JOIN agro_chunks c ON c.corpus = %(corpus)s AND c.id = f.id
+        ORDER BY f.score DESC, coalesce(f.bm25_rank, 2147483647), coalesce(f.dense_rank, 2147483647)"""

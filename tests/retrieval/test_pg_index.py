@@ -1,0 +1,207 @@
+"""The PostgreSQL index backend against a real server: parity with the embedded ranking, refresh, filters,
+atomic publish, one writer per corpus, retry after a lost connection."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import psycopg
+import pytest
+
+from retrieval.backend import EmbeddedIndexBackend
+from retrieval.index import IndexLockedError, NoIndexError
+from retrieval.pg_index import PgIndexBackend, pg_regex
+from retrieval.pgdb import SchemaVersionError, open_database
+from retrieval.search import glob_to_regex, search
+from retrieval.settings import IndexSettings, RetrievalSettings
+from tests.conftest import write_repo
+
+QUERIES = [
+    "where is the OAuth token validated",
+    "exponential backoff with jitter",
+    "connection pool exhausted",
+    "start the HTTP server",
+    "rate limiting token bucket",
+    "verify_signature",
+]
+
+
+@pytest.fixture
+def pg(pg_url):
+    return PgIndexBackend(open_database(pg_url))
+
+
+def _build(backend, root, embedder, corpus="sample", **kw):
+    return backend.build(root, corpus, IndexSettings(), RetrievalSettings(), embedder, **kw)
+
+
+def test_pg_ranking_matches_embedded_for_every_mode(pg, sample_repo, tmp_path, embedder):
+    emb = EmbeddedIndexBackend(tmp_path / "home")
+    _build(emb, sample_repo, embedder)
+    _build(pg, sample_repo, embedder)
+    ge, gp = emb.load_current("sample"), pg.load_current("sample")
+    assert gp.n_chunks == ge.n_chunks and gp.files.keys() == ge.files.keys()
+    rs = RetrievalSettings()
+    for q in QUERIES:
+        for mode in ("bm25", "dense", "fused"):
+            a = search(ge, embedder, q, 5, rs, mode)
+            b = search(gp, embedder, q, 5, rs, mode)
+            assert [h.chunk.doc_id for h in b.hits] == [h.chunk.doc_id for h in a.hits], (q, mode)
+            assert np.allclose([h.score for h in b.hits], [h.score for h in a.hits], rtol=1e-4, atol=1e-5), (q, mode)
+
+
+def test_pg_bm25_scores_equal_embedded_for_long_queries_keeping_rarest_terms(pg, sample_repo, tmp_path, embedder):
+    emb = EmbeddedIndexBackend(tmp_path / "home")
+    _build(emb, sample_repo, embedder)
+    _build(pg, sample_repo, embedder)
+    rs = RetrievalSettings(max_query_terms=4)
+    q = "the token is expired so validate_token raises TokenError, and the pool of connections is exhausted too"
+    a = search(emb.load_current("sample"), embedder, q, 10, rs, "bm25")
+    b = search(pg.load_current("sample"), embedder, q, 10, rs, "bm25")
+    assert [h.chunk.doc_id for h in b.hits] == [h.chunk.doc_id for h in a.hits]
+    assert np.allclose([h.bm25_score for h in b.hits], [h.bm25_score for h in a.hits], rtol=1e-4)
+    assert len(b.query_terms) == 4
+
+
+def test_pg_refresh_replaces_changed_and_deleted_files_and_keeps_document_frequencies_exact(pg, sample_repo, embedder):
+    first = _build(pg, sample_repo, embedder)
+    (sample_repo / "utils" / "retry.py").write_text("def circuit_breaker_trip(threshold):\n    return threshold > 3\n")
+    (sample_repo / "db" / "pool.py").unlink()
+    (sample_repo / "new.py").write_text("def quaternion_slerp(a, b, t):\n    return a\n")
+    second = _build(pg, sample_repo, embedder)
+    assert (second.added, second.changed, second.deleted) == (1, 1, 1)
+    assert second.generation != first.generation
+    gen = pg.load_current("sample")
+    assert gen.manifest["parent"] == first.generation
+    paths = {c.path for c in gen.chunks}
+    assert "db/pool.py" not in paths and "new.py" in paths
+    hits = search(gen, embedder, "quaternion_slerp", 3, RetrievalSettings(), "bm25").hits
+    assert hits[0].chunk.path == "new.py"
+    assert not search(gen, embedder, "ConnectionPool exhausted", 5, RetrievalSettings(), "bm25").hits
+    with psycopg.connect(pg.db.url) as conn:
+        bad = conn.execute(
+            """SELECT count(*) FROM (SELECT term, count(*) AS n FROM agro_postings WHERE corpus = 'sample' GROUP BY term) p
+               FULL JOIN (SELECT term, df FROM agro_terms WHERE corpus = 'sample') t USING (term)
+               WHERE p.n IS DISTINCT FROM t.df"""
+        ).fetchone()[0]
+        n_docs, total = conn.execute("SELECT n_docs, total_len FROM agro_corpora WHERE corpus = 'sample'").fetchone()
+        real = conn.execute("SELECT count(*), sum(doc_len) FROM agro_chunks WHERE corpus = 'sample'").fetchone()
+    assert bad == 0
+    assert (n_docs, total) == tuple(real)
+    third = _build(pg, sample_repo, embedder)
+    assert third.published is False and third.generation == second.generation
+
+
+def test_pg_refresh_reuses_embeddings_of_unchanged_chunk_text(pg, sample_repo, embedder):
+    _build(pg, sample_repo, embedder)
+    text = (sample_repo / "auth" / "oauth.py").read_text()
+    (sample_repo / "auth" / "copy_of_oauth.py").write_text(text)
+    s = _build(pg, sample_repo, embedder)
+    assert s.added == 1 and s.embedded == 0
+
+
+def test_pg_filters_fill_k_even_when_the_filter_is_selective(pg, tmp_path, embedder):
+    files = {f"pkg/mod{i:03d}.py": f'def handler_{i}(request):\n    """Handle request {i}."""\n    return {i}\n' for i in range(300)}
+    files.update({f"web/page{i}.js": f"function render{i}(x) {{ return x + {i}; }}\n" for i in range(12)})
+    root = write_repo(tmp_path / "big", files)
+    _build(pg, root, embedder, corpus="big")
+    gen = pg.load_current("big")
+    rs = RetrievalSettings()
+    for kwargs in ({"language": "javascript"}, {"path_glob": "web/**"}, {"path_glob": "*.js"}):
+        res = search(gen, embedder, "handle the request", 10, rs, "dense", **kwargs)
+        assert len(res.hits) == 10, kwargs
+        assert all(h.chunk.path.startswith("web/") for h in res.hits)
+        fused = search(gen, embedder, "render page", 10, rs, "fused", **kwargs)
+        assert len(fused.hits) == 10 and all(h.chunk.language == "javascript" for h in fused.hits)
+
+
+def test_pg_regex_matches_like_the_embedded_glob(pg_url):
+    paths = ["a/b/c.py", "c.py", "src/x/y.js", "docs/README.md", "retrieval/index.py"]
+    globs = ["*.py", "src/**/*.js", "docs/", "retrieval", "a/*/c.py", "**/c.py", "?.py", "[cd]*.py"]
+    with psycopg.connect(pg_url) as conn:
+        for g in globs:
+            for p in paths:
+                got = conn.execute("SELECT %s ~ %s", (p, pg_regex(g))).fetchone()[0]
+                assert got == bool(glob_to_regex(g).match(p)), (g, p)
+
+
+def test_second_writer_of_a_corpus_is_refused_while_the_first_holds_the_lock(pg, sample_repo, embedder):
+    with psycopg.connect(pg.db.url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtext('agro-index:sample'))")
+        with pytest.raises(IndexLockedError, match="being indexed by another process"):
+            _build(pg, sample_repo, embedder)
+    assert _build(pg, sample_repo, embedder).published  # the lock died with the other session
+
+
+def test_failed_publish_leaves_the_previous_generation_whole(pg, sample_repo, embedder, monkeypatch):
+    first = _build(pg, sample_repo, embedder)
+    before = pg.load_current("sample")
+    (sample_repo / "auth" / "oauth.py").write_text("def replaced():\n    pass\n")
+    import retrieval.pg_index as mod
+
+    real = mod.document_tokens
+    calls = {"n": 0}
+
+    def boom(chunk):
+        calls["n"] += 1
+        if calls["n"] > 3:  # after the new chunks were tokenised: inside the publish transaction
+            raise RuntimeError("injected failure mid-publish")
+        return real(chunk)
+
+    monkeypatch.setattr(mod, "document_tokens", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        _build(pg, sample_repo, embedder)
+    monkeypatch.setattr(mod, "document_tokens", real)
+    after = pg.load_current("sample")
+    assert after.generation_id == first.generation
+    assert [c.doc_id for c in after.chunks] == [c.doc_id for c in before.chunks]
+
+
+def test_search_retries_once_after_the_connection_was_killed(pg, sample_repo, embedder):
+    _build(pg, sample_repo, embedder)
+    gen = pg.load_current("sample")
+    search(gen, embedder, "token", 3, RetrievalSettings(), "fused")
+    with psycopg.connect(pg.db.url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+    res = search(gen, embedder, "validate token", 3, RetrievalSettings(), "fused")
+    assert res.hits and res.hits[0].chunk.path == "auth/oauth.py"
+
+
+def test_unknown_corpus_says_how_to_index_it(pg):
+    with pytest.raises(NoIndexError, match="agro index"):
+        pg.load_current("nope")
+
+
+def test_schema_newer_than_the_code_is_refused_with_the_fix(pg_url):
+    db = open_database(pg_url)
+    PgIndexBackend(db)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE agro_schema SET version = 99 WHERE component = 'index'")
+    db._migrated.clear()
+    with pytest.raises(SchemaVersionError, match="Upgrade agro-mcp"):
+        PgIndexBackend(db)
+
+
+def test_unreachable_database_fails_at_open_with_the_setting_to_check(tmp_path):
+    from retrieval.pgdb import DatabaseUnavailableError
+
+    url = f"postgresql://agro:secret@/agro?host={tmp_path}&port=1&connect_timeout=2"
+    with pytest.raises(DatabaseUnavailableError, match="AGRO_DATABASE_URL") as ei:
+        open_database(url)
+    assert "secret" not in str(ei.value)
+
+
+def test_nul_bytes_and_non_ascii_text_are_stored(pg, tmp_path, embedder):
+    root = write_repo(tmp_path / "odd", {"odd.py": textwrap.dedent('''
+        def grüße():
+            return "naïve \u2603"
+        ''')})
+    (root / "nul.txt").write_bytes(b"binary\x00looking line\nsecond line\n")
+    s = _build(pg, root, embedder, corpus="odd")
+    assert s.chunks >= 1
+    hits = search(pg.load_current("odd"), embedder, "grüße", 3, RetrievalSettings(), "bm25").hits
+    assert hits and hits[0].chunk.path == "odd.py"
