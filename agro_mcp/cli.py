@@ -151,7 +151,16 @@ def cmd_status(args, settings: Settings) -> int:
 def cmd_serve(args, settings: Settings) -> int:
     from agro_mcp.server import create_server
 
-    server = create_server(settings)
+    engine = None
+    if settings.server.backend == "postgres":
+        # Reach the database before the MCP handshake: an unreachable database stops here with its reason,
+        # never as a half-started server that fails every call.
+        from agro_mcp.engine import Engine
+
+        engine = Engine(settings)
+        engine.indexes  # noqa: B018 - opens the pool and migrates
+        engine.store  # noqa: B018
+    server = create_server(settings, engine)
     logger.info("agro-mcp serving over stdio (AGRO_HOME=%s)", settings.server.home)
     server.run("stdio")
     return 0
@@ -264,10 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from agro_mcp.engine import UserError
     from retrieval.index import IndexError_
+    from retrieval.pgdb import DatabaseError
 
     try:
         return args.func(args, settings) or 0
-    except (UserError, IndexError_, ConfigError) as exc:
+    except (UserError, IndexError_, ConfigError, DatabaseError) as exc:
         print(f"agro: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

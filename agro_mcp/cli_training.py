@@ -311,7 +311,7 @@ def cmd_rollback(args, settings) -> int:
 
     eng = _engine(settings)
     try:
-        res = rollback(settings.server.home, eng.store)
+        res = rollback(settings.server.home, eng.store, registry=eng.releases)
     finally:
         eng.close()
     echo(f"rolled back: current -> {res['release']} (was {res['from']}); running servers reload it on their next check")

@@ -17,10 +17,6 @@ from agro_mcp.schemas import SearchHit, SearchResponse
 from retrieval.index import (
     IndexGeneration,
     NoIndexError,
-    build_index,
-    current_generation_id,
-    list_corpora,
-    load_current,
     stale_files,
     validate_corpus_id,
 )
@@ -70,6 +66,8 @@ class Engine:
         self._stale: dict[str, tuple[float, str, dict]] = {}
         self._stale_renewing: set[str] = set()
         self._store = None
+        self._index_backend = None
+        self._releases = None
         self._reranker = None
         self._score_cache = None
 
@@ -112,10 +110,37 @@ class Engine:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    from training.store import EventStore
+                    from training.store import open_event_store
 
-                    self._store = EventStore(self.home / "agro.db")
+                    sv = self.settings.server
+                    self._store = open_event_store(self.home, sv.backend, sv.database_url, sv.db_pool_size)
         return self._store
+
+    @property
+    def releases(self):
+        """The shared reranker release registry (postgres backend), or None (embedded: local files only)."""
+        if self.settings.server.backend == "embedded":
+            return None
+        if self._releases is None:
+            with self._lock:
+                if self._releases is None:
+                    from training.releases import open_release_registry
+
+                    sv = self.settings.server
+                    self._releases = open_release_registry(sv.backend, sv.database_url, sv.db_pool_size)
+        return self._releases
+
+    @property
+    def indexes(self):
+        """The index storage backend (embedded files or PostgreSQL), opened on first use."""
+        if self._index_backend is None:
+            with self._lock:
+                if self._index_backend is None:
+                    from retrieval.backend import open_index_backend
+
+                    sv = self.settings.server
+                    self._index_backend = open_index_backend(self.home, sv.backend, sv.database_url, sv.db_pool_size)
+        return self._index_backend
 
     @property
     def reranker(self):
@@ -125,7 +150,14 @@ class Engine:
                     from reranker.cache import ScoreCache
                     from reranker.manager import RerankerManager
 
-                    self._reranker = RerankerManager(self.settings.reranker, self.home / "models")
+                    sync = None
+                    if self.settings.server.backend != "embedded":
+                        models_dir = self.home / "models"
+
+                        def sync() -> None:  # the shared current release, before each reload check
+                            self.releases.sync(models_dir)
+
+                    self._reranker = RerankerManager(self.settings.reranker, self.home / "models", sync=sync)
                     self._score_cache = ScoreCache(self.settings.reranker.cache_size)
         return self._reranker
 
@@ -137,7 +169,7 @@ class Engine:
 
     # -- corpora and generations --------------------------------------------------------------------------
     def corpora(self) -> list[str]:
-        return list_corpora(self.home)
+        return self.indexes.list_corpora()
 
     def resolve_corpus(self, corpus: str | None) -> str:
         if corpus:
@@ -164,12 +196,12 @@ class Engine:
 
     def generation(self, corpus: str) -> IndexGeneration:
         """The published generation of ``corpus``, reloaded when ``current`` has moved."""
-        gen_id = current_generation_id(self.home, corpus)
+        gen_id = self.indexes.current_generation_id(corpus)
         cached = self._gens.get(corpus)
         if cached is not None and cached.generation_id == gen_id:
             return cached
         try:
-            gen = load_current(self.home, corpus)
+            gen = self.indexes.load_current(corpus)
         except NoIndexError as exc:
             raise UserError(str(exc)) from None
         with self._lock:
@@ -217,6 +249,8 @@ class Engine:
 
     # -- the pipeline -------------------------------------------------------------------------------------
     def validate_query(self, query: str, k: int) -> str:
+        if isinstance(query, str):
+            query = query.replace("\x00", "")  # a NUL byte means nothing to search, and no store can keep it
         if not isinstance(query, str) or not query.strip():
             raise UserError("query is empty: pass a question or some code terms, e.g. 'where is the OAuth token validated'")
         limit = self.settings.retrieval.max_query_chars
@@ -249,7 +283,7 @@ class Engine:
             )
         rs = self.settings.reranker
         want_rerank = rs.enabled if rerank is None else bool(rerank)
-        n_candidates = max(k, rs.topn if rs.topn > 0 else len(gen.chunks)) if want_rerank else k
+        n_candidates = max(k, rs.topn if rs.topn > 0 else gen.n_chunks) if want_rerank else k
         result = retrieval_search(
             gen, embedder, query, n_candidates, self.settings.retrieval, "fused", path_glob, language
         )
@@ -359,8 +393,8 @@ class Engine:
         except ValueError as exc:
             raise UserError(f"{exc}. Pass --corpus with a valid id.") from None
         try:
-            summary = build_index(
-                root, corpus, self.home, self.settings.index, self.settings.retrieval, self.embedder(), progress, full,
+            summary = self.indexes.build(
+                root, corpus, self.settings.index, self.settings.retrieval, self.embedder(), progress, full,
                 previous=self._gens.get(corpus),
             )
         except (FileNotFoundError, NotADirectoryError) as exc:

@@ -17,6 +17,7 @@ from pydantic import Field
 from agro_mcp.answer import rag_answer_call
 from agro_mcp.config import Settings
 from agro_mcp.engine import MAX_K, Engine, UserError
+from retrieval.pgdb import DatabaseError
 from agro_mcp.schemas import (
     AnswerResponse,
     FeedbackResponse,
@@ -79,7 +80,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         """
         try:
             return _engine(ctx).search(query, corpus, k, rerank, path_glob, language)
-        except UserError as exc:
+        except (UserError, DatabaseError) as exc:
             raise _user_error(exc) from None
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
@@ -98,7 +99,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         """
         try:
             return await rag_answer_call(_engine(ctx), ctx, question, corpus, k)
-        except UserError as exc:
+        except (UserError, DatabaseError) as exc:
             raise _user_error(exc) from None
 
     @server.tool()
@@ -134,7 +135,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
             else:
                 summary = await anyio.to_thread.run_sync(lambda: eng.refresh(corpus, progress))
             return IndexResponse(action=action, corpus=summary.corpus, data=summary.to_dict())
-        except UserError as exc:
+        except (UserError, DatabaseError) as exc:
             raise _user_error(exc) from None
         except Exception as exc:  # index errors carry their fix in the message
             from retrieval.index import IndexError_
@@ -173,7 +174,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
                 eng.store, event_id, signal, doc_id=doc_id, rating=rating, path=path, start_line=start_line,
                 end_line=end_line, note=note, corpus_root=eng.corpus_root,
             )
-        except FeedbackError as exc:
+        except (FeedbackError, DatabaseError) as exc:
             raise ToolError(str(exc)) from None
         return FeedbackResponse(
             feedback_id=rec.feedback_id, event_id=rec.event_id, signal=rec.signal, created=rec.created,
@@ -208,7 +209,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
 
         try:
             return eng.admin(action, run_id=run_id, dataset=dataset)
-        except (UserError, AdminError, EvalError, JobBusyError, PromotionError, TrainingError) as exc:
+        except (UserError, DatabaseError, AdminError, EvalError, JobBusyError, PromotionError, TrainingError) as exc:
             raise _user_error(exc) from None
 
     return server

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,9 +96,10 @@ class RerankerManager:
         models_dir: ``AGRO_HOME/models`` (holds ``current``, ``releases/``, ``runs/``).
     """
 
-    def __init__(self, settings: RerankerSettings, models_dir: Path) -> None:
+    def __init__(self, settings: RerankerSettings, models_dir: Path, sync: Callable[[], Any] | None = None) -> None:
         self.settings = settings
         self.models_dir = Path(models_dir)
+        self._sync = sync  # brings models/current in line with a shared registry (team backend) before a check
         self._loaded: LoadedReranker | None = None
         self._lock = threading.Lock()  # guards the fields below
         self._check_lock = threading.Lock()  # one resolution + load at a time
@@ -228,6 +230,13 @@ class RerankerManager:
 
     def _check(self, force: bool) -> dict[str, Any]:
         with self._check_lock:
+            if self._sync is not None and not self.settings.model_path:
+                try:
+                    self._sync()
+                except Exception as exc:  # a registry outage must not stop the serving model
+                    logger.warning("reranker: syncing the shared release failed: %s", exc)
+                    with self._lock:
+                        self._last_error = f"shared release sync failed: {exc}"
             cand = self._resolve()
             now = time.time()
             with self._lock:
@@ -312,6 +321,7 @@ class RerankerManager:
             "backend": getattr(scorer, "backend", None),
             "dtype": getattr(scorer, "dtype", None),
             "device": getattr(scorer, "device", None),
+            "layers": getattr(scorer, "layers", None),
             "alpha": s.alpha,
             "topn": s.topn,
             "batch": s.batch,

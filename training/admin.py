@@ -87,9 +87,9 @@ def run_admin_action(engine: Any, action: str, *, run_id: str | None = None, dat
 
     if action == "status":
         store.reap_dead_jobs()
-        from training.jobs import FileLock
+        from training.jobs import job_lock
 
-        lock = FileLock(home, TRAINING_LOCK, "")
+        lock = job_lock(store, home, TRAINING_LOCK, "")
         if run_id:
             job = store.get_job(run_id)
             if job is None:
@@ -121,7 +121,7 @@ def run_admin_action(engine: Any, action: str, *, run_id: str | None = None, dat
         return {"job": _job_dict(job), "note": "cancellation requested; the job stops at its next check"}
     if action == "rollback":
         try:
-            out = rollback(home, store)
+            out = rollback(home, store, registry=engine.releases)
         except PromotionError as exc:
             raise AdminError(str(exc)) from None
         engine.reranker.reload()

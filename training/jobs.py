@@ -1,7 +1,14 @@
-"""Background jobs with a run_id, progress, logs and cancellation, and the crash-surviving data-home locks.
+"""Background jobs with a run_id, progress, logs and cancellation, and the crash-surviving job locks.
 
-Locks are ``fcntl.flock`` on files in ``AGRO_HOME/locks/``: the kernel drops a lock when its process dies, so a
-lock left by a crashed job is never obeyed. The holder's pid and run_id are written into the file for messages only.
+Embedded backend: locks are ``fcntl.flock`` on files in ``AGRO_HOME/locks/``: the kernel drops a lock when its
+process dies, so a lock left by a crashed job is never obeyed. The holder's pid and run_id are written into the
+file for messages only.
+
+PostgreSQL backend (the store is a :class:`training.pg_store.PgEventStore`, i.e. ``AGRO_BACKEND=postgres``): the
+lock is a session-level advisory lock (``pg_try_advisory_lock(hashtext('agro-train'))`` for training) held on a
+dedicated connection for the whole job, so it spans every machine using the database and the server drops it when
+the holding process dies (its connection closes). See :class:`PgAdvisoryLock`.
+
 Job state lives in the store (``jobs`` / ``job_logs``), so ``status`` and ``cancel`` work across processes.
 """
 
@@ -19,12 +26,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FileLock", "JobBusyError", "JobContext", "TRAINING_LOCK", "PROMOTE_LOCK", "run_job", "start_job"]
+__all__ = [
+    "FileLock",
+    "JobBusyError",
+    "JobContext",
+    "PgAdvisoryLock",
+    "TRAINING_LOCK",
+    "PROMOTE_LOCK",
+    "job_lock",
+    "run_job",
+    "start_job",
+]
 
 logger = logging.getLogger(__name__)
 
 TRAINING_LOCK = "training"
 PROMOTE_LOCK = "promote"
+# Advisory-lock keys (hashed with hashtext) of the PostgreSQL backend; other names use "agro-<name>".
+_ADVISORY_KEYS = {TRAINING_LOCK: "agro-train"}
 
 
 class JobBusyError(RuntimeError):
@@ -103,6 +122,133 @@ class FileLock:
         self.release()
 
 
+class PgAdvisoryLock:
+    """A PostgreSQL session-level advisory lock on a dedicated connection (not from the pool), for one job.
+
+    The connection is opened by :meth:`acquire` and kept until :meth:`release`, so the lock lasts the whole job
+    and covers every machine using the database. If the process dies, its connection closes and the server
+    releases the lock; server-side TCP keepalives on the connection bound how long a vanished machine (power
+    loss, network cut) keeps it (about a minute). The connection's ``application_name`` carries the holder's pid
+    and run_id, read back by :meth:`holder` for the busy message.
+
+    Args:
+        database: the :class:`retrieval.pgdb.Database` of the store (its URL is used, not its pool).
+        name: lock name (``training``, ``promote``).
+        owner: the run_id holding it, for messages.
+        store: the event store, to name the holder's host from its job record.
+    """
+
+    def __init__(self, database: Any, name: str, owner: str, store: Any = None) -> None:
+        self.database = database
+        self.name = name
+        self.owner = owner
+        self.key = _ADVISORY_KEYS.get(name, f"agro-{name}")
+        self.store = store
+        self._conn: Any = None
+
+    def _connect(self, app: str) -> Any:
+        import psycopg
+
+        from retrieval.pgdb import DatabaseUnavailableError
+
+        try:
+            conn = psycopg.connect(
+                self.database.url, autocommit=True, application_name=app[:63], connect_timeout=10
+            )
+        except psycopg.Error as exc:
+            raise DatabaseUnavailableError(
+                f"Cannot take the {self.name} job lock: PostgreSQL at {self.database.safe_url} is unreachable "
+                f"({str(exc).strip()}). Check that the database is up, then start the job again."
+            ) from None
+        return conn
+
+    def _holder_query(self, conn: Any) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT a.application_name, a.client_addr::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext(%s)::bigint LIMIT 1",
+            (self.key,),
+        ).fetchone()
+        if row is None:
+            return None
+        app, addr = row
+        info: dict[str, Any] = {"run_id": None, "pid": None, "host": addr}
+        parts = (app or "").split(" ", 2)  # "agro-job <pid> <run_id>"
+        if len(parts) == 3 and parts[0] == "agro-job":
+            info["pid"] = int(parts[1]) if parts[1].isdigit() else parts[1]
+            info["run_id"] = parts[2] or None
+        if info["run_id"] and self.store is not None:
+            try:
+                job = self.store.get_job(info["run_id"])
+            except Exception:  # the host is only for the message
+                job = None
+            if job is not None and job.host:
+                info["host"] = job.host
+        return info
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lock now (run_id, pid, host), or None if no one does."""
+        if self._conn is not None and not self._conn.closed:
+            return self._holder_query(self._conn)
+        with self._connect("agro-lock-probe") as conn:
+            return self._holder_query(conn)
+
+    def held_by_someone(self) -> bool:
+        return self.holder() is not None
+
+    def acquire(self) -> PgAdvisoryLock:
+        """Take the lock or raise :class:`JobBusyError` naming the holder."""
+        conn = self._connect(f"agro-job {os.getpid()} {self.owner}")
+        try:
+            # Let the server notice a vanished client (and drop its lock) within about a minute.
+            for setting, value in (("tcp_keepalives_idle", "30"), ("tcp_keepalives_interval", "10"),
+                                   ("tcp_keepalives_count", "3")):
+                conn.execute("SELECT set_config(%s, %s, false)", (setting, value))
+            got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (self.key,)).fetchone()[0]
+            if not got:
+                h = self._holder_query(conn) or {}
+                raise JobBusyError(
+                    f"Another {self.name} job is running (run {h.get('run_id') or '?'}, pid {h.get('pid') or '?'} on "
+                    f"{h.get('host') or '?'}); one at a time per database ({self.database.safe_url}). Check it with "
+                    "`agro jobs` or reranker_admin status, cancel it with reranker_admin cancel, or wait."
+                )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return self
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self.key,))
+        except Exception:  # closing the session releases it anyway
+            logger.debug("advisory unlock failed; closing the connection releases the lock", exc_info=True)
+        finally:
+            conn.close()
+
+    def __enter__(self) -> PgAdvisoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+JobLock = FileLock | PgAdvisoryLock
+
+
+def job_lock(store: Any, home: Path, name: str, owner: str) -> JobLock:
+    """The job lock for the store's backend: an advisory lock in PostgreSQL (``AGRO_BACKEND=postgres``, the
+    store is a ``PgEventStore``), else a ``flock`` in ``home/locks``. Not yet acquired."""
+    if getattr(store, "backend", "embedded") == "postgres":
+        return PgAdvisoryLock(store.database, name, owner, store=store)
+    return FileLock(home, name, owner)
+
+
 @dataclass
 class JobContext:
     """What a job function gets: its run_id, progress and log reporting, and the cancel check."""
@@ -140,7 +286,7 @@ class JobContext:
 JobFn = Callable[[JobContext], Any]
 
 
-def _execute(ctx: JobContext, fn: JobFn, lock: FileLock | None) -> Any:
+def _execute(ctx: JobContext, fn: JobFn, lock: JobLock | None) -> Any:
     from training.trainer import TrainingCancelled
 
     store = ctx.store
@@ -167,16 +313,17 @@ def _execute(ctx: JobContext, fn: JobFn, lock: FileLock | None) -> Any:
 
 
 def _prepare(store: Any, home: Path, kind: str, params: dict | None, lock_name: str | None,
-             run_id: str | None) -> tuple[JobContext, FileLock | None]:
+             run_id: str | None) -> tuple[JobContext, JobLock | None]:
     store.reap_dead_jobs()
     run_id = run_id or store.create_job(kind, params or {})
     lock = None
     if lock_name is not None:
-        lock = FileLock(home, lock_name, run_id)
+        lock = job_lock(store, home, lock_name, run_id)
         try:
             lock.acquire()
-        except JobBusyError as exc:
-            store.update_job(run_id, state="failed", error=str(exc), message="busy")
+        except Exception as exc:
+            busy = isinstance(exc, JobBusyError)
+            store.update_job(run_id, state="failed", error=str(exc), message="busy" if busy else "no lock")
             raise
     return JobContext(store, run_id, kind), lock
 
@@ -193,7 +340,8 @@ def start_job(store: Any, home: Path, kind: str, fn: JobFn, *, params: dict | No
     """Start a job in a background thread and return its run_id at once.
 
     The lock is taken before returning, so a second training job is refused immediately with
-    :class:`JobBusyError`; the thread releases it when the job ends, and the kernel does if the process dies.
+    :class:`JobBusyError`; the thread releases it when the job ends, and the kernel (embedded) or the
+    PostgreSQL server (postgres) does if the process dies.
     """
     ctx, lock = _prepare(store, home, kind, params, lock_name, None)
 

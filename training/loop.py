@@ -244,7 +244,7 @@ def promote_step(engine: Any, ctx: Any, run_id: str, *, force: bool = False, rel
         ev = evaluate_run(engine, ctx, run_id)  # the gate must compare with the release serving now
     dec = ev["decision"]
     decision = GateDecision(dec["promote"], dec["reasons"], dec["figures"])
-    out = promote_run(Path(engine.home), run_id, decision, engine.store, force=force)
+    out = promote_run(Path(engine.home), run_id, decision, engine.store, force=force, registry=engine.releases)
     if out["decision"] == "promoted" and reload and hasattr(engine, "reranker"):
         engine.reranker.reload()  # this process serves the new release at once; others on their next check
     ctx.log("promotion of %s: %s %s", run_id, out["decision"], out.get("release") or "")

@@ -184,8 +184,12 @@ def promote_run(
     *,
     force: bool = False,
     hook: Hook | None = None,
+    registry: Any = None,
 ) -> dict[str, Any]:
     """Record the decision and, if it (or ``force``) says so, release the run and flip ``current``.
+
+    ``registry`` (the shared release registry of a team backend, or None) receives the release before the
+    local switch, so every server sharing it picks the release up.
 
     Returns:
         ``{"decision": "promoted"|"refused", "release": id|None, "reasons": [...], "figures": {...}}``.
@@ -245,6 +249,8 @@ def promote_run(
         fsync_dir(dest)
         if hook:
             hook("manifest_written")
+        if registry is not None:
+            registry.publish(dest, release_id, changed_by=f"promote {run_id}")
         flip_current(models_dir, release_id, hook)
         store.add_promotion("promoted", run_id, release_id, {**payload, "parent": manifest["parent"]})
         logger.info("run %s promoted as %s (parent %s)", run_id, release_id, manifest["parent"])
@@ -253,8 +259,8 @@ def promote_run(
         lock.release()
 
 
-def rollback(home: Path, store: Any, hook: Hook | None = None) -> dict[str, Any]:
-    """Point ``current`` back at the parent of the current release; record it.
+def rollback(home: Path, store: Any, hook: Hook | None = None, registry: Any = None) -> dict[str, Any]:
+    """Point ``current`` back at the parent of the current release; record it (and in ``registry``, if shared).
 
     Raises:
         PromotionError: no current release, no parent, or the parent is incomplete.
@@ -267,14 +273,23 @@ def rollback(home: Path, store: Any, hook: Hook | None = None) -> dict[str, Any]
     except JobBusyError as exc:
         raise PromotionError(str(exc)) from None
     try:
+        if registry is not None:
+            registry.sync(models_dir)  # the shared current release is the one rolled back
         cur = current_release(models_dir)
         if cur is None:
             raise PromotionError("No current release to roll back (models/current is missing or incomplete)")
         parent = cur.get("parent")
         if not parent:
             raise PromotionError(f"release {cur.get('id')} has no parent release to roll back to")
+        if registry is not None and not (models_dir / "releases" / parent / "manifest.json").is_file():
+            try:
+                registry.download(parent, models_dir)
+            except LookupError as exc:
+                raise PromotionError(f"parent release {parent} is not available: {exc}") from None
         if not (models_dir / "releases" / parent / "manifest.json").is_file():
             raise PromotionError(f"parent release {parent} is missing or has no manifest.json; cannot roll back")
+        if registry is not None:
+            registry.set_current(parent, changed_by=f"rollback from {cur.get('id')}")
         flip_current(models_dir, parent, hook)
         store.add_promotion("rollback", cur.get("id"), parent, {"from": cur.get("id"), "to": parent})
         logger.info("rolled back from %s to %s", cur.get("id"), parent)

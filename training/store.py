@@ -21,9 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.types import Hit
+
+if TYPE_CHECKING:
+    from training.pg_store import PgEventStore
 
 __all__ = [
     "ChunkText",
@@ -37,6 +40,7 @@ __all__ = [
     "StoreError",
     "StoreVersionError",
     "new_run_id",
+    "open_event_store",
 ]
 
 logger = logging.getLogger(__name__)
@@ -291,6 +295,8 @@ class EventStore:
     Raises:
         StoreVersionError: if the file was migrated by a newer agro-mcp.
     """
+
+    backend = "embedded"
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = Path(db_path)
@@ -965,3 +971,27 @@ class EventStore:
     def lock_holder(self, name: str) -> dict[str, Any] | None:
         row = self._conn().execute("SELECT * FROM locks WHERE name = ?", (name,)).fetchone()
         return dict(row) if row is not None else None
+
+
+# --------------------------------------------------------------------------------------------------- factory
+def open_event_store(
+    home: Path,
+    backend: str = "embedded",
+    database_url: str | None = None,
+    pool_size: int = 8,
+) -> EventStore | PgEventStore:
+    """The event store for a backend: ``EventStore(home / "agro.db")`` or a
+    :class:`training.pg_store.PgEventStore` on the process-wide pool for ``database_url``.
+
+    Both have the same methods and records. Raises :class:`StoreError` for an unknown backend,
+    :class:`retrieval.pgdb.DatabaseError` when PostgreSQL is not configured or unreachable, and
+    :class:`StoreVersionError` for a schema newer than this agro-mcp.
+    """
+    if backend == "embedded":
+        return EventStore(Path(home) / "agro.db")
+    if backend == "postgres":
+        from retrieval.pgdb import open_database
+        from training.pg_store import PgEventStore
+
+        return PgEventStore(open_database(database_url, pool_size))
+    raise StoreError(f"AGRO_BACKEND expects 'embedded' or 'postgres', but got {backend!r}")

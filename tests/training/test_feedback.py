@@ -1,4 +1,7 @@
-"""submit_feedback: every rejection says how to fix the call; accepted feedback is stored once."""
+"""submit_feedback: every rejection says how to fix the call; accepted feedback is stored once.
+
+Tests taking ``store`` run on both event-store backends (tests/training/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import pytest
 
 from retrieval.types import Chunk, Hit
 from training.feedback import MAX_NOTE_CHARS, FeedbackError, count_lines, submit_feedback
-from training.store import EventStore
 
 
 @pytest.fixture
@@ -22,19 +24,12 @@ def corpus(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = EventStore(tmp_path / "agro.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def roots(corpus: Path):
     return lambda name: corpus if name == "demo" else None
 
 
 @pytest.fixture
-def event_id(store: EventStore) -> str:
+def event_id(store) -> str:
     chunks = [
         Chunk.make("src/auth.py", 1, 10, "python", "login", "line 1\n"),
         Chunk.make("src/auth.py", 11, 20, "python", None, "line 11\n"),

@@ -1,4 +1,7 @@
-"""Background jobs and the crash-surviving training lock."""
+"""Background jobs and the crash-surviving training lock.
+
+Tests taking ``store`` run on both event-store backends (tests/training/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -11,17 +14,9 @@ from pathlib import Path
 import pytest
 
 from training.jobs import FileLock, JobBusyError, run_job, start_job
-from training.store import EventStore
 from training.trainer import TrainingCancelled
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = EventStore(tmp_path / "agro.db")
-    yield s
-    s.close()
 
 
 def wait_done(store, run_id):

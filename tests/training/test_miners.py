@@ -1,10 +1,11 @@
-"""Miners on crafted stores with known expected triplets."""
+"""Miners on crafted stores with known expected triplets.
+
+Tests taking ``store`` run on both event-store backends (tests/training/conftest.py).
+"""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
-
-import pytest
 
 from retrieval.types import Chunk
 from training.miners import (
@@ -16,14 +17,7 @@ from training.miners import (
     mine_golden,
     split_by_query,
 )
-from training.store import ChunkText, EventStore, QueryEvent, ResultRecord
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = EventStore(tmp_path / "agro.db")
-    yield s
-    s.close()
+from training.store import ChunkText, QueryEvent, ResultRecord
 
 
 def add_event(store, event_id, query, docs, corpus="c"):

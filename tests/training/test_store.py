@@ -1,4 +1,8 @@
-"""The event store: schema migrations, query events, feedback, evaluations, promotions, jobs and locks."""
+"""The event store: schema migrations, query events, feedback, evaluations, promotions, jobs and locks.
+
+Tests that take ``store`` / ``open_store`` run on both backends (SQLite and PostgreSQL, see conftest.py); the
+SQLite file's own guarantees (WAL, pragmas, its migrations) are tested on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -39,34 +43,35 @@ A = Chunk.make("src/auth.py", 1, 10, "python", "login", "def login():\n    pass\
 B = Chunk.make("src/db.py", 5, 9, "python", None, "conn = connect()\n")
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = EventStore(tmp_path / "agro.db")
-    yield s
-    s.close()
+def test_new_store_is_at_latest_version_and_reopening_changes_nothing(open_store, store_backend, tmp_path) -> None:
+    from training import pg_store
 
-
-def test_new_store_is_at_latest_version_and_reopening_changes_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "home" / "agro.db"
-    with EventStore(db) as s:
-        assert s.schema_version() == store_mod.SCHEMA_VERSION
+    latest = store_mod.SCHEMA_VERSION if store_backend == "embedded" else pg_store.SCHEMA_VERSION
+    with open_store() as s:
+        assert s.schema_version() == latest
         _log(s, _hits(A))
-    with EventStore(db) as s:
-        assert s.schema_version() == store_mod.SCHEMA_VERSION
+    with open_store() as s:
+        assert s.schema_version() == latest
         assert s.counts()["query_events"] == 1
-    conn = sqlite3.connect(db)
-    try:
-        assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
-    finally:
-        conn.close()
+        assert s.integrity_check() == "ok"
+        if store_backend == "postgres":
+            rows = s.database.read(lambda c: c.execute("SELECT component, version FROM agro_schema").fetchall())
+            assert rows == [("events", latest)]
+    if store_backend == "embedded":
+        conn = sqlite3.connect(tmp_path / "home" / "agro.db")  # the folder was created
+        try:
+            assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
+        finally:
+            conn.close()
 
 
-def test_store_uses_wal_full_sync_and_a_busy_timeout(store: EventStore) -> None:
-    conn = store._conn()
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
-    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+def test_store_uses_wal_full_sync_and_a_busy_timeout(tmp_path: Path) -> None:
+    with EventStore(tmp_path / "agro.db") as store:
+        conn = store._conn()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
 def test_store_refuses_a_database_from_a_newer_agro_mcp(tmp_path: Path) -> None:
@@ -200,7 +205,7 @@ def test_lock_excludes_a_second_owner_until_released_or_stale(store: EventStore)
     assert not store.heartbeat_lock("train", "run-c")
 
 
-def test_store_serves_worker_threads_and_close_closes_their_connections(store: EventStore) -> None:
+def test_store_serves_worker_threads_and_a_closed_store_refuses_calls(store, store_backend) -> None:
     eid = _log(store, _hits(A))
     seen: set[int] = set()
 
@@ -215,3 +220,5 @@ def test_store_serves_worker_threads_and_close_closes_their_connections(store: E
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.counts()
+    if store_backend == "postgres":
+        assert not store.database.pool.closed  # the pool is shared with the index: close() leaves it open
