@@ -158,7 +158,8 @@ def cmd_evaluate(args, settings) -> int:
             candidate = str(run_dir(home / "models", args.candidate) / "model")
         report = run_evaluation(args.dataset, home, settings.index, settings.retrieval, configs=configs,
                                 rerank_fn=rerank_fn, candidate_model=candidate, reranker_settings=settings.reranker,
-                                model=model, embedder=eng.embedder(), limit=args.limit)
+                                model=model, embedder=eng.embedder(), limit=args.limit,
+                                index_backend=eng.indexes)
         saved = save_report(report, eng.store, home / "exports")
         if args.runs:
             for c, run in report.runs.items():

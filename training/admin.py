@@ -176,6 +176,7 @@ def run_admin_action(engine: Any, action: str, *, run_id: str | None = None, dat
             configs = ("bm25", "dense", "fused") + (("fused+rerank",) if fn else ())
             report = run_evaluation(dataset, home, engine.settings.index, engine.settings.retrieval,
                                     configs=configs, rerank_fn=fn, model=model, embedder=engine.embedder(),
+                                    index_backend=engine.indexes,
                                     progress=lambda i, n: ctx.progress(i / max(n, 1), f"{i}/{n}"))
             saved = save_report(report, store, home / "exports")
             return {"eval_id": saved.eval_id, "metrics": report.metrics}

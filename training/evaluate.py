@@ -542,33 +542,28 @@ def _self_paths(dataset, roots: Mapping[str, Path]) -> dict[str, set[str]]:
     return out
 
 
-def _ensure_index(home: Path, corpus: str, root: Path | None, index_settings, retrieval_settings, embedder):
-    """The current generation of ``corpus``, built from ``root`` first when there is none."""
-    from retrieval.index import (
-        IndexVersionError,
-        NoIndexError,
-        build_index,
-        load_current,
-    )
+def _ensure_index(backend: Any, corpus: str, root: Path | None, index_settings, retrieval_settings, embedder):
+    """The current generation of ``corpus`` in ``backend``, built from ``root`` first when there is none."""
+    from retrieval.index import IndexVersionError, NoIndexError
 
     try:
-        gen = load_current(home, corpus)
+        gen = backend.load_current(corpus)
     except IndexVersionError:
         if root is None:
             raise
-        gen = None  # written by another format: build_index rebuilds it from scratch
+        gen = None  # written by another format: the build rebuilds it from scratch
     except NoIndexError as exc:
         if root is None:
             raise EvalError(
-                f"No index for corpus {corpus!r} in {home}. Run: agro index /path/to/repo --corpus {corpus}"
+                f"No index for corpus {corpus!r}. Run: agro index /path/to/repo --corpus {corpus}"
             ) from exc
         gen = None
     if gen is not None and (root is None or Path(gen.root).resolve() == root.resolve()):
         logger.info("Reusing index %s of corpus %s", gen.generation_id, corpus)
         return gen
     logger.info("Indexing %s as corpus %s", root, corpus)
-    build_index(root, corpus, home, index_settings, retrieval_settings, embedder)
-    return load_current(home, corpus)
+    backend.build(root, corpus, index_settings, retrieval_settings, embedder)
+    return backend.load_current(corpus)
 
 
 def _copy_hits(hits: Sequence[Hit]) -> list[Hit]:
@@ -629,6 +624,7 @@ def run_evaluation(
     limit: int | None = None,
     k: int = RUN_TOP_K,
     progress: Callable[[int, int], None] | None = None,
+    index_backend: Any = None,
 ) -> EvalReport:
     """Index what the dataset needs (reusing existing indexes), run the configurations, return the report.
 
@@ -648,6 +644,7 @@ def run_evaluation(
         roots: corpus id -> folder, for corpora not indexed yet (golden.json's own folder is known).
         limit: score only the first ``limit`` queries (smoke runs).
         k: results kept per query (Recall@50 needs at least 50).
+        index_backend: where the corpora are indexed (``Engine.indexes``); default: the embedded backend in ``home``.
 
     Raises:
         EvalError: on an empty set, an unknown config, a missing reranker or a corpus with no index and no root.
@@ -680,8 +677,12 @@ def run_evaluation(
     index_settings = index_settings or IndexSettings()
     retrieval_settings = retrieval_settings or RetrievalSettings()
     embedder = embedder or load_embedder(retrieval_settings)
+    if index_backend is None:
+        from retrieval.backend import EmbeddedIndexBackend
+
+        index_backend = EmbeddedIndexBackend(home)
     gens = {
-        c: _ensure_index(home, c, known_roots.get(c), index_settings, retrieval_settings, embedder)
+        c: _ensure_index(index_backend, c, known_roots.get(c), index_settings, retrieval_settings, embedder)
         for c in dict.fromkeys(q.corpus for q in queries)
     }
     fused_cache: dict[str, Ranking] = {}

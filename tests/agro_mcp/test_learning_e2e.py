@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -423,7 +422,7 @@ async def _train(client) -> tuple[str, dict]:
     return started["run_id"], res
 
 
-async def _promote(client, home: Path, env: dict, run_id: str, db: Path) -> str:
+async def _promote(client, home: Path, env: dict, run_id: str, store) -> str:
     """Promote through MCP; if the gate refuses, check the refusal is recorded with its figures, then force it."""
     started = await _call(client, "reranker_admin", action="promote", run_id=run_id)
     res = (await _job(client, started["run_id"]))["result"]
@@ -433,11 +432,9 @@ async def _promote(client, home: Path, env: dict, run_id: str, db: Path) -> str:
         return res["release"]
     # A refusal is an answer, not an error: its reasons name the figures, and the store keeps them.
     assert res["release"] is None and res["forced"] is False and res["reasons"], res
-    with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT decision, release, payload FROM promotions WHERE candidate=? ORDER BY id DESC",
-                           (run_id,)).fetchone()
-    assert row is not None and row[0] == "refused" and row[1] is None
-    figures = json.loads(row[2])["figures"]
+    row = next(p for p in store.list_promotions(500) if p["candidate"] == run_id)  # newest first
+    assert row["decision"] == "refused" and row["release"] is None
+    figures = row["payload"]["figures"]
     assert figures["n_queries"] >= 1 and "MRR@10" in figures["candidate"] and "MRR@10" in figures["retrieval"]
     runs = await _call(client, "reranker_admin", action="runs")
     (mine,) = [r for r in runs["runs"] if r["run_id"] == run_id]
@@ -447,9 +444,8 @@ async def _promote(client, home: Path, env: dict, run_id: str, db: Path) -> str:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "PROMOTED as " in out.stdout, out.stdout
     release = out.stdout.split("PROMOTED as ", 1)[1].split()[0]
-    with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT decision, payload FROM promotions WHERE release=?", (release,)).fetchone()
-    assert row[0] == "promoted" and json.loads(row[1])["forced"] is True
+    row = next(p for p in store.list_promotions(500) if p["release"] == release)
+    assert row["decision"] == "promoted" and row["payload"]["forced"] is True
     return release
 
 
@@ -469,7 +465,7 @@ def anyio_backend():
     return "asyncio"
 
 
-async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_path):
+async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_path, backend_env):
     t_start = time.monotonic()
     repo = tmp_path / "toolkit"
     gold = _write_corpus(repo)
@@ -486,10 +482,13 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
         AGRO_TRAINING_MAX_LENGTH="64",
         AGRO_TRAINING_BATCH_SIZE="8",
         AGRO_TRAINING_EPOCHS="2",
+        **backend_env,
     )
     out = _cli(home, env, "index", str(repo), "--corpus", CORPUS)
     assert out.returncode == 0, out.stderr
-    db = home / "agro.db"
+    from training.store import open_event_store
+
+    db = open_event_store(home, backend_env["AGRO_BACKEND"], backend_env.get("AGRO_DATABASE_URL"))
 
     params = StdioServerParameters(command=sys.executable, args=["-m", "agro_mcp", "serve"], env=env)
     async with Client(params, read_timeout_seconds=120) as client:
@@ -546,12 +545,11 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
         res = (await _job(client, again["run_id"]))["result"]
         assert res["decision"] == "refused", res
         await _served(client, rel_a, within=5)
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT decision, candidate, payload FROM promotions ORDER BY id").fetchall()
-    decisions = [r[0] for r in rows]
+    rows = db.list_promotions(500)[::-1]  # oldest first
+    decisions = [r["decision"] for r in rows]
     assert decisions[-2:] == ["rollback", "refused"] and decisions.count("promoted") == 2, decisions
-    figures = json.loads(rows[-1][2])["figures"]
-    assert rows[-1][1] == run_a and "current" in figures, figures
+    figures = rows[-1]["payload"]["figures"]
+    assert rows[-1]["candidate"] == run_a and "current" in figures, figures
     assert figures["current"]["MRR@10"] == pytest.approx(figures["candidate"]["MRR@10"])
     print(f"\nlearning e2e: feedback {sent}; releases {rel_a} -> {rel_b} -> rollback {rel_a}; "
           f"{time.monotonic() - t_start:.1f}s")
