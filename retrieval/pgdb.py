@@ -6,6 +6,7 @@ Used only when ``AGRO_BACKEND=postgres``; nothing here is imported by the embedd
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -48,8 +49,9 @@ def redact_url(url: str) -> str:
 
 def _is_connection_error(exc: BaseException) -> bool:
     import psycopg
+    from psycopg_pool import PoolTimeout
 
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout):
         return True
     # A server-side termination (pg_terminate_backend, a restart) surfaces as AdminShutdown.
     return type(exc).__name__ in {"AdminShutdown", "CrashShutdown", "CannotConnectNow"}
@@ -96,6 +98,7 @@ class Database:
             kwargs={"connect_timeout": max(1, int(connect_timeout))},
             configure=configure,
             check=ConnectionPool.check_connection,
+            timeout=connect_timeout,  # waiting for a connection: fail with a clear error instead of hanging
             open=False,
             name="agro",
         )
@@ -127,7 +130,8 @@ class Database:
                         "Check that the database is up; the call can be repeated."
                     ) from None
                 logger.warning("connection lost during %s; retrying once: %s", what, exc)
-                self.pool.check()
+                with contextlib.suppress(Exception):
+                    self.pool.check()
         raise AssertionError("unreachable")
 
     def write(self, fn: Callable[[Any], T], what: str = "write") -> T:
@@ -138,7 +142,8 @@ class Database:
         except Exception as exc:
             if not _is_connection_error(exc):
                 raise
-            self.pool.check()
+            with contextlib.suppress(Exception):
+                self.pool.check()
             raise DatabaseUnavailableError(
                 f"Lost the connection to PostgreSQL at {self.safe_url} during {what}: {str(exc).strip()}. "
                 "The write was not acknowledged; repeat the call (it is safe to repeat)."

@@ -205,3 +205,26 @@ def test_nul_bytes_and_non_ascii_text_are_stored(pg, tmp_path, embedder):
     assert s.chunks >= 1
     hits = search(pg.load_current("odd"), embedder, "grüße", 3, RetrievalSettings(), "bm25").hits
     assert hits and hits[0].chunk.path == "odd.py"
+
+
+def test_search_says_the_database_is_gone_after_one_retry(pg_url, sample_repo, embedder):
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from retrieval.pgdb import Database, DatabaseUnavailableError
+
+    name = conninfo_to_dict(pg_url)["dbname"]
+    admin_url = make_conninfo(pg_url, dbname="postgres")
+    db = Database(pg_url, pool_size=2, connect_timeout=2)
+    try:
+        backend = PgIndexBackend(db)
+        _build(backend, sample_repo, embedder)
+        gen = backend.load_current("sample")
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        with pytest.raises(DatabaseUnavailableError, match="twice"):
+            search(gen, embedder, "validate token", 3, RetrievalSettings(), "fused")
+    finally:
+        db.close()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
