@@ -337,6 +337,9 @@ class Engine:
         note = None
         if stale["total"]:
             note = f"{stale['total']} file(s) changed on disk since indexing; refresh with rag_index(action='refresh')."
+        elif stale.get("root_missing"):
+            note = (f"The indexed folder {ranked.generation.root} is not on this machine, so staleness is unknown; "
+                    "refresh from a machine that has the checkout.")
         if not ranked.hits:
             note = (note + " " if note else "") + "No match; try other terms, drop filters, or check the corpus."
         return SearchResponse(

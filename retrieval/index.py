@@ -369,7 +369,9 @@ def stale_files(gen: IndexGeneration, index_settings: IndexSettings, discovered:
     """Files added, changed or deleted on disk since ``gen`` was built (computed now, never remembered)."""
     root = gen.root
     if not root.is_dir():
-        return {"added": 0, "changed": 0, "deleted": len(gen.files), "total": len(gen.files), "root_missing": True}
+        # Not checked out here (a shared index built on another machine) or moved away: nothing can be compared,
+        # and a refresh from this machine could not run either; say so instead of calling every file stale.
+        return {"added": 0, "changed": 0, "deleted": 0, "total": 0, "root_missing": True}
     disc = discovered or discover_files(root, index_settings)
     seen = set()
     added = changed = 0
