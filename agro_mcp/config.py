@@ -33,6 +33,10 @@ class ServerSettings(BaseModel):
     home: Path = Field(default_factory=lambda: Path.home() / ".agro", description="Data home (AGRO_HOME).")
     default_corpus: str | None = Field(None, description="Corpus used when a call names none.")
     admin_enabled: bool = True
+    admin_wait_timeout_sec: float = Field(
+        600.0, gt=0,
+        description="Longest a reranker_admin call with wait=true (or action 'wait') stays open for its job.",
+    )
     log_level: str = "INFO"
     llm_base_url: str | None = None
     llm_model: str | None = None

@@ -182,33 +182,60 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         )
 
     @server.tool()
-    def reranker_admin(
+    async def reranker_admin(
         ctx: Context,
         action: Annotated[
             Literal["info", "reload", "status", "mine", "train", "evaluate", "promote", "rollback", "runs",
-                    "eval_latest", "logs", "cancel"],
+                    "eval_latest", "logs", "cancel", "wait"],
             Field(description="Admin action"),
         ] = "info",
-        run_id: Annotated[str | None, Field(description="Job / training run id (status, logs, cancel, promote)")] = None,
+        run_id: Annotated[
+            str | None, Field(description="Job / training run id (status, logs, cancel, promote, wait)")
+        ] = None,
         dataset: Annotated[str | None, Field(description="evaluate: 'golden', 'heldout' or a bench collection name")] = None,
+        wait: Annotated[
+            bool,
+            Field(description="mine/train/evaluate/promote: keep the call open until the job ends (or "
+                              "AGRO_ADMIN_WAIT_TIMEOUT_SEC), sending progress notifications when asked for"),
+        ] = False,
     ) -> dict[str, Any]:
         """Inspect and manage the learning reranker: 'info', 'reload', and the training loop actions.
 
         'info' shows the serving model; 'reload' checks models/current now; 'train' / 'evaluate' / 'promote' start
         background jobs and return a run_id; 'status' / 'logs' / 'runs' report on them; 'rollback' restores the
-        previous release.
+        previous release. With wait=true a job-starting action (or action 'wait' with a run_id) returns only when
+        the job has ended, with its final status, and reports the job's progress meanwhile; if the job outlasts
+        the server's wait timeout, its current status comes back with a note that it is still running.
         """
         eng = _engine(ctx)
-        if action not in ("info", "status", "runs", "eval_latest", "logs") and not eng.settings.server.admin_enabled:
+        read_only = ("info", "status", "runs", "eval_latest", "logs", "wait")
+        if action not in read_only and not eng.settings.server.admin_enabled:
             raise ToolError("reranker_admin actions that change state are disabled (AGRO_ADMIN_ENABLED=0).")
-        from training.admin import AdminError
+        from training.admin import JOB_ACTIONS, AdminError, wait_for_job
         from training.evaluate import EvalError
         from training.jobs import JobBusyError
         from training.promote import PromotionError
         from training.trainer import TrainingError
 
+        async def notify(progress: float, message: str | None) -> None:
+            try:
+                await ctx.report_progress(progress, 1.0, message)
+            except Exception:  # progress is best-effort; a vanished client must not fail the wait
+                logger.debug("progress notification not delivered", exc_info=True)
+
         try:
-            return eng.admin(action, run_id=run_id, dataset=dataset)
+            if wait and action not in JOB_ACTIONS + ("wait",):
+                raise AdminError(f"wait=true applies to {', '.join(JOB_ACTIONS)} (or use action 'wait' with a "
+                                 f"run_id), not to {action!r}")
+            if action == "wait":
+                rid = run_id
+            else:
+                out = await anyio.to_thread.run_sync(lambda: eng.admin(action, run_id=run_id, dataset=dataset))
+                if not wait:
+                    return out
+                rid = out["run_id"]
+            return await wait_for_job(eng, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
+                                      on_progress=notify)
         except (UserError, DatabaseError, AdminError, EvalError, JobBusyError, PromotionError, TrainingError) as exc:
             raise _user_error(exc) from None
 

@@ -1,13 +1,15 @@
 """``reranker_admin`` actions other than ``info``/``reload`` (which the engine answers itself).
 
 Long actions (mine, train, evaluate, promote) start a background job and return its ``run_id`` at once; ``status``,
-``logs``, ``runs`` and ``cancel`` report on them. Model references are run ids only: never a filesystem path, so no
-model outside ``AGRO_HOME/models`` can be named.
+``logs``, ``runs`` and ``cancel`` report on them. :func:`wait_for_job` lets a caller (the MCP server's ``wait``)
+follow one job to its end, reporting its progress as it goes. Model references are run ids only: never a filesystem
+path, so no model outside ``AGRO_HOME/models`` can be named.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,17 @@ from training.jobs import TRAINING_LOCK, JobBusyError, start_job
 from training.promote import PromotionError, current_release, list_releases, rollback
 from training.trainer import TrainingError, load_run, run_dir
 
-__all__ = ["ACTIONS", "AdminError", "run_admin_action", "list_runs"]
+__all__ = ["ACTIONS", "JOB_ACTIONS", "AdminError", "list_runs", "run_admin_action", "wait_for_job"]
 
 logger = logging.getLogger(__name__)
 
 ACTIONS = ("status", "mine", "train", "evaluate", "promote", "rollback", "runs", "eval_latest", "logs", "cancel")
+# Actions that start a background job (their result carries its run_id), so a caller may wait for it.
+JOB_ACTIONS = ("mine", "train", "evaluate", "promote")
+# How often wait_for_job reads the job's record, and how many reads between checks for a dead job process.
+WAIT_POLL_SEC = 0.5
+_REAP_EVERY = 20
+_TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class AdminError(ValueError):
@@ -197,6 +205,61 @@ def run_admin_action(engine: Any, action: str, *, run_id: str | None = None, dat
 
         return started("promote", do_promote)
     raise AdminError(f"unhandled action {action!r}")  # pragma: no cover
+
+
+ProgressFn = Callable[[float, str | None], Awaitable[None]]
+
+
+async def wait_for_job(engine: Any, run_id: str | None, *, timeout: float, on_progress: ProgressFn | None = None,
+                       poll: float = WAIT_POLL_SEC) -> dict:
+    """Wait until job ``run_id`` ends (succeeded, failed, cancelled) or ``timeout`` seconds pass; return its status.
+
+    The job's record is read every ``poll`` seconds in a worker thread, so the event loop is never blocked. Each
+    time its progress has risen since the last report (and once at the start), ``on_progress(progress, message)`` is
+    awaited with the job's fraction (0..1) and message; a change of message alone is folded into the next report,
+    since MCP requires every progress notification of a request to carry a higher value than the one before.
+    Cancelling the wait (the caller gave up) leaves the job running.
+
+    Returns:
+        What action ``status`` returns for the run (``{"job": {...}}``); when the job is still running at the
+        timeout, with a ``note`` saying so and how to go on.
+
+    Raises:
+        AdminError: no run_id, a malformed one, or no such job.
+    """
+    import anyio
+
+    if not run_id:
+        raise AdminError("action 'wait' needs run_id (returned by mine/train/evaluate/promote, or listed by 'status')")
+    store = engine.store
+
+    def status() -> dict:
+        return run_admin_action(engine, "status", run_id=run_id)
+
+    await anyio.to_thread.run_sync(status)  # validates run_id and says so when the job is unknown
+    deadline = anyio.current_time() + timeout
+    reported: float | None = None
+    reads = 0
+    while True:
+        job = await anyio.to_thread.run_sync(store.get_job, run_id)
+        if job is None:  # pragma: no cover - jobs are never deleted while the server runs
+            raise AdminError(f"Unknown run_id {run_id!r}; list jobs with action 'status'")
+        if on_progress is not None and (reported is None or job.progress > reported):
+            reported = job.progress
+            await on_progress(job.progress, job.message)
+        now = anyio.current_time()
+        if job.finished or now >= deadline:
+            break
+        reads += 1
+        if reads % _REAP_EVERY == 0:  # a job run by another process that died would otherwise look alive
+            await anyio.to_thread.run_sync(store.reap_dead_jobs)
+        await anyio.sleep(min(poll, deadline - now))
+    out = await anyio.to_thread.run_sync(status)
+    if out["job"]["state"] not in _TERMINAL:
+        out["note"] = (f"still {out['job']['state']} after waiting {timeout:g}s (AGRO_ADMIN_WAIT_TIMEOUT_SEC); "
+                       f"wait again with reranker_admin action 'wait' run_id={run_id}, poll with 'status', "
+                       "or stop it with 'cancel'")
+    return out
 
 
 def _current_rerank_fn(engine: Any):
