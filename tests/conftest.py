@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 from pathlib import Path
@@ -145,9 +146,9 @@ def pg_server(tmp_path_factory):
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def pg_url(pg_server):
-    """A fresh, empty database in the session's server; dropped after the test."""
+@contextlib.contextmanager
+def fresh_database(pg_server):
+    """A new, empty database in ``pg_server``; dropped (and its pool closed) on exit."""
     import uuid
 
     import psycopg
@@ -169,6 +170,13 @@ def pg_url(pg_server):
             db.close()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty database in the session's server; dropped after the test."""
+    with fresh_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture(params=["embedded", "postgres"])

@@ -1,13 +1,13 @@
 """The MCP server in memory, through the SDK's client: schemas, validation, feedback, events."""
 
-import sqlite3
+import contextlib
 
 import pytest
 from mcp import Client
 
 from agro_mcp.engine import Engine
 from agro_mcp.server import create_server
-from tests.conftest import write_repo
+from tests.conftest import fresh_database, write_repo
 
 pytestmark = pytest.mark.anyio
 
@@ -17,18 +17,22 @@ def anyio_backend():
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory, embedder):
-    """One indexed sample corpus shared by this module's tests (read-only use)."""
+@pytest.fixture(scope="module", params=["embedded", "postgres"])
+def indexed(request, tmp_path_factory, embedder):
+    """One indexed sample corpus shared by this module's tests (read-only use), on each storage backend."""
     from agro_mcp.config import load_settings
 
-    base = tmp_path_factory.mktemp("server")
-    repo = write_repo(base / "sample")
-    settings = load_settings(env={"AGRO_HOME": str(base / "home"), "AGRO_RERANKER_ENABLED": "0"}, config_file=base / "x.toml")
-    eng = Engine(settings, embedder=embedder)
-    eng.index(repo, "sample")
-    yield settings, eng, repo
-    eng.close()
+    with contextlib.ExitStack() as stack:
+        base = tmp_path_factory.mktemp("server")
+        repo = write_repo(base / "sample")
+        env = {"AGRO_HOME": str(base / "home"), "AGRO_RERANKER_ENABLED": "0", "AGRO_BACKEND": request.param}
+        if request.param == "postgres":
+            env["AGRO_DATABASE_URL"] = stack.enter_context(fresh_database(request.getfixturevalue("pg_server")))
+        settings = load_settings(env=env, config_file=base / "x.toml")
+        eng = Engine(settings, embedder=embedder)
+        eng.index(repo, "sample")
+        yield settings, eng, repo
+        eng.close()
 
 
 async def call(client, name, args):
@@ -63,10 +67,11 @@ async def test_rag_search_returns_cited_hits_and_logs_the_event(indexed):
     assert top["symbol"] == "validate_token"
     assert out["reranking_used"] is False and out["reranker_fallback_reason"]
     assert out["index_stale_files"] == 0
-    assert {"lexical", "dense", "fusion", "total"} <= set(out["timings_ms"])
-    with sqlite3.connect(settings.server.home / "agro.db") as db:
-        rows = db.execute("SELECT doc_id FROM query_results WHERE event_id=? ORDER BY rank", (out["event_id"],)).fetchall()
-    assert [r[0] for r in rows] == [r["doc_id"] for r in out["results"]]
+    # embedded times each stage; postgres runs lexical + dense + fusion as one SQL statement ("sql")
+    stages = {"lexical", "dense", "fusion"} if settings.server.backend == "embedded" else {"sql"}
+    assert stages | {"embed_query", "total"} <= set(out["timings_ms"])
+    logged = eng.store.get_event(out["event_id"])
+    assert [r.doc_id for r in logged.results] == [r["doc_id"] for r in out["results"]]
 
 
 @pytest.mark.parametrize(
@@ -109,8 +114,7 @@ async def test_feedback_round_trip_and_rejections(indexed):
         beyond = await call(client, "submit_feedback", {"event_id": ev, "signal": "correct_location",
                                                         "path": "utils/retry.py", "start_line": 1, "end_line": 999})
         assert beyond.is_error
-    with sqlite3.connect(settings.server.home / "agro.db") as db:
-        signals = [r[0] for r in db.execute("SELECT signal FROM feedback WHERE event_id=? ORDER BY ts", (ev,))]
+    signals = [f.signal for f in sorted(eng.store.feedback_for_event(ev), key=lambda f: f.ts)]
     assert signals == ["used", "correct_location"]
 
 
