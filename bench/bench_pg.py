@@ -43,14 +43,20 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCH = ROOT.parent / "shared" / "bench"
 
-from bench.bench_search import RandomVectorEmbedder, default_repo, loadavg, pct, print_table  # noqa: E402
-from retrieval.settings import IndexSettings, RetrievalSettings  # noqa: E402
+from bench.bench_search import (
+    RandomVectorEmbedder,
+    default_repo,
+    loadavg,
+    pct,
+    print_table,
+)
+from retrieval.settings import IndexSettings, RetrievalSettings
 
 logger = logging.getLogger("bench_pg")
 SECTIONS = ("quality", "build", "latency", "feedback")
@@ -104,7 +110,7 @@ def stop_pg(handle) -> None:
 
 
 def settings_for(backend: str, home: Path, url: str):
-    from agro_mcp.config import Settings, ServerSettings
+    from agro_mcp.config import ServerSettings, Settings
 
     sv = ServerSettings(home=home, backend=backend, database_url=url if backend == "postgres" else None)
     return Settings(server=sv)

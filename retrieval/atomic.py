@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "fsync_dir", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_write", "fsync_dir", "write_json_atomic", "write_text_atomic"]
 
 
 def fsync_dir(path: Path) -> None:

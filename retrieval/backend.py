@@ -16,7 +16,7 @@ from retrieval import index as _index
 from retrieval.index import IndexGeneration, IndexSummary
 from retrieval.settings import IndexSettings, RetrievalSettings
 
-__all__ = ["IndexBackend", "EmbeddedIndexBackend", "open_index_backend"]
+__all__ = ["EmbeddedIndexBackend", "IndexBackend", "open_index_backend"]
 
 
 class IndexBackend(Protocol):

@@ -31,7 +31,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import TYPE_CHECKING
 
 from retrieval.discovery import detect_language
@@ -50,7 +50,7 @@ SYNTAX_LANGUAGES: frozenset[str] = frozenset({"python", "javascript", "typescrip
 _MAX_HEADER_LINES = 8
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parser(language: str) -> Parser:
     """One tree-sitter parser per language, built on first use (tree-sitter is imported lazily)."""
     import tree_sitter

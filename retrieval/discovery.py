@@ -289,8 +289,7 @@ def read_text(abs_path: Path | str) -> tuple[str, bool]:
         text, ok = data.decode("utf-8"), True
     except UnicodeDecodeError:
         text, ok = data.decode("utf-8", errors="replace"), False
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text, ok

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -45,25 +45,25 @@ from retrieval.types import Chunk
 
 __all__ = [
     "INDEX_FORMAT",
+    "FilePlan",
     "IndexError_",
+    "IndexGeneration",
     "IndexLockedError",
+    "IndexSummary",
     "IndexVersionError",
     "NoIndexError",
-    "IndexGeneration",
-    "IndexSummary",
     "build_index",
-    "FilePlan",
-    "plan_files",
-    "save_generation_files",
-    "load_generation",
-    "load_current",
-    "current_generation_id",
-    "list_corpora",
     "corpus_dir",
-    "stale_files",
-    "validate_corpus_id",
+    "current_generation_id",
     "document_text",
     "document_tokens",
+    "list_corpora",
+    "load_current",
+    "load_generation",
+    "plan_files",
+    "save_generation_files",
+    "stale_files",
+    "validate_corpus_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,11 +182,11 @@ class IndexGeneration:
 
 # --------------------------------------------------------------------------------------------------------
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _new_generation_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def _sha256_file(path: Path) -> str:

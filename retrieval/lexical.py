@@ -45,7 +45,7 @@ class BM25Index:
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
-    def from_token_lists(cls, docs: Iterable[Sequence[str]], vocab: dict[str, int] | None = None, **params) -> "BM25Index":
+    def from_token_lists(cls, docs: Iterable[Sequence[str]], vocab: dict[str, int] | None = None, **params) -> BM25Index:
         tf, vocab = cls.tf_matrix(docs, vocab)
         return cls(tf, vocab, **params)
 
@@ -72,11 +72,11 @@ class BM25Index:
     @classmethod
     def restack(
         cls,
-        old: "BM25Index | None",
+        old: BM25Index | None,
         new_docs: Sequence[Sequence[str]],
         order: np.ndarray,
         **params,
-    ) -> "BM25Index":
+    ) -> BM25Index:
         """A new index whose rows are ``order`` indices into ``[old rows..., new_docs...]``.
 
         Unchanged chunks keep their old term counts, so only new or changed chunks are tokenised.
@@ -153,7 +153,7 @@ class BM25Index:
         (folder / "bm25_params.json").write_text(json.dumps(self.params()), encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: Path) -> "BM25Index":
+    def load(cls, folder: Path) -> BM25Index:
         tf = sp.load_npz(folder / "bm25_tf.npz").tocsr()
         terms = json.loads((folder / "bm25_vocab.json").read_text(encoding="utf-8"))
         params = json.loads((folder / "bm25_params.json").read_text(encoding="utf-8"))

@@ -55,7 +55,7 @@ from retrieval.settings import IndexSettings, RetrievalSettings
 from retrieval.tokenize import code_tokens
 from retrieval.types import Chunk, Hit
 
-__all__ = ["PgIndexBackend", "PgIndexView", "INDEX_MIGRATIONS", "pg_regex"]
+__all__ = ["INDEX_MIGRATIONS", "PgIndexBackend", "PgIndexView", "pg_regex"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _partition_suffix(corpus: str) -> str:
 class PgIndexView:
     """The published generation of one corpus in PostgreSQL, as the pipeline sees an index generation."""
 
-    backend: "PgIndexBackend"
+    backend: PgIndexBackend
     corpus: str
     generation_id: str
     manifest: dict
@@ -240,7 +240,7 @@ class PgIndexBackend:
         if qv is not None:
             params["qv"] = np.asarray(qv, dtype=np.float32)
         sql = _search_sql(mode, dim, filt)
-        ef = max(40, params["n_dense"])
+        ef = settings.hnsw_ef_search or max(40, 4 * params["n_dense"])
 
         def run(conn):
             with conn.cursor() as cur:

@@ -20,9 +20,9 @@ __all__ = [
     "DatabaseError",
     "DatabaseUnavailableError",
     "SchemaVersionError",
+    "close_all",
     "open_database",
     "redact_url",
-    "close_all",
 ]
 
 logger = logging.getLogger(__name__)

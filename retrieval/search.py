@@ -16,7 +16,7 @@ from retrieval.settings import RetrievalSettings
 from retrieval.tokenize import code_tokens
 from retrieval.types import Hit
 
-__all__ = ["SearchResult", "search", "rrf", "query_terms", "glob_to_regex", "top_k_indices", "Mode"]
+__all__ = ["Mode", "SearchResult", "glob_to_regex", "query_terms", "rrf", "search", "top_k_indices"]
 
 Mode = Literal["bm25", "dense", "fused"]
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["IndexSettings", "RetrievalSettings", "DEFAULT_IGNORES", "DEFAULT_SECRET_PATTERNS"]
+__all__ = ["DEFAULT_IGNORES", "DEFAULT_SECRET_PATTERNS", "IndexSettings", "RetrievalSettings"]
 
 DEFAULT_IGNORES: tuple[str, ...] = (
     ".git/", ".hg/", ".svn/", "node_modules/", "dist/", "build/", ".venv/", "venv/", "env/",
@@ -40,7 +40,7 @@ class IndexSettings(BaseModel):
     keep_generations: int = Field(3, ge=1, description="Index generations kept on disk per corpus.")
 
     @model_validator(mode="after")
-    def _check_window(self) -> "IndexSettings":
+    def _check_window(self) -> IndexSettings:
         if self.window_overlap >= self.window_lines:
             raise ValueError(
                 f"window_overlap expects a value below window_lines ({self.window_lines}), "
@@ -72,3 +72,10 @@ class RetrievalSettings(BaseModel):
         64, ge=4, description="Long queries keep at most this many distinct terms (highest IDF) for BM25."
     )
     stale_check_ttl_sec: float = Field(10.0, ge=0, description="How long a stale-file count is reused.")
+    hnsw_ef_search: int = Field(
+        0, ge=0, le=1000,
+        description=(
+            "postgres backend: HNSW candidate list size per dense search "
+            "(0 = auto: 4 x dense_candidates; measured: 2x lost 3% MRR@10)."
+        ),
+    )

@@ -44,7 +44,7 @@ class Chunk:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Chunk":
+    def from_dict(cls, d: dict) -> Chunk:
         return cls(
             path=d["path"],
             start_line=int(d["start_line"]),
@@ -58,7 +58,7 @@ class Chunk:
     @classmethod
     def make(
         cls, path: str, start_line: int, end_line: int, language: str, symbol: str | None, text: str
-    ) -> "Chunk":
+    ) -> Chunk:
         return cls(path, start_line, end_line, language, symbol, text, chunk_hash(text))
 
 

@@ -47,7 +47,7 @@ from training.store import (
     new_run_id,
 )
 
-__all__ = ["MIGRATIONS", "PgEventStore", "PgStoreVersionError", "SCHEMA_VERSION"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PgEventStore", "PgStoreVersionError"]
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class PgEventStore:
         """Mark the store closed. The pool is shared (index backend, other stores) and stays open."""
         self._closed = True
 
-    def __enter__(self) -> "PgEventStore":
+    def __enter__(self) -> PgEventStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

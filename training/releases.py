@@ -27,7 +27,7 @@ from typing import Any
 from retrieval.atomic import fsync_dir
 from retrieval.pgdb import Database
 
-__all__ = ["PgReleaseRegistry", "RELEASE_MIGRATIONS", "open_release_registry"]
+__all__ = ["RELEASE_MIGRATIONS", "PgReleaseRegistry", "open_release_registry"]
 
 logger = logging.getLogger(__name__)
 
