@@ -383,64 +383,8 @@ class PgIndexBackend:
         drop_paths = [] if prev is None else [p for p in prev_files if p not in plan.files or p in plan.new_chunks]
         files_meta = {p: dict(rec) for p, rec in plan.files.items()}
 
-        def publish(conn):
-            self._ensure_partitions(conn, corpus, dim)
-            removed_df: Counter = Counter()
-            if prev is None:
-                for table in _PARTITIONED:
-                    conn.execute(f"DELETE FROM {table} WHERE corpus = %s", (corpus,))
-            elif drop_paths:
-                old = conn.execute(
-                    "DELETE FROM agro_chunks WHERE corpus = %s AND path = ANY(%s) "
-                    "RETURNING id, path, symbol, text", (corpus, drop_paths),
-                ).fetchall()
-                terms, ids = [], []
-                for cid, path, symbol, text in old:
-                    tc = Counter(document_tokens(Chunk(path, 0, 0, "", symbol, text, "")))
-                    removed_df.update(tc.keys())
-                    terms.extend(tc.keys())
-                    ids.extend([cid] * len(tc))
-                if terms:
-                    conn.execute(
-                        "DELETE FROM agro_postings p USING unnest(%s::text[], %s::bigint[]) AS d(term, chunk_id) "
-                        "WHERE p.corpus = %s AND p.term = d.term AND p.chunk_id = d.chunk_id", (terms, ids, corpus),
-                    )
-            ids = [r[0] for r in conn.execute(
-                "SELECT nextval('agro_chunk_id_seq') FROM generate_series(1, %s)", (len(new_chunks),)
-            )] if new_chunks else []
-            with conn.cursor().copy(
-                "COPY agro_chunks (corpus, id, path, start_line, end_line, language, symbol, hash, text, doc_len, "
-                "embed_dim, embedding) FROM STDIN WITH (FORMAT BINARY)"
-            ) as cp:
-                cp.set_types(["text", "int8", "text", "int4", "int4", "text", "text", "text", "text", "int4", "int4",
-                              "vector"])
-                for cid, c, tc, v in zip(ids, new_chunks, toks, vecs):
-                    cp.write_row((corpus, cid, c.path, c.start_line, c.end_line, c.language, c.symbol, c.hash,
-                                  c.text.replace("\x00", "\ufffd"), sum(tc.values()), dim, v))
-            added_df: Counter = Counter()
-            with conn.cursor().copy(
-                "COPY agro_postings (corpus, term, chunk_id, tf, dl) FROM STDIN WITH (FORMAT BINARY)"
-            ) as cp:
-                cp.set_types(["text", "text", "int8", "int4", "int4"])
-                for cid, tc in zip(ids, toks):
-                    dl = sum(tc.values())
-                    for term, tf in tc.items():
-                        cp.write_row((corpus, term, cid, tf, dl))
-                    added_df.update(tc.keys())
-            delta = Counter(added_df)
-            delta.subtract(removed_df)
-            changes = [(t_, d) for t_, d in delta.items() if d]
-            if changes:
-                conn.execute(
-                    "INSERT INTO agro_terms (corpus, term, df) SELECT %s, t, d FROM unnest(%s::text[], %s::int[]) AS x(t, d) "
-                    "ON CONFLICT (corpus, term) DO UPDATE SET df = agro_terms.df + EXCLUDED.df",
-                    (corpus, [c[0] for c in changes], [c[1] for c in changes]),
-                )
-                conn.execute("DELETE FROM agro_terms WHERE corpus = %s AND df <= 0", (corpus,))
-            n_docs, total_len = conn.execute(
-                "SELECT count(*), coalesce(sum(doc_len), 0) FROM agro_chunks WHERE corpus = %s", (corpus,)
-            ).fetchone()
-            manifest = {
+        def manifest_for(n_docs: int) -> dict:
+            return {
                 "format": INDEX_FORMAT,
                 "backend": "postgres",
                 "corpus": corpus,
@@ -458,15 +402,95 @@ class PgIndexBackend:
                 "skipped": plan.skipped,
                 "files": files_meta,
             }
+
+        def upsert_corpus(conn, table_chunks: str) -> int:
+            n_docs, total_len = conn.execute(
+                f"SELECT count(*), coalesce(sum(doc_len), 0) FROM {table_chunks} WHERE corpus = %s", (corpus,)
+            ).fetchone()
             conn.execute(
                 "INSERT INTO agro_corpora (corpus, generation, manifest, n_docs, total_len) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (corpus) DO UPDATE SET generation = EXCLUDED.generation, manifest = EXCLUDED.manifest, "
                 "n_docs = EXCLUDED.n_docs, total_len = EXCLUDED.total_len, updated = now()",
-                (corpus, gen_id, json.dumps(manifest), n_docs, total_len),
+                (corpus, gen_id, json.dumps(manifest_for(n_docs)), n_docs, total_len),
             )
             return int(n_docs)
 
-        n_docs = self.db.write(publish, "index publish")
+        def new_ids(conn) -> list[int]:
+            if not new_chunks:
+                return []
+            return [r[0] for r in conn.execute(
+                "SELECT nextval('agro_chunk_id_seq') FROM generate_series(1, %s)", (len(new_chunks),)
+            )]
+
+        def publish_in_place(conn) -> int:
+            """An incremental refresh: the changed files' rows out, the new ones in, df adjusted."""
+            self._ensure_partitions(conn, corpus, dim)
+            removed_df: Counter = Counter()
+            if drop_paths:
+                old = conn.execute(
+                    "DELETE FROM agro_chunks WHERE corpus = %s AND path = ANY(%s) "
+                    "RETURNING id, path, symbol, text", (corpus, drop_paths),
+                ).fetchall()
+                terms, ids = [], []
+                for cid, path, symbol, text in old:
+                    tc = Counter(document_tokens(Chunk(path, 0, 0, "", symbol, text, "")))
+                    removed_df.update(tc.keys())
+                    terms.extend(tc.keys())
+                    ids.extend([cid] * len(tc))
+                if terms:
+                    conn.execute(
+                        "DELETE FROM agro_postings p USING unnest(%s::text[], %s::bigint[]) AS d(term, chunk_id) "
+                        "WHERE p.corpus = %s AND p.term = d.term AND p.chunk_id = d.chunk_id", (terms, ids, corpus),
+                    )
+            ids = new_ids(conn)
+            _copy_chunks(conn, "agro_chunks", corpus, ids, new_chunks, toks, vecs, dim)
+            delta = _copy_postings(conn, "agro_postings", corpus, ids, toks)
+            delta.subtract(removed_df)
+            changes = [(t_, d) for t_, d in delta.items() if d]
+            if changes:
+                conn.execute(
+                    "INSERT INTO agro_terms (corpus, term, df) SELECT %s, t, d FROM unnest(%s::text[], %s::int[]) AS x(t, d) "
+                    "ON CONFLICT (corpus, term) DO UPDATE SET df = agro_terms.df + EXCLUDED.df",
+                    (corpus, [c[0] for c in changes], [c[1] for c in changes]),
+                )
+                conn.execute("DELETE FROM agro_terms WHERE corpus = %s AND df <= 0", (corpus,))
+            return upsert_corpus(conn, "agro_chunks")
+
+        def publish_bulk(conn) -> int:
+            """A full build: load fresh, unindexed tables, index them once (much faster than maintaining HNSW row
+            by row), then swap them in as the corpus' partitions. One transaction: readers keep the old
+            partitions until the swap, which holds its locks only for the detach/attach at the end."""
+            self._ensure_partitions(conn, corpus, dim)  # the parent's indexes must exist before the attach
+            conn.execute("SET LOCAL maintenance_work_mem = '512MB'")
+            suffix = _partition_suffix(corpus)
+            tag = gen_id.replace("-", "_").lower()
+            lit = conn.execute("SELECT quote_literal(%s)", (corpus,)).fetchone()[0]
+            fresh = {t: f"{t}_{suffix}_n{tag[-6:]}" for t in _PARTITIONED}
+            for t, name in fresh.items():
+                conn.execute(f"CREATE TABLE {name} (LIKE {t} INCLUDING DEFAULTS, CHECK (corpus = {lit}))")
+            ids = new_ids(conn)
+            _copy_chunks(conn, fresh["agro_chunks"], corpus, ids, new_chunks, toks, vecs, dim)
+            df = _copy_postings(conn, fresh["agro_postings"], corpus, ids, toks)
+            with conn.cursor().copy(f"COPY {fresh['agro_terms']} (corpus, term, df) FROM STDIN WITH (FORMAT BINARY)") as cp:
+                cp.set_types(["text", "text", "int4"])
+                for term, n in df.items():
+                    cp.write_row((corpus, term, n))
+            ch, po, te = fresh["agro_chunks"], fresh["agro_postings"], fresh["agro_terms"]
+            conn.execute(f"ALTER TABLE {ch} ADD PRIMARY KEY (corpus, id)")
+            conn.execute(f"CREATE INDEX ON {ch} (corpus, path)")
+            conn.execute(f"CREATE INDEX ON {ch} (corpus, hash)")
+            conn.execute(f"CREATE INDEX ON {ch} USING hnsw ((embedding::vector({dim})) vector_cosine_ops) "
+                         f"WHERE embed_dim = {dim}")
+            conn.execute(f"ALTER TABLE {po} ADD PRIMARY KEY (corpus, term, chunk_id) INCLUDE (tf, dl)")
+            conn.execute(f"ALTER TABLE {te} ADD PRIMARY KEY (corpus, term)")
+            conn.execute("SET LOCAL lock_timeout = '60s'")
+            for t, name in fresh.items():
+                conn.execute(f"DROP TABLE IF EXISTS {t}_{suffix}")  # the old partition (detached by the drop)
+                conn.execute(f"ALTER TABLE {name} RENAME TO {t}_{suffix}")
+                conn.execute(f"ALTER TABLE {t} ATTACH PARTITION {t}_{suffix} FOR VALUES IN ({lit})")
+            return upsert_corpus(conn, "agro_chunks")
+
+        n_docs = self.db.write(publish_bulk if prev is None else publish_in_place, "index publish")
         timings["write"] = time.perf_counter() - t
         if prev is None or len(new_chunks) > 1000:
             t = time.perf_counter()
@@ -506,6 +530,30 @@ class PgIndexBackend:
                     conn.execute(f"VACUUM (ANALYZE) {table}_{suffix}")
             finally:
                 conn.autocommit = False
+
+
+def _copy_chunks(conn, table: str, corpus: str, ids, chunks, toks, vecs, dim: int) -> None:
+    with conn.cursor().copy(
+        f"COPY {table} (corpus, id, path, start_line, end_line, language, symbol, hash, text, doc_len, "
+        "embed_dim, embedding) FROM STDIN WITH (FORMAT BINARY)"
+    ) as cp:
+        cp.set_types(["text", "int8", "text", "int4", "int4", "text", "text", "text", "text", "int4", "int4", "vector"])
+        for cid, c, tc, v in zip(ids, chunks, toks, vecs):
+            cp.write_row((corpus, cid, c.path, c.start_line, c.end_line, c.language, c.symbol, c.hash,
+                          c.text.replace("\x00", "\ufffd"), sum(tc.values()), dim, v))
+
+
+def _copy_postings(conn, table: str, corpus: str, ids, toks) -> Counter:
+    """COPY the postings of the new chunks; returns their document frequencies."""
+    df: Counter = Counter()
+    with conn.cursor().copy(f"COPY {table} (corpus, term, chunk_id, tf, dl) FROM STDIN WITH (FORMAT BINARY)") as cp:
+        cp.set_types(["text", "text", "int8", "int4", "int4"])
+        for cid, tc in zip(ids, toks):
+            dl = sum(tc.values())
+            for term, tf in tc.items():
+                cp.write_row((corpus, term, cid, tf, dl))
+            df.update(tc.keys())
+    return df
 
 
 def _as_array(v) -> np.ndarray:

@@ -228,3 +228,34 @@ def test_search_says_the_database_is_gone_after_one_retry(pg_url, sample_repo, e
         db.close()
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def test_full_rebuild_swaps_partitions_atomically_and_a_failed_one_changes_nothing(pg, sample_repo, embedder, monkeypatch):
+    import retrieval.pg_index as mod
+
+    first = _build(pg, sample_repo, embedder)
+    (sample_repo / "extra.py").write_text("def zebra_crossing():\n    return 'stripes'\n")
+    real = mod._copy_postings
+
+    def boom(*a, **k):
+        raise RuntimeError("injected failure during the bulk load")
+
+    monkeypatch.setattr(mod, "_copy_postings", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        _build(pg, sample_repo, embedder, full=True)
+    monkeypatch.setattr(mod, "_copy_postings", real)
+    gen = pg.load_current("sample")
+    assert gen.generation_id == first.generation
+    assert search(gen, embedder, "validate token", 3, RetrievalSettings(), "fused").hits
+    with psycopg.connect(pg.db.url) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'agro_chunks%'")]
+    assert len(tables) == 2  # the parent and one partition: nothing left over from the failed load
+
+    rebuilt = _build(pg, sample_repo, embedder, full=True)
+    gen = pg.load_current("sample")
+    assert gen.generation_id == rebuilt.generation and rebuilt.chunks == first.chunks + 1
+    hits = search(gen, embedder, "zebra_crossing", 3, RetrievalSettings(), "fused").hits
+    assert hits[0].chunk.path == "extra.py"
+    with psycopg.connect(pg.db.url) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'agro_chunks%'")]
+    assert len(tables) == 2
