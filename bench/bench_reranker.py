@@ -1,6 +1,12 @@
 """Cross-encoder backend benchmark: latency, fraction of matmul peak, RSS, score agreement with fp32.
 
 Usage: python bench/bench_reranker.py [--model DIR] [--threads N] [--lengths 128,256,512] [--budget-sec 20]
+                                     [--layers 6,2,1]
+
+--layers times layer cuts of the model too (``reranker.model.cut_layers``: the first N transformer layers, what a
+student trained with AGRO_TRAINING_STUDENT_LAYERS=N has): rows are labelled ``backend/LN``. A cut of a trained model
+is untrained as a student, so its Spearman column says nothing about a trained student's quality; its speed is a
+trained student's speed. Measure a trained student's quality with --model <student dir> --quality.
 
 Without --model it builds the MiniLM-L6 cross-encoder from the offline backbone (fresh head, marker removed in a
 temp dir): speed is the same as a trained model's; score agreement with an untrained head is a pessimistic proxy
@@ -251,6 +257,8 @@ def main() -> None:
         CrossEncoderScorer,
         cpu_has_native_bf16,
         create_from_backbone,
+        cut_layers,
+        model_layers,
     )
 
     ap = argparse.ArgumentParser()
@@ -259,6 +267,8 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,256,512")
     ap.add_argument("--backends", default=None, help="default: fp32,bf16,int8 (+bf16-autocast with native bf16)")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--layers", default=None,
+                    help="comma-separated layer cuts to time as well, e.g. 6,2,1 (default: the model as it is)")
     ap.add_argument("--budget-sec", type=float, default=10.0, help="time per length, all backends (>= 1 round)")
     ap.add_argument("--skip-micro", action="store_true", help="skip the scorer micro-benchmark")
     ap.add_argument("--home", default=None, help="data home for the pipeline figures (indexes; default: a temp dir)")
@@ -300,14 +310,26 @@ def main() -> None:
     print(hdr + "  (n = timed runs)")
     # All backends are loaded first and timed round-robin per length, so load from other processes on this shared
     # machine hits every backend alike.
-    scorers, rss = {}, {}
-    for be in backends:
-        gc.collect()
-        before = rss_mib()
-        scorers[be] = CrossEncoderScorer.load(model_dir, backend=be, maxlen=max(lengths), query_max_tokens=64)
-        scorers[be].score(query, texts[: args.batch], args.batch)  # warm-up
-        rss[be] = rss_mib() - before
-    n_params = encoder_params(scorers["fp32"] if "fp32" in scorers else next(iter(scorers.values())))
+    scorers, rss, n_params_of = {}, {}, {}
+    cuts = [int(x) for x in args.layers.split(",")] if args.layers else [None]
+    variants: list[str] = []
+    for n_layers in cuts:
+        for be0 in backends:
+            be = be0 if n_layers is None else f"{be0}/L{n_layers}"
+            gc.collect()
+            before = rss_mib()
+            sc = CrossEncoderScorer.load(model_dir, backend=be0, maxlen=max(lengths), query_max_tokens=64)
+            if n_layers is not None:
+                sc.layers = cut_layers(sc.model, n_layers)
+            sc.score(query, texts[: args.batch], args.batch)  # warm-up
+            scorers[be], rss[be] = sc, rss_mib() - before
+            variants.append(be)
+        ref = scorers[variants[-len(backends)]]
+        fp = next((scorers[v] for v in variants[-len(backends):] if v.split("/")[0] == "fp32"), ref)
+        for v in variants[-len(backends):]:
+            n_params_of[v] = encoder_params(fp)
+    backends = variants
+    print(f"layers per variant: { {be: model_layers(sc.model) for be, sc in scorers.items()} }")
     for length in lengths:
         times: dict[str, list[float]] = {be: [] for be in backends}
         scores: dict[str, np.ndarray] = {}
@@ -323,14 +345,17 @@ def main() -> None:
             n_tok = sum(len(e["input_ids"]) for e in scorers[backends[0]].encode(query, texts))
         for be in backends:
             p50, p95 = float(np.percentile(times[be], 50)), float(np.percentile(times[be], 95))
-            rho = spearmanr(scores["fp32"], scores[be]).statistic if "fp32" in scores else float("nan")
-            gflops = 2 * n_params * n_tok / p50 / 1e9
+            ref_be = "fp32" + (be[be.index("/"):] if "/" in be else "")
+            rho = spearmanr(scores[ref_be], scores[be]).statistic if ref_be in scores else float("nan")
+            gflops = 2 * n_params_of[be] * n_tok / p50 / 1e9
             print(f"{be:14} {length:6d} {p50 * 1000:8.0f} {p95 * 1000:8.0f} {len(texts) / p50:8.1f} {gflops:8.1f} "
                   f"{100 * gflops / peak['bf16']:6.1f}% {100 * gflops / max(peak.values()):6.1f}% "
                   f"{rss[be]:8.0f} {rho:8.4f}  n={len(times[be])}", flush=True)
     print(f"RSS column: MiB added by loading + warming that backend; process RSS at the end {rss_mib():.0f} MiB")
     print()
-    print(f"FLOPs estimate: 2 x {n_params / 1e6:.1f}M non-embedding params x real tokens (attention not counted)")
+    print("FLOPs estimate: 2 x non-embedding params of each variant ("
+          + ", ".join(f"{be} {n / 1e6:.1f}M" for be, n in n_params_of.items())
+          + ") x real tokens (attention not counted); Spearman vs fp32 of the same cut")
     print("MRR@10 vs fp32 and rag_search latency: see --quality / --latency-corpus")
     if tmp is not None:
         tmp.cleanup()

@@ -10,7 +10,9 @@ from reranker.model import (
     CrossEncoderScorer,
     RerankerLoadError,
     cpu_has_native_bf16,
+    cpu_has_vnni,
     create_from_backbone,
+    cut_layers,
 )
 from reranker.settings import RerankerSettings
 from reranker.stage import RerankOutcome, blend_scores, rerank
@@ -27,6 +29,8 @@ __all__ = [
     "ScoreCache",
     "blend_scores",
     "cpu_has_native_bf16",
+    "cpu_has_vnni",
     "create_from_backbone",
+    "cut_layers",
     "rerank",
 ]

@@ -2,7 +2,11 @@
 
 The scorer returns raw logits (one per text). Backends (fp32, bf16, int8) sit behind :class:`Backend`; ``auto``
 picks bf16 only when the CPU has native bf16 instructions (AMX or AVX512_BF16), since without them torch emulates
-bf16 matmuls and they run several times slower than fp32.
+bf16 matmuls and they run several times slower than fp32; else int8 (dynamic quantisation) when the CPU has int8
+dot-product instructions (VNNI), where it measured ~1.4x faster than fp32 with MRR@10 within 1% of fp32; else fp32.
+
+:func:`cut_layers` keeps the first N transformer layers of a model: the base of a layer-cut student that the training
+pipeline distils from the serving model (``AGRO_TRAINING_STUDENT_LAYERS``).
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ __all__ = [
     "RerankerLoadError",
     "ScoringCancelled",
     "cpu_has_native_bf16",
+    "cpu_has_vnni",
     "create_from_backbone",
+    "cut_layers",
     "make_backend",
+    "model_layers",
     "resolve_backend_name",
 ]
 
@@ -54,10 +61,34 @@ class ScoringCancelled(RuntimeError):
 # --------------------------------------------------------------------------------------------------- backends
 
 
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has int8 dot-product instructions (flags ``avx512_vnni``, ``avx_vnni`` or ``amx_int8``).
+
+    Args:
+        cpuinfo: text of ``/proc/cpuinfo``; read from the system when None (False when unreadable).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            flags = set(value.split())
+            return any(f in flags for f in _VNNI_FLAGS)
+    return False
+
+
 def resolve_backend_name(backend: str, cpuinfo: str | None = None) -> str:
-    """Map ``auto`` to ``bf16`` when the CPU has native bf16, else ``fp32``; other names pass through."""
+    """Map ``auto`` to ``bf16`` with native bf16, else ``int8`` with VNNI, else ``fp32``; other names pass through."""
     if backend == "auto":
-        return "bf16" if cpu_has_native_bf16(cpuinfo) else "fp32"
+        if cpu_has_native_bf16(cpuinfo):
+            return "bf16"
+        return "int8" if cpu_has_vnni(cpuinfo) else "fp32"
     if backend not in _BACKENDS:
         raise ValueError(f"reranker backend expects one of auto, {', '.join(_BACKENDS)}, but got {backend!r}")
     return backend
@@ -112,7 +143,12 @@ class Bf16AutocastBackend(Backend):
 
 
 class Int8Backend(Backend):
-    """Torch dynamic quantisation of every ``nn.Linear`` to int8 (weights int8, activations quantised per batch)."""
+    """Torch dynamic quantisation of the encoder's ``nn.Linear`` layers to int8 (weights int8, activations quantised
+    per batch; VNNI instructions where the CPU has them).
+
+    The pooler and the 1-logit head stay fp32: they run on one token per pair (no measurable time) and the head's
+    output is the score itself, so keeping it in fp32 costs nothing and avoids rounding the final logit.
+    """
 
     name, dtype = "int8", "qint8-dynamic"
 
@@ -120,10 +156,15 @@ class Int8Backend(Backend):
         import torch
         from torch.ao.quantization import quantize_dynamic
 
+        model = model.float()
+        spec: set = {
+            name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and ".encoder." in f".{name}."
+        } or {torch.nn.Linear}  # no encoder.* naming: quantise every Linear
         with warnings.catch_warnings():
             # torch.ao.quantization is deprecated in favour of torchao; the API still works and is all we need.
             warnings.simplefilter("ignore")
-            return quantize_dynamic(model.float(), {torch.nn.Linear}, dtype=torch.qint8)
+            return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 _BACKENDS: dict[str, type[Backend]] = {
@@ -205,6 +246,7 @@ class CrossEncoderScorer:
         self.maxlen = maxlen
         self.query_max_tokens = query_max_tokens
         self.loaded_at = time.time()
+        self.layers = model_layers(model)
         # Specials around a pair ([CLS] q [SEP] t [SEP] = 3 for BERT, 4 for RoBERTa-style).
         self._n_special = tokenizer.num_special_tokens_to_add(pair=True)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -380,6 +422,7 @@ class CrossEncoderScorer:
             "loaded_at": self.loaded_at,
             "maxlen": self.maxlen,
             "query_max_tokens": self.query_max_tokens,
+            "layers": self.layers,
         }
 
 
@@ -397,11 +440,62 @@ def _clean(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------- create
 
 
-def create_from_backbone(out_dir: str | Path, backbone: str | Path | None = None) -> Path:
+def _layer_list(model: Any) -> tuple[Any, str, str]:
+    """(module holding the layer list, its attribute name, the config field counting layers) of a HF encoder."""
+    base = getattr(model, "base_model", model)
+    for holder_name, attr, field_name in (("encoder", "layer", "num_hidden_layers"),
+                                          ("transformer", "layer", "n_layers")):
+        holder = getattr(base, holder_name, None)
+        if holder is not None and hasattr(holder, attr):
+            return holder, attr, field_name
+    raise ValueError(
+        f"cut_layers expects a BERT-like encoder (encoder.layer or transformer.layer), but got {type(model).__name__}"
+    )
+
+
+def model_layers(model: Any) -> int | None:
+    """Number of transformer layers of a HF encoder model (None when its layout is unknown)."""
+    try:
+        holder, attr, _ = _layer_list(model)
+    except ValueError:
+        return None
+    return len(getattr(holder, attr))
+
+
+def cut_layers(model: Any, n: int) -> int:
+    """Keep the first ``n`` transformer layers of a HF encoder model in place (embeddings and head untouched).
+
+    The config's layer count follows, so ``save_pretrained`` writes a model that loads as an ``n``-layer one.
+    A model with ``n`` layers or fewer is left as it is. Returns the number of layers kept.
+
+    Raises:
+        ValueError: ``n`` < 1, or a model whose layer list is not ``encoder.layer`` / ``transformer.layer``.
+    """
+    import torch
+
+    if n < 1:
+        raise ValueError(f"cut_layers expects at least 1 layer, but got {n}")
+    holder, attr, field_name = _layer_list(model)
+    layers = getattr(holder, attr)
+    if len(layers) <= n:
+        return len(layers)
+    setattr(holder, attr, torch.nn.ModuleList(list(layers)[:n]))
+    config = getattr(model, "config", None)
+    if config is not None:
+        setattr(config, field_name, n)
+        if field_name == "num_hidden_layers" and getattr(config, "layer_types", None):
+            config.layer_types = list(config.layer_types)[:n]
+    return n
+
+
+def create_from_backbone(out_dir: str | Path, backbone: str | Path | None = None, *,
+                         num_layers: int | None = None) -> Path:
     """Write a cross-encoder built from a BERT backbone (default: offline MiniLM) with a fresh 1-logit head.
 
-    The directory gets safetensors weights, config, tokenizer and an ``agro_untrained.json`` marker, so it is
-    refused by :meth:`CrossEncoderScorer.load` until training saves a trained model without the marker.
+    With ``num_layers``, only the backbone's first ``num_layers`` transformer layers are kept (a layer-cut student:
+    fewer layers score proportionally faster). The directory gets safetensors weights, config, tokenizer and an
+    ``agro_untrained.json`` marker, so it is refused by :meth:`CrossEncoderScorer.load` until training saves a trained
+    model without the marker.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -412,13 +506,16 @@ def create_from_backbone(out_dir: str | Path, backbone: str | Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     # Marker first: a crash mid-write must never leave a loadable untrained model.
     (out / UNTRAINED_MARKER).write_text(
-        json.dumps({"backbone": src, "created_at": time.time(), "note": "fresh classification head; train before use"})
+        json.dumps({"backbone": src, "created_at": time.time(), "num_layers": num_layers,
+                    "note": "fresh classification head; train before use"})
     )
     model = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=1, use_safetensors=True, trust_remote_code=False, local_files_only=True
     )
+    if num_layers is not None:
+        cut_layers(model, num_layers)
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(out)  # transformers 5 writes safetensors only
     AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(out)
-    logger.info("created an untrained cross-encoder from %s at %s", src, out)
+    logger.info("created an untrained cross-encoder from %s at %s (%s layers)", src, out, model_layers(model))
     return out

@@ -18,10 +18,20 @@ class RerankerSettings(BaseModel):
     )
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the cross-encoder score in the blend.")
     topn: int = Field(50, ge=0, description="Fused candidates reranked (0 = all).")
-    batch: int = Field(16, ge=1)
+    batch: int = Field(
+        16, ge=1,
+        description="Pairs per forward pass. Pairs are sorted by token length and each batch is padded only to its "
+        "longest pair, so short chunks do not pay for the full window.",
+    )
     maxlen: int = Field(256, ge=32, le=512, description="Tokens per (query, chunk) pair.")
     query_max_tokens: int = Field(64, ge=8, description="Cap on the query's share of the window.")
-    backend: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    backend: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto",
+        description="auto: bf16 when the CPU has native bf16 (AMX or avx512_bf16), else int8 when it has VNNI "
+        "(avx512_vnni, avx_vnni), else fp32. int8 = torch dynamic quantisation of the encoder's linear layers "
+        "(head kept fp32): ~1.4x faster than fp32 on a 2-core AVX-512 VNNI CPU, MRR@10 within 1% of fp32. bf16 "
+        "without native support runs ~4x slower than fp32.",
+    )
     timeout_ms: int | None = Field(None, ge=1, description="Fall back to fused order past this.")
     reload_on_change: bool = True
     reload_period_sec: float = Field(60.0, gt=0)

@@ -27,3 +27,20 @@ class TrainingSettings(BaseModel):
     promote_delta: float = Field(0.02, ge=0, description="Relative MRR@10 gain required to promote.")
     promote_min_queries: int = Field(30, ge=1)
     bf16: bool = Field(True, description="bf16 autocast when the CPU supports it.")
+    student_layers: int | None = Field(
+        None, ge=1,
+        description="Train a layer-cut student: keep only the base model's first N transformer layers (a base with "
+        "N or fewer is used as it is). Scoring time falls about in proportion (MiniLM-L6 cut to 2 layers: ~3x "
+        "faster). Unset = train the base at its full depth. The candidate is judged by the promotion gate as usual.",
+    )
+    distill_teacher: str | None = Field(
+        None,
+        description="Teacher whose scores a student learns (local dir or hub id of a trained cross-encoder). Default: "
+        "the uncut base (the current release or base_model) when student_layers cuts it; a fresh backbone head is "
+        "never a teacher.",
+    )
+    distill_weight: float = Field(
+        0.5, ge=0, le=1,
+        description="With a teacher and loss 'bce': each pair's label = w * sigmoid(teacher logit) + (1 - w) * its "
+        "mined 0/1 label (1 = match the teacher only, 0 = ignore it).",
+    )

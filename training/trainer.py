@@ -4,6 +4,11 @@ A run writes only to ``models/runs/<run_id>/``: ``data/`` (the mined split), ``m
 served from there) and ``run.json`` (config, base model, data hashes, split, per-epoch metrics, state), replaced
 atomically at each change of state. The base is the current release when there is one, else
 ``TrainingSettings.base_model``, else the offline MiniLM backbone with a fresh head.
+
+With ``TrainingSettings.student_layers`` the base is cut to its first N transformer layers (a faster student). When
+it was cut from a trained model (or ``distill_teacher`` names one) and the loss is ``bce``, the student is distilled:
+each pair's label blends the teacher's sigmoid score with the mined 0/1 label (``distill_weight``). The candidate is
+saved and judged like any other.
 """
 
 from __future__ import annotations
@@ -111,8 +116,12 @@ def load_split(d: Path) -> MinedSplit:
         raise TrainingError(f"{d} has no mined data ({exc.filename}); run `agro mine` or `agro train`") from None
 
 
-def resolve_base(models_dir: Path, base_model: str | None, workdir: Path) -> BaseModel:
-    """The current release, else ``base_model``, else a fresh-head MiniLM cross-encoder built in ``workdir``."""
+def resolve_base(models_dir: Path, base_model: str | None, workdir: Path, num_layers: int | None = None) -> BaseModel:
+    """The current release, else ``base_model``, else a fresh-head MiniLM cross-encoder built in ``workdir``.
+
+    ``num_layers`` only shapes the fresh-head case (its backbone is cut there); a release or a configured base is
+    cut when training loads it.
+    """
     current = Path(models_dir) / "current"
     if current.exists():
         target = current.resolve()
@@ -129,7 +138,7 @@ def resolve_base(models_dir: Path, base_model: str | None, workdir: Path) -> Bas
         return BaseModel(resolve_model_ref(base_model), "configured")
     from reranker.model import create_from_backbone
 
-    out = create_from_backbone(Path(workdir) / "base")
+    out = create_from_backbone(Path(workdir) / "base", num_layers=num_layers)
     return BaseModel(str(out), "backbone")
 
 
@@ -227,7 +236,8 @@ def train_run(
         logger.info("run %s: sampled %d triplets to stay under %d pairs", run_id, len(train), max_train_pairs)
     d.mkdir(parents=True, exist_ok=True)
     write_split(d, split)
-    base = resolve_base(models_dir, settings.base_model, d)
+    student_layers = getattr(settings, "student_layers", None)
+    base = resolve_base(models_dir, settings.base_model, d, num_layers=student_layers)
     from reranker.model import UNTRAINED_MARKER, cpu_has_native_bf16
 
     bf16 = bool(settings.bf16 and cpu_has_native_bf16())
@@ -240,6 +250,7 @@ def train_run(
             "loss": settings.loss, "epochs": settings.epochs, "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate, "max_length": settings.max_length, "seed": settings.seed,
             "negatives_per_query": negatives, "bf16": bf16, "max_train_pairs": max_train_pairs,
+            "student_layers": student_layers,
         },
         "data": {
             "train_hash": data_hash(split.train), "heldout_hash": data_hash(split.heldout),
@@ -279,6 +290,70 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _teacher_ref(base: BaseModel, base_layers: int | None, settings: Any) -> str | None:
+    """The distillation teacher: ``distill_teacher``, else the trained base when the student is cut from it."""
+    explicit = getattr(settings, "distill_teacher", None)
+    if explicit:
+        from retrieval.models import resolve_model_ref
+
+        return resolve_model_ref(explicit)
+    if base.kind == "backbone" or base_layers is None or base_layers <= settings.student_layers:
+        return None  # a fresh head knows nothing; an uncut base would only teach itself
+    return base.ref
+
+
+def teacher_labels(teacher_ref: str, queries: Sequence[str], texts: Sequence[str], hard: Sequence[float],
+                   weight: float, max_length: int, cancelled: Callable[[], bool] | None = None) -> list[float]:
+    """Soft labels for (query, text) pairs: ``weight * sigmoid(teacher logit) + (1 - weight) * hard``.
+
+    The teacher is loaded like a served model (fp32, safetensors only, never an untrained head) and scores each
+    query's texts together.
+    """
+    import numpy as np
+
+    from reranker.model import CrossEncoderScorer, RerankerLoadError
+
+    try:
+        teacher = CrossEncoderScorer.load(teacher_ref, backend="fp32", maxlen=max_length)
+    except RerankerLoadError as exc:
+        raise TrainingError(f"cannot load the distillation teacher {teacher_ref}: {exc}") from exc
+    by_query: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_query.setdefault(q, []).append(i)
+    logits = np.zeros(len(queries), dtype=np.float64)
+    for q, idx in by_query.items():
+        if cancelled is not None and cancelled():
+            raise TrainingCancelled("cancelled while the teacher scored the training pairs")
+        logits[idx] = teacher.score(q, [texts[i] for i in idx], batch=16)
+    soft = 1.0 / (1.0 + np.exp(-logits))
+    return [float(weight * s + (1.0 - weight) * h) for s, h in zip(soft, hard)]
+
+
+def _make_student(model: Any, base: BaseModel, dataset: Any, settings: Any, manifest: dict,
+                  cancelled: Callable[[], bool] | None) -> Any:
+    """Cut ``model`` (a sentence-transformers CrossEncoder) to ``student_layers`` and distil labels into ``dataset``."""
+    from reranker.model import cut_layers, model_layers
+
+    hf = model.model
+    base_layers = model_layers(hf)
+    teacher = _teacher_ref(base, base_layers, settings)
+    weight = float(getattr(settings, "distill_weight", 0.5))
+    info: dict[str, Any] = {"base_layers": base_layers, "teacher": teacher, "weight": weight, "distilled": False}
+    if teacher is not None and settings.loss == "bce" and weight > 0:
+        t0 = time.perf_counter()
+        labels = teacher_labels(teacher, dataset["query"], dataset["response"], dataset["label"], weight,
+                                settings.max_length, cancelled)
+        dataset = dataset.remove_columns("label").add_column("label", labels)
+        info.update(distilled=True, teacher_sec=round(time.perf_counter() - t0, 1))
+    elif teacher is not None:
+        info["note"] = f"distillation needs loss 'bce' and distill_weight > 0 (loss {settings.loss!r}); hard labels"
+    info["student_layers"] = cut_layers(hf, settings.student_layers)
+    manifest["student"] = info
+    logger.info("run %s: student with %d of %s layers (teacher %s, distilled %s)", manifest["run_id"],
+                info["student_layers"], base_layers, teacher, info["distilled"])
+    return dataset
+
+
 def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bool, manifest: dict,
          progress, cancelled) -> Path:
     from sentence_transformers.cross_encoder import (
@@ -296,6 +371,9 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
     dataset, n_pairs = _datasets(train, settings.loss, settings.negatives_per_query,
                                  settings.max_length * _CHARS_PER_TOKEN)
     manifest["data"]["trained_pairs"] = n_pairs
+    student_layers = getattr(settings, "student_layers", None)
+    if student_layers is not None:
+        dataset = _make_student(model, base, dataset, settings, manifest, cancelled)
     state = {"cancelled": False, "last_poll": 0.0, "epoch_losses": []}
 
     class _Hooks(TrainerCallback):

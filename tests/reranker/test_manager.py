@@ -52,6 +52,7 @@ def test_current_release_is_loaded_with_its_manifest(models_dir):
         info = m.info()
         assert info["loaded"] and info["release_id"] == "r1" and info["manifest"]["metrics"] == {"mrr@10": 0.5}
         assert (info["backend"], info["dtype"], info["device"]) == ("fp32", "float32", "cpu")
+        assert info["layers"] == 2  # the tiny model's depth: a layer-cut student shows fewer
         assert info["loaded_at"] and info["last_error"] is None and info["none_reason"] is None
         out = rerank("q", hits(), m, m.settings, None)
         assert out.used and out.model == "r1"

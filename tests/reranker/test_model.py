@@ -10,6 +10,7 @@ from reranker.model import (
     CrossEncoderScorer,
     RerankerLoadError,
     cpu_has_native_bf16,
+    cpu_has_vnni,
     create_from_backbone,
     resolve_backend_name,
 )
@@ -18,6 +19,7 @@ from .conftest import build_tiny_cross_encoder
 
 AMX_CPU = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
 CASCADE_CPU = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n"
+PLAIN_AVX2_CPU = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
 
 
 def test_native_bf16_detected_from_cpuinfo_flags():
@@ -27,9 +29,15 @@ def test_native_bf16_detected_from_cpuinfo_flags():
     assert not cpu_has_native_bf16("")
 
 
-def test_auto_backend_is_bf16_only_with_native_bf16():
+def test_vnni_detected_from_cpuinfo_flags():
+    assert cpu_has_vnni(CASCADE_CPU) and cpu_has_vnni("flags : avx2 avx_vnni")
+    assert not cpu_has_vnni(PLAIN_AVX2_CPU) and not cpu_has_vnni("")
+
+
+def test_auto_backend_is_bf16_with_native_bf16_else_int8_with_vnni_else_fp32():
     assert resolve_backend_name("auto", AMX_CPU) == "bf16"
-    assert resolve_backend_name("auto", CASCADE_CPU) == "fp32"
+    assert resolve_backend_name("auto", CASCADE_CPU) == "int8"
+    assert resolve_backend_name("auto", PLAIN_AVX2_CPU) == "fp32"
     assert resolve_backend_name("int8", AMX_CPU) == "int8"
     with pytest.raises(ValueError, match="but got 'onnx9'"):
         resolve_backend_name("onnx9")
@@ -141,3 +149,13 @@ def test_minilm_cross_encoder_from_backbone_is_refused_until_trained_then_scores
     assert fp32.n_params() > 20_000_000
     bf16 = CrossEncoderScorer.load(d, backend="bf16", maxlen=128).score("upload a file", texts, batch=8)
     assert np.corrcoef(ref, bf16)[0, 1] > 0.9
+
+
+def test_int8_quantises_the_encoder_but_keeps_the_head_and_pooler_in_fp32(tiny_dir):
+    import torch
+
+    scorer = CrossEncoderScorer.load(tiny_dir, backend="int8")
+    model = scorer.model
+    assert type(model.classifier) is torch.nn.Linear and type(model.bert.pooler.dense) is torch.nn.Linear
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert type(query) is not torch.nn.Linear and "quantized" in type(query).__module__
