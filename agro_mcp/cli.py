@@ -149,20 +149,20 @@ def cmd_status(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
+    from agro_mcp.engine import Engine
     from agro_mcp.server import create_server
 
-    engine = None
-    if settings.server.backend == "postgres":
-        # Reach the database before the MCP handshake: an unreachable database stops here with its reason,
-        # never as a half-started server that fails every call.
-        from agro_mcp.engine import Engine
-
-        engine = Engine(settings)
-        engine.indexes  # noqa: B018 - opens the pool and migrates
-        engine.store  # noqa: B018
+    # Open the storage before the MCP handshake: an unreachable database (or an unusable data home) stops here
+    # with its reason, never as a half-started server that fails every call.
+    engine = Engine(settings)
+    engine.indexes  # noqa: B018 - opens the index backend (pool + migrations for postgres)
+    engine.store  # noqa: B018
     server = create_server(settings, engine)
-    logger.info("agro-mcp serving over stdio (AGRO_HOME=%s)", settings.server.home)
-    server.run("stdio")
+    logger.info("agro-mcp serving over stdio (AGRO_HOME=%s, backend %s)", settings.server.home, settings.server.backend)
+    try:
+        server.run("stdio")
+    finally:
+        engine.close()
     return 0
 
 

@@ -28,6 +28,7 @@ __all__ = ["Engine", "UserError", "MAX_K"]
 logger = logging.getLogger(__name__)
 
 MAX_K = 50
+_UNSET = object()
 
 
 class UserError(ValueError):
@@ -67,7 +68,7 @@ class Engine:
         self._stale_renewing: set[str] = set()
         self._store = None
         self._index_backend = None
-        self._releases = None
+        self._releases = _UNSET
         self._reranker = None
         self._score_cache = None
 
@@ -118,12 +119,10 @@ class Engine:
 
     @property
     def releases(self):
-        """The shared reranker release registry (postgres backend), or None (embedded: local files only)."""
-        if self.settings.server.backend == "embedded":
-            return None
-        if self._releases is None:
+        """The shared reranker release registry of a team backend, or None (embedded: local files only)."""
+        if self._releases is _UNSET:
             with self._lock:
-                if self._releases is None:
+                if self._releases is _UNSET:
                     from training.releases import open_release_registry
 
                     sv = self.settings.server
@@ -151,11 +150,12 @@ class Engine:
                     from reranker.manager import RerankerManager
 
                     sync = None
-                    if self.settings.server.backend != "embedded":
+                    registry = self.releases
+                    if registry is not None:
                         models_dir = self.home / "models"
 
                         def sync() -> None:  # the shared current release, before each reload check
-                            self.releases.sync(models_dir)
+                            registry.sync(models_dir)
 
                     self._reranker = RerankerManager(self.settings.reranker, self.home / "models", sync=sync)
                     self._score_cache = ScoreCache(self.settings.reranker.cache_size)

