@@ -75,6 +75,9 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start_background(self) -> None:
         """Load the embedding model and the reranker in the background (the MCP handshake must not wait)."""
+        # transformers resolves its names lazily and that is not thread-safe: two loader threads importing at once
+        # failed with "cannot import name 'AutoConfig'". Resolve them here, once, before the threads start.
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
         if self._embedder_thread is None:
             self._embedder_thread = threading.Thread(target=self._load_embedder, name="agro-embedder", daemon=True)
             self._embedder_thread.start()
