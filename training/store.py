@@ -363,12 +363,19 @@ class EventStore:
             raise
 
     def close(self) -> None:
-        """Close every connection this store opened, in any thread."""
-        with self._conns.lock:
-            for _thread, conn in self._conns.by_thread.values():
-                conn.close()
-            self._conns.by_thread.clear()
+        """Close this thread's connection and those of ended threads; later calls in any thread raise StoreError.
+
+        A connection still owned by another live thread (a background job mid-write) is not closed under it:
+        closing a SQLite handle another thread is using crashed the process (SIGSEGV, seen in CI). It finishes
+        its statement and is released with its thread.
+        """
         self._closed = True
+        me = threading.current_thread()
+        with self._conns.lock:
+            for ident, (thread, conn) in list(self._conns.by_thread.items()):
+                if thread is me or not thread.is_alive():
+                    conn.close()
+                    del self._conns.by_thread[ident]
 
     def __enter__(self) -> "EventStore":
         return self
