@@ -65,16 +65,10 @@ _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU has int8 dot-product instructions (flags ``avx512_vnni``, ``avx_vnni`` or ``amx_int8``).
+    """Whether the CPU has int8 dot-product instructions (flags ``avx512_vnni``, ``avx_vnni`` or ``amx_int8``)."""
+    from retrieval.models import cpu_flags
 
-    Args:
-        cpuinfo: text of ``/proc/cpuinfo``; read from the system when None (False when unreadable).
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
+    return bool(cpu_flags(cpuinfo) & set(_VNNI_FLAGS))
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip() == "flags":

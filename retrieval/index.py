@@ -135,20 +135,10 @@ class IndexSummary:
         return asdict(self)
 
 
-@dataclass
-class IndexGeneration:
-    """One immutable, fully loaded index generation."""
+class GenerationManifest:
+    """What every backend's generation derives from its ``manifest`` (the embedded and the PostgreSQL one)."""
 
-    corpus: str
-    generation_id: str
-    path: Path
     manifest: dict
-    chunks: list[Chunk]
-    vectors: np.ndarray
-    lexical: BM25Index
-    languages: np.ndarray
-    paths: np.ndarray
-    _glob_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def root(self) -> Path:
@@ -161,6 +151,22 @@ class IndexGeneration:
     @property
     def embed_model(self) -> str:
         return self.manifest["embed_model"]
+
+
+@dataclass
+class IndexGeneration(GenerationManifest):
+    """One immutable, fully loaded index generation."""
+
+    corpus: str
+    generation_id: str
+    path: Path
+    manifest: dict
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    lexical: BM25Index
+    languages: np.ndarray
+    paths: np.ndarray
+    _glob_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_chunks(self) -> int:

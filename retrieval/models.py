@@ -44,20 +44,20 @@ def resolve_model_ref(ref: str | None) -> str:
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU executes bf16 matmuls natively (flags ``amx_bf16`` or ``avx512_bf16``).
-
-    Args:
-        cpuinfo: text of ``/proc/cpuinfo``; read from the system when None (False when unreadable).
-    """
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (or of the text given); empty when unreadable."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
-            return False
+            return set()
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip() == "flags":
-            flags = set(value.split())
-            return any(f in flags for f in _BF16_FLAGS)
-    return False
+            return set(value.split())
+    return set()
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU executes bf16 matmuls natively (flags ``amx_bf16`` or ``avx512_bf16``)."""
+    return bool(cpu_flags(cpuinfo) & set(_BF16_FLAGS))

@@ -38,6 +38,7 @@ import numpy as np
 from retrieval.discovery import discover_files
 from retrieval.index import (
     INDEX_FORMAT,
+    GenerationManifest,
     IndexLockedError,
     IndexSummary,
     NoIndexError,
@@ -119,7 +120,7 @@ def _partition_suffix(corpus: str) -> str:
 
 # --------------------------------------------------------------------------------------------------------
 @dataclass
-class PgIndexView:
+class PgIndexView(GenerationManifest):
     """The published generation of one corpus in PostgreSQL, as the pipeline sees an index generation."""
 
     backend: PgIndexBackend
@@ -127,18 +128,6 @@ class PgIndexView:
     generation_id: str
     manifest: dict
     _extra: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def root(self) -> Path:
-        return Path(self.manifest["root"])
-
-    @property
-    def files(self) -> dict[str, dict]:
-        return self.manifest["files"]
-
-    @property
-    def embed_model(self) -> str:
-        return self.manifest["embed_model"]
 
     @property
     def n_chunks(self) -> int:

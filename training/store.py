@@ -286,6 +286,54 @@ def new_run_id(kind: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- store
+def query_event_from_hits(
+    corpus: str,
+    query: str,
+    k: int,
+    hits: Sequence[Hit],
+    *,
+    reranker_model: str | None,
+    reranking_used: bool,
+    fallback_reason: str | None,
+    latency_ms: float,
+    index_generation: str | None,
+    source: str = "search",
+) -> tuple[QueryEvent, list[ChunkText]]:
+    """A new query event (fresh id, now) with its ranked results, and the texts of its hits: what every store's
+    ``log_query`` writes."""
+    event = QueryEvent(
+        event_id=uuid.uuid4().hex,
+        ts=time.time(),
+        corpus=corpus,
+        query=query,
+        k=k,
+        reranker_model=reranker_model,
+        reranking_used=reranking_used,
+        fallback_reason=fallback_reason,
+        latency_ms=latency_ms,
+        index_generation=index_generation,
+        source=source,
+        results=tuple(
+            ResultRecord(
+                rank=i,
+                doc_id=h.chunk.doc_id,
+                path=h.chunk.path,
+                start_line=h.chunk.start_line,
+                end_line=h.chunk.end_line,
+                chunk_hash=h.chunk.hash,
+                fused_score=h.fused_score,
+                rerank_score=h.rerank_score,
+                score=h.score,
+                bm25_rank=h.bm25_rank,
+                dense_rank=h.dense_rank,
+            )
+            for i, h in enumerate(hits, start=1)
+        ),
+    )
+    texts = [ChunkText(h.chunk.hash, h.chunk.text, h.chunk.path, h.chunk.language, h.chunk.symbol) for h in hits]
+    return event, texts
+
+
 class EventStore:
     """Durable store for the learning loop. Safe to share across threads and processes.
 
@@ -442,36 +490,10 @@ class EventStore:
         source: str = "search",
     ) -> str:
         """Store one search with its ranked hits and their texts in one transaction; return its event_id."""
-        event = QueryEvent(
-            event_id=uuid.uuid4().hex,
-            ts=time.time(),
-            corpus=corpus,
-            query=query,
-            k=k,
-            reranker_model=reranker_model,
-            reranking_used=reranking_used,
-            fallback_reason=fallback_reason,
-            latency_ms=latency_ms,
-            index_generation=index_generation,
-            source=source,
-            results=tuple(
-                ResultRecord(
-                    rank=i,
-                    doc_id=h.chunk.doc_id,
-                    path=h.chunk.path,
-                    start_line=h.chunk.start_line,
-                    end_line=h.chunk.end_line,
-                    chunk_hash=h.chunk.hash,
-                    fused_score=h.fused_score,
-                    rerank_score=h.rerank_score,
-                    score=h.score,
-                    bm25_rank=h.bm25_rank,
-                    dense_rank=h.dense_rank,
-                )
-                for i, h in enumerate(hits, start=1)
-            ),
+        event, texts = query_event_from_hits(
+            corpus, query, k, hits, reranker_model=reranker_model, reranking_used=reranking_used,
+            fallback_reason=fallback_reason, latency_ms=latency_ms, index_generation=index_generation, source=source,
         )
-        texts = [ChunkText(h.chunk.hash, h.chunk.text, h.chunk.path, h.chunk.language, h.chunk.symbol) for h in hits]
         if not self.insert_event(event, texts):  # pragma: no cover - uuid4 collision
             raise StoreError(f"event_id collision on {event.event_id}")
         return event.event_id
