@@ -42,8 +42,10 @@ def _settings(home: Path, args):
         "AGRO_TRAINING_MAX_TRAIN_PAIRS": str(args.max_pairs),
         "AGRO_TRAINING_BOOTSTRAP_CAP": str(args.bootstrap_cap),
         "AGRO_TRAINING_EPOCHS": str(args.epochs),
+        "AGRO_TRAINING_MIN_STEPS": str(args.min_steps),
+        "AGRO_TRAINING_LEARNING_RATE": str(args.lr),
         "AGRO_RERANKER_TOPN": str(args.topn),
-        "AGRO_RERANKER_BACKEND": "fp32",
+        "AGRO_RERANKER_BACKEND": args.backend,
     })
     return load_settings(env)
 
@@ -96,9 +98,12 @@ def main(argv=None) -> int:
     p.add_argument("--max-pairs", type=int, default=4000)
     p.add_argument("--bootstrap-cap", type=int, default=1200)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--min-steps", type=int, default=0, help="AGRO_TRAINING_MIN_STEPS (0 = the setting's default)")
+    p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--topn", type=int, default=30)
     p.add_argument("--gate-min", type=int, default=15, help="gate's minimum held-out questions")
     p.add_argument("--heldout-fraction", type=float, default=0.3)
+    p.add_argument("--backend", default="auto", help="reranker backend for scoring (auto = bf16 on native-bf16 CPUs)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

@@ -27,7 +27,7 @@ from reranker.cache import ScoreCache
 from reranker.manager import LoadedReranker, RerankerManager
 from reranker.model import ScoringCancelled
 from reranker.settings import RerankerSettings
-from retrieval.types import Hit
+from retrieval.types import Hit, located_text
 
 __all__ = ["RerankOutcome", "blend_scores", "minmax", "rerank", "tail_scores"]
 
@@ -143,14 +143,15 @@ def rerank(
     head, tail = hits[:n_head], hits[n_head:]
     cached = 0
     try:
-        hashes = [h.chunk.hash for h in head]
+        # The model scores the located text (path and symbol header), so a cached score belongs to that location.
+        hashes = [f"{h.chunk.hash}\x1f{h.chunk.path}\x1f{h.chunk.symbol or ''}" for h in head]
         key = loaded.cache_key
         scores: list[float | None] = cache.get_many(key, query, hashes) if cache is not None else [None] * n_head
         missing = [i for i, s in enumerate(scores) if s is None]
         cached = n_head - len(missing)
         if missing:
             new = _score_with_deadline(
-                loaded, query, [head[i].chunk.text for i in missing], settings.batch, settings.timeout_ms
+                loaded, query, [located_text(head[i].chunk.path, head[i].chunk.symbol, head[i].chunk.text) for i in missing], settings.batch, settings.timeout_ms
             )
             if len(new) != len(missing):
                 raise _Fallback(f"reranker returned {len(new)} scores for {len(missing)} candidates")

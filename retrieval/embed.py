@@ -61,7 +61,11 @@ class Embedder:
                 convert_to_tensor=True,
                 show_progress_bar=False,
             )
-        return vecs.float().cpu().numpy().astype(np.float32)
+        out = vecs.float().cpu().numpy().astype(np.float32)
+        # Normalised again in float32: a bf16 model's unit vectors are off by ~1e-3, enough for a dot product
+        # (embedded) and a cosine (pgvector) to disagree.
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1.0)
 
     def encode_documents(
         self, texts: Sequence[str], progress: Callable[[int], None] | None = None

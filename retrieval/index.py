@@ -41,7 +41,7 @@ from retrieval.discovery import (
 from retrieval.lexical import BM25Index
 from retrieval.settings import IndexSettings, RetrievalSettings
 from retrieval.tokenize import code_tokens
-from retrieval.types import Chunk
+from retrieval.types import Chunk, located_text
 
 __all__ = [
     "INDEX_FORMAT",
@@ -103,8 +103,7 @@ def corpus_dir(home: Path, corpus: str) -> Path:
 
 def document_text(chunk: Chunk) -> str:
     """What the bi-encoder sees for a chunk: its location and symbol, then its code."""
-    head = f"# {chunk.path}" + (f" :: {chunk.symbol}" if chunk.symbol else "")
-    return f"{head}\n{chunk.text}"
+    return located_text(chunk.path, chunk.symbol, chunk.text)
 
 
 def document_tokens(chunk: Chunk) -> list[str]:

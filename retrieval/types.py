@@ -5,12 +5,23 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-__all__ = ["Chunk", "Hit", "chunk_hash", "parse_doc_id"]
+__all__ = ["Chunk", "Hit", "chunk_hash", "located_text", "parse_doc_id"]
 
 
 def chunk_hash(text: str) -> str:
     """Content hash of a chunk's text (sha256, hex)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def located_text(path: str | None, symbol: str | None, text: str) -> str:
+    """A chunk's text under a header line with its location: what the bi-encoder and the cross-encoder see.
+
+    ``# boltons/socketutils.py :: BufferedSocket.close`` names what a bare method body does not (its class, its
+    module), so models can match a question that names them.
+    """
+    if not path:
+        return text
+    return f"# {path}" + (f" :: {symbol}" if symbol else "") + f"\n{text}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny-model training tests run the epochs they ask for; the min-steps rule has its own test (test_trainer.py).
+os.environ.setdefault("AGRO_TRAINING_MIN_STEPS", "0")
 
 SAMPLE_FILES: dict[str, str] = {
     "auth/oauth.py": '''

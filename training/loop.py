@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from retrieval.types import located_text
 from training.miners import (
     MinedSplit,
     Triplet,
@@ -79,7 +80,7 @@ def chunk_lookup(engine: Any):
             ov = min(c.end_line, end) - max(c.start_line, start) + 1
             if ov > overlap:
                 best, overlap = c, ov
-        return (best.doc_id, best.text) if best is not None else None
+        return (best.doc_id, located_text(best.path, best.symbol, best.text)) if best is not None else None
 
     return look
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrieval.types import parse_doc_id
+from retrieval.types import located_text, parse_doc_id
 from training.metrics import path_matches
 
 __all__ = [
@@ -149,7 +149,11 @@ def mine_feedback(
         event = store.get_event(event_id)
         if event is None:
             continue
-        texts = store.chunk_texts(r.chunk_hash for r in event.results if r.chunk_hash)
+        raw = store.chunk_texts(r.chunk_hash for r in event.results if r.chunk_hash)
+        symbols = store.chunk_symbols(raw)
+        # What the reranker will score: each result's text under its location header.
+        texts = {r.chunk_hash: located_text(r.path, symbols.get(r.chunk_hash), raw[r.chunk_hash])
+                 for r in event.results if r.chunk_hash in raw}
         judged: dict[str, _Judgement] = {}
         extra_pos: dict[str, str] = {}  # correct_location outside the results: doc_id -> text
         for fb in sorted(fbs, key=lambda f: f.ts):
@@ -225,6 +229,10 @@ def _overlapping_result(event: Any, fb: Any) -> Any:
 # ------------------------------------------------------------------------------------------------- golden
 
 
+def _located(chunk: Any) -> str:
+    return located_text(chunk.path, chunk.symbol, chunk.text)
+
+
 def _matches_golden(item: Any, chunk: Any) -> bool:
     for span in item.expect_spans:
         if path_matches(span.path, chunk.path) and chunk.start_line <= span.end_line and span.start_line <= chunk.end_line:
@@ -241,7 +249,7 @@ def mine_golden(items: Iterable[Any], rank_fn: RankFn, *, negatives_per_query: i
         pos = [h for h in hits if _matches_golden(item, h.chunk)]
         neg = [h for h in hits if not _matches_golden(item, h.chunk)][:negatives_per_query]
         for h in pos:
-            out.append(Triplet(item.q, h.chunk.text, h.chunk.doc_id, [n.chunk.text for n in neg],
+            out.append(Triplet(item.q, _located(h.chunk), h.chunk.doc_id, [_located(n.chunk) for n in neg],
                                [n.chunk.doc_id for n in neg], "golden", item.repo))
     return out
 
@@ -367,7 +375,8 @@ def mine_bootstrap(
             cands = [chunks[j] for j in rng.sample(range(len(chunks)), min(len(chunks), 4 * negatives_per_query))]
         negs = [n for n in cands if not (n.path == c.path and n.start_line <= c.end_line and c.start_line <= n.end_line)]
         negs = negs[:negatives_per_query]
-        out.append(Triplet(q, code, c.doc_id, [n.text for n in negs], [n.doc_id for n in negs],
+        out.append(Triplet(q, located_text(c.path, c.symbol, code), c.doc_id, [_located(n) for n in negs],
+                           [n.doc_id for n in negs],
                            "corpus_bootstrap", corpus))
         if progress is not None:
             progress(i, len(pairs))

@@ -514,6 +514,22 @@ class PgEventStore:
 
         return self._read(q, "chunk_texts") if wanted else {}
 
+    def chunk_symbols(self, hashes: Iterable[str]) -> dict[str, str | None]:
+        """The symbol stored with each chunk text (``None`` for a chunk without one); missing hashes are absent."""
+        wanted = list(dict.fromkeys(hashes))
+        page = _store._PAGE
+
+        def q(conn: Any) -> dict[str, str | None]:
+            out: dict[str, str | None] = {}
+            for i in range(0, len(wanted), page):
+                part = wanted[i : i + page]
+                out.update(
+                    conn.execute("SELECT hash, symbol FROM agro_chunk_texts WHERE hash = ANY(%s)", (part,)).fetchall()
+                )
+            return out
+
+        return self._read(q, "chunk_symbols") if wanted else {}
+
     # ---------------------------------------------------------------------------------------- feedback
     def add_feedback(
         self,

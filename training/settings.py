@@ -15,6 +15,12 @@ class TrainingSettings(BaseModel):
     base_model: str | None = Field(None, description="Base when no release exists (local dir or hub id).")
     loss: Literal["bce", "lambda", "mnrl"] = "bce"
     epochs: int = Field(1, ge=1)
+    min_steps: int = Field(
+        200, ge=0,
+        description="Fewest optimiser steps a run takes: small data sets get more epochs (at most max_epochs) so a "
+        "fresh head is not left near random after a handful of steps. 0 = exactly `epochs`.",
+    )
+    max_epochs: int = Field(30, ge=1, description="Ceiling on the epochs that min_steps may add.")
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     max_length: int = Field(256, ge=32, le=512)

@@ -643,6 +643,17 @@ class EventStore:
             out.update(conn.execute(f"SELECT hash, text FROM chunk_texts WHERE hash IN ({marks})", part).fetchall())
         return out
 
+    def chunk_symbols(self, hashes: Iterable[str]) -> dict[str, str | None]:
+        """The symbol stored with each chunk text (``None`` for a chunk without one); missing hashes are absent."""
+        wanted = list(dict.fromkeys(hashes))
+        out: dict[str, str | None] = {}
+        conn = self._conn()
+        for i in range(0, len(wanted), _PAGE):
+            part = wanted[i : i + _PAGE]
+            marks = ",".join("?" * len(part))
+            out.update(conn.execute(f"SELECT hash, symbol FROM chunk_texts WHERE hash IN ({marks})", part).fetchall())
+        return out
+
     # ---------------------------------------------------------------------------------------- feedback
     def add_feedback(
         self,

@@ -33,6 +33,7 @@ __all__ = [
     "TrainingError",
     "load_run",
     "load_split",
+    "planned_epochs",
     "resolve_base",
     "run_dir",
     "train_run",
@@ -354,6 +355,13 @@ def _make_student(model: Any, base: BaseModel, dataset: Any, settings: Any, mani
     return dataset
 
 
+def planned_epochs(steps_per_epoch: int, settings: Any) -> int:
+    """``settings.epochs``, raised so the run takes at least ``min_steps`` steps, but never past ``max_epochs``."""
+    min_steps = getattr(settings, "min_steps", 0) or 0
+    need = -(-min_steps // max(1, steps_per_epoch))
+    return max(settings.epochs, min(need, max(settings.max_epochs, settings.epochs)))
+
+
 def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bool, manifest: dict,
          progress, cancelled) -> Path:
     from sentence_transformers.cross_encoder import (
@@ -404,12 +412,14 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
             logger.info("run %s epoch %s: loss %s", manifest["run_id"], row["epoch"], row["train_loss"])
 
     n_steps_epoch = max(1, -(-len(dataset) // settings.batch_size))
+    epochs = planned_epochs(n_steps_epoch, settings)
+    manifest["config"]["epochs_run"] = epochs
     args = CrossEncoderTrainingArguments(
         output_dir=str(d / "trainer_tmp"),
-        num_train_epochs=settings.epochs,
+        num_train_epochs=epochs,
         per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate,
-        warmup_steps=max(0, int(0.1 * n_steps_epoch * settings.epochs)),
+        warmup_steps=max(0, int(0.1 * n_steps_epoch * epochs)),
         seed=settings.seed,
         data_seed=settings.seed,
         bf16=bf16,

@@ -24,7 +24,9 @@ class TableScorer:
 
     def score(self, query, texts, batch=16, cancel=None):
         self.calls += 1
-        return np.array([self.table[t] for t in texts], dtype=np.float32)
+        self.seen = list(texts)
+        # The stage sends each chunk under its location header; the table is keyed by the bare chunk text.
+        return np.array([self.table[t.split("\n", 1)[1]] for t in texts], dtype=np.float32)
 
 
 class FailsOnceScorer(TableScorer):
@@ -92,6 +94,14 @@ def test_alpha_one_orders_by_the_cross_encoder_score_alone():
     out = rerank("q", hits, loaded(TableScorer({f"t{i}": float(v) for i, v in enumerate(logits)})),
                  RerankerSettings(alpha=1.0, topn=0), None)
     assert [h.doc_id for h in out.hits] == [f"f{i}.py:1-2" for i in np.argsort(-logits, kind="stable")]
+
+
+def test_the_model_scores_each_chunk_under_its_path_and_symbol_header():
+    hits = [Hit(Chunk.make("pkg/sock.py", 5, 9, "python", "BufferedSocket.close", "def close(self): ..."), 0.9, 0.9),
+            Hit(Chunk.make("pkg/util.py", 1, 2, "python", None, "x = 1"), 0.5, 0.5)]
+    scorer = TableScorer({"def close(self): ...": 1.0, "x = 1": 0.0})
+    rerank("q", hits, loaded(scorer), RerankerSettings(topn=0), None)
+    assert scorer.seen == ["# pkg/sock.py :: BufferedSocket.close\ndef close(self): ...", "# pkg/util.py\nx = 1"]
 
 
 def test_single_candidate_and_constant_scores_do_not_divide_by_zero():

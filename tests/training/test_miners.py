@@ -25,7 +25,7 @@ def add_event(store, event_id, query, docs, corpus="c"):
         ResultRecord(rank=i, doc_id=f"{d}.py:1-5", path=f"{d}.py", start_line=1, end_line=5, chunk_hash=f"h{d}")
         for i, d in enumerate(docs, 1)
     )
-    texts = [ChunkText(f"h{d}", f"text of {d}", f"{d}.py") for d in docs]
+    texts = [ChunkText(f"h{d}", f"text of {d}", f"{d}.py", symbol="X.y" if d == "c" else None) for d in docs]
     store.insert_event(QueryEvent(event_id, 1.0, corpus, query, len(docs), results=results), texts)
 
 
@@ -38,9 +38,11 @@ def test_used_positive_gets_explicit_then_skip_above_then_lower_negatives(store)
     store.add_feedback("e1", "thumbs_down", doc_id="a.py:1-5", ts=2.0)
     store.add_feedback("e1", "used", doc_id="c.py:1-5", ts=3.0)
     (t,) = mine_feedback(store, negatives_per_query=3)
-    assert (t.query, t.positive_doc_id, t.positive_text, t.source) == ("where is x", "c.py:1-5", "text of c", "click_feedback")
+    # Texts are what the reranker scores: the chunk under its location header (path, and symbol when known).
+    assert (t.query, t.positive_doc_id, t.positive_text, t.source) == (
+        "where is x", "c.py:1-5", "# c.py :: X.y\ntext of c", "click_feedback")
     assert t.negative_doc_ids == ["a.py:1-5", "b.py:1-5", "d.py:1-5"]
-    assert t.negative_texts == ["text of a", "text of b", "text of d"]
+    assert t.negative_texts == ["# a.py\ntext of a", "# b.py\ntext of b", "# d.py\ntext of d"]
 
 
 def test_without_fill_only_explicit_and_skip_above_negatives(store):
@@ -160,6 +162,7 @@ def test_mine_bootstrap_dedups_caps_and_skips_the_positive_as_negative():
     for t in got:
         assert t.source == "corpus_bootstrap" and t.corpus == "c"
         assert t.query.startswith("Compute the frobnication") and '"""' not in t.positive_text
+        assert t.positive_text.startswith(f"# {t.positive_doc_id.split(':')[0]}\n")
         assert t.positive_doc_id not in t.negative_doc_ids and len(t.negative_doc_ids) == 2
     assert len({t.query for t in got}) == 4
 

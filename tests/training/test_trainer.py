@@ -25,6 +25,7 @@ def triplets(n=24):
 
 
 def settings(tiny, **kw):
+    kw.setdefault("min_steps", 0)
     return TrainingSettings(base_model=str(tiny), batch_size=8, max_length=64, min_triplets=5, **kw)
 
 
@@ -76,3 +77,20 @@ def test_run_ids_cannot_escape_models_runs(tmp_path):
     for bad in ("../x", "a/b", ".hidden", ""):
         with pytest.raises(TrainingError):
             run_dir(tmp_path, bad)
+
+
+def test_small_data_gets_more_epochs_up_to_the_ceiling_and_large_data_keeps_its_epochs():
+    from training.trainer import planned_epochs
+
+    st = TrainingSettings(epochs=1, min_steps=200, max_epochs=30)
+    assert planned_epochs(19, st) == 11  # 19 steps an epoch: 11 epochs reach 209 >= 200 steps
+    assert planned_epochs(3, st) == 30  # capped
+    assert planned_epochs(500, st) == 1
+    assert planned_epochs(19, TrainingSettings(epochs=3, min_steps=0)) == 3
+    assert planned_epochs(1, TrainingSettings(epochs=40, min_steps=200, max_epochs=30)) == 40  # never fewer than asked
+
+
+def test_a_run_records_the_epochs_it_ran(tmp_path, tiny):
+    models = tmp_path / "models"
+    run = train_run(models, "run-m", split_by_query(triplets(), 0.25, seed=13), settings(tiny, epochs=1, min_steps=20))
+    assert run["config"]["epochs_run"] == len(run["epochs"]) == 3  # 7 steps an epoch, 20 wanted
