@@ -75,7 +75,7 @@ def simulate_user(engine, corpus: str, queries, k: int) -> dict:
     return {"queries": len(queries), "used": n_used, "correct_location": n_loc}
 
 
-def score(engine, queries, candidate: Path | None, label: str) -> dict:
+def _score_report(engine, queries, candidate: Path | None, label: str):
     from training.evaluate import format_table, run_evaluation
 
     s = engine.settings
@@ -83,7 +83,18 @@ def score(engine, queries, candidate: Path | None, label: str) -> dict:
                             candidate_model=str(candidate) if candidate else None, reranker_settings=s.reranker,
                             embedder=engine.embedder(), k=50)
     logger.info("%s\n%s", label, format_table(report))
-    return report.metrics
+    return report
+
+
+def score(engine, queries, candidate: Path | None, label: str) -> dict:
+    return _score_report(engine, queries, candidate, label).metrics
+
+
+def _pooled(rows: list[dict]) -> dict:
+    """Macro means of per-query metric rows (several corpora pooled), with the number of queries."""
+    from training.metrics import aggregate
+
+    return {**aggregate(rows), "n": len(rows)} if rows else {"n": 0}
 
 
 def main(argv=None) -> int:
@@ -104,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--gate-min", type=int, default=15, help="gate's minimum held-out questions")
     p.add_argument("--heldout-fraction", type=float, default=0.3)
     p.add_argument("--backend", default="auto", help="reranker backend for scoring (auto = bf16 on native-bf16 CPUs)")
+    p.add_argument("--max-corpora", type=int, default=0, help="bootstrap only the first N corpora (0 = all)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -139,24 +151,39 @@ def main(argv=None) -> int:
         eng.close()
 
     if args.bootstrap:
-        home = base_home / "bootstrap"
-        eng = Engine(_settings(home, args))
+        # Each corpus is bootstrapped on its own, in its own data home (a fresh install on that repository), and
+        # its candidate is scored on that corpus's queries only; multi-corpus collections are pooled per query.
         per_corpus = {}
-        for c in sorted(bench.roots):
+        rows: dict[str, dict[str, list[dict]]] = {}
+        corpora = sorted(bench.roots)[: args.max_corpora or None]
+        for c in corpora:
+            home = base_home / "bootstrap" / c if len(bench.roots) > 1 else base_home / "bootstrap"
+            eng = Engine(_settings(home, args))
             eng.index(bench.roots[c], c)
             t0 = time.time()
             run_id, res = run_job(eng.store, home, "bootstrap",
                                   lambda ctx, c=c: run_bootstrap(eng, ctx, c, promote=True))
-            per_corpus[c] = {"run_id": run_id, "decision": res.get("decision"), "gate": (res.get("gate") or {}).get("reasons"),
-                             "sec": round(time.time() - t0, 1)}
+            gate = res.get("gate") or {}
+            per_corpus[c] = {"run_id": run_id, "decision": res.get("decision"), "gate": gate.get("reasons"),
+                             "mined": (res.get("split") or {}).get("sources"), "sec": round(time.time() - t0, 1)}
             logger.info("bootstrap %s: %s", c, per_corpus[c])
+            cand = home / "models" / "runs" / run_id / "model"
+            qs = [q for q in bench.queries if q.corpus == c]
+            if qs:
+                report = _score_report(eng, qs, cand if cand.is_dir() else None, f"{c} (bootstrap alone)")
+                promoted = res.get("decision") == "promoted"
+                for cfg, by_level in report.per_query.items():
+                    for level, level_rows in by_level.items():
+                        rows.setdefault(cfg, {}).setdefault(level, []).extend(level_rows)
+                        if cfg == ("fused+candidate" if promoted else "fused"):
+                            rows.setdefault("served", {}).setdefault(level, []).extend(level_rows)
+            eng.close()
         figures["bootstrap_runs"] = per_corpus
-        if len(bench.roots) == 1:
-            rid = next(iter(per_corpus.values()))["run_id"]
-            cand = home / "models" / "runs" / rid / "model"
-            figures["bootstrap_all_queries"] = score(eng, bench.queries, cand if cand.is_dir() else None,
-                                                     "all queries (bootstrap alone)")
-        eng.close()
+        figures["bootstrap_all_queries"] = {
+            cfg: {level: _pooled(level_rows) for level, level_rows in by_level.items()} for cfg, by_level in rows.items()
+        }
+        logger.info("bootstrap alone, pooled over %d corpora: %s", len(corpora),
+                    json.dumps(figures["bootstrap_all_queries"], default=str))
 
     text = json.dumps(figures, indent=1, default=str)
     if args.out:
