@@ -42,11 +42,12 @@ def _settings(home: Path, args):
         "AGRO_TRAINING_MAX_TRAIN_PAIRS": str(args.max_pairs),
         "AGRO_TRAINING_BOOTSTRAP_CAP": str(args.bootstrap_cap),
         "AGRO_TRAINING_EPOCHS": str(args.epochs),
-        "AGRO_TRAINING_MIN_STEPS": str(args.min_steps),
         "AGRO_TRAINING_LEARNING_RATE": str(args.lr),
         "AGRO_RERANKER_TOPN": str(args.topn),
         "AGRO_RERANKER_BACKEND": args.backend,
     })
+    if args.min_steps is not None:
+        env["AGRO_TRAINING_MIN_STEPS"] = str(args.min_steps)
     return load_settings(env)
 
 
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-pairs", type=int, default=4000)
     p.add_argument("--bootstrap-cap", type=int, default=1200)
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--min-steps", type=int, default=0, help="AGRO_TRAINING_MIN_STEPS (0 = the setting's default)")
+    p.add_argument("--min-steps", type=int, help="AGRO_TRAINING_MIN_STEPS (default: the setting's)")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--topn", type=int, default=30)
     p.add_argument("--gate-min", type=int, default=15, help="gate's minimum held-out questions")

@@ -23,7 +23,7 @@ import numpy as np
 from reranker.model import CrossEncoderScorer, RerankerLoadError
 from reranker.settings import RerankerSettings
 
-__all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer"]
+__all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer", "effective_alpha"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,22 @@ class _Candidate:
     reason: str | None = None
 
 
+def effective_alpha(loaded: LoadedReranker | None, settings: Any) -> tuple[float, str]:
+    """The blend weight in force and where it comes from: ``setting`` (``AGRO_RERANKER_ALPHA`` set explicitly),
+    ``release`` (the alpha calibrated for the loaded model, its manifest's ``blend.alpha``) or ``default``."""
+    if "alpha" in settings.model_fields_set:
+        return settings.alpha, "setting"
+    a = ((loaded.manifest or {}).get("blend") or {}).get("alpha") if loaded is not None else None
+    if isinstance(a, (int, float)) and not isinstance(a, bool) and 0.0 <= a <= 1.0:
+        return float(a), "release"
+    return settings.alpha, "default"
+
+
 def _manifest_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     if manifest is None:
         return None
-    keys = ("id", "release_id", "created_at", "promoted_at", "base_model", "parent", "parent_release", "metrics")
+    keys = ("id", "release_id", "created_at", "promoted_at", "base_model", "parent", "parent_release", "metrics",
+            "blend")
     return {k: manifest[k] for k in keys if k in manifest}
 
 
@@ -322,7 +334,8 @@ class RerankerManager:
             "dtype": getattr(scorer, "dtype", None),
             "device": getattr(scorer, "device", None),
             "layers": getattr(scorer, "layers", None),
-            "alpha": s.alpha,
+            "alpha": effective_alpha(loaded, s)[0],
+            "alpha_source": effective_alpha(loaded, s)[1],
             "topn": s.topn,
             "batch": s.batch,
             "maxlen": s.maxlen,

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from reranker.cache import ScoreCache
-from reranker.manager import LoadedReranker, RerankerManager
+from reranker.manager import LoadedReranker, RerankerManager, effective_alpha
 from reranker.model import ScoringCancelled
 from reranker.settings import RerankerSettings
 from retrieval.types import Hit, located_text
@@ -171,7 +171,8 @@ def rerank(
         logger.warning("rerank fell back to fused order (model %s): %s", loaded.model_id, reason, exc_info=exc)
         return fallback(reason, loaded.model_id, cached)
 
-    final = blend_scores(scores, [h.fused_score for h in head], settings.alpha)  # type: ignore[arg-type]
+    alpha, _ = effective_alpha(loaded, settings)
+    final = blend_scores(scores, [h.fused_score for h in head], alpha)  # type: ignore[arg-type]
     order = sorted(range(n_head), key=lambda i: -final[i])  # stable: ties keep fused order
     out = [dataclasses.replace(head[i], rerank_score=float(scores[i]), score=float(final[i])) for i in order]
     if tail:

@@ -588,7 +588,8 @@ def make_rerank_fn(loaded_model: Any, settings: Any, cache: Any = None) -> Reran
     return fn
 
 
-def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | None = None) -> RerankFn:
+def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | None = None,
+                   manifest: dict[str, Any] | None = None) -> RerankFn:
     """Load a cross-encoder (a candidate run or a release folder) and adapt it with :func:`make_rerank_fn`.
 
     Raises:
@@ -601,8 +602,9 @@ def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | No
         model_ref, backend=settings.backend, maxlen=settings.maxlen, query_max_tokens=settings.query_max_tokens,
         threads=settings.threads, release_id=release_id,
     )
+    # The manifest's ``blend`` (a calibrated alpha) weighs this model as serving would.
     loaded = LoadedReranker(scorer=scorer, model_id=release_id or str(model_ref), release_id=release_id,
-                            target=str(model_ref))
+                            target=str(model_ref), manifest=manifest)
     return make_rerank_fn(loaded, settings)
 
 

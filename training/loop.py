@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.types import located_text
+from training.calibrate import calibrate_alpha, calibration_split
 from training.miners import (
     MinedSplit,
     Triplet,
@@ -158,11 +159,25 @@ def export_triplets(engine: Any, split: MinedSplit) -> Path:
 def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None = None) -> dict[str, Any]:
     """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json."""
     ts = engine.settings.training
-    return train_run(
-        Path(engine.home) / "models", ctx.run_id, split, ts,
-        progress=lambda f, m: ctx.progress(0.2 + 0.6 * f, m), cancelled=ctx.cancelled, extra=extra,
+    calibration: list = []
+    if ts.calibrate_alpha:
+        split, calibration = calibration_split(split, ts.calibration_fraction, ts.seed, ts.calibration_min_queries)
+    models_dir = Path(engine.home) / "models"
+    run = train_run(
+        models_dir, ctx.run_id, split, ts,
+        progress=lambda f, m: ctx.progress(0.2 + 0.55 * f, m), cancelled=ctx.cancelled, extra=extra,
         max_train_pairs=getattr(ts, "max_train_pairs", None),
     )
+    if calibration:
+        ctx.log("calibrating the blend weight of run %s on %d calibration triplets", ctx.run_id, len(calibration))
+        blend = calibrate_alpha(engine, run_dir(models_dir, ctx.run_id) / "model", calibration,
+                                progress=lambda i, n: ctx.progress(0.75 + 0.05 * i / n, f"calibrating alpha {i}/{n}"))
+    else:
+        blend = {"alpha": None, "reason": split.info.get("calibration", {}).get("reason", "calibration is off "
+                 "(AGRO_TRAINING_CALIBRATE_ALPHA=0)")}
+    run["blend"] = blend
+    write_json_atomic(run_dir(models_dir, ctx.run_id) / "run.json", run)
+    return run
 
 
 def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
@@ -195,7 +210,7 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
     notes = []
     if cur is not None:
         try:
-            rerank_fn = load_rerank_fn(cur["_dir"], rr, release_id=str(cur.get("id")))
+            rerank_fn = load_rerank_fn(cur["_dir"], rr, release_id=str(cur.get("id")), manifest=cur)
             configs.append("fused+rerank")
         except (ValueError, OSError, RuntimeError) as exc:
             notes.append(f"current release {cur.get('id')} could not be loaded ({exc}); compared with retrieval only")
@@ -210,7 +225,9 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
     try:
         report = run_evaluation(
             queries_from_feedback(rows), Path(engine.home), engine.settings.index, engine.settings.retrieval,
-            configs=configs, rerank_fn=rerank_fn, candidate_model=str(d / "model"), reranker_settings=rr,
+            configs=configs, rerank_fn=rerank_fn, candidate_model=str(d / "model"),
+            candidate_rerank_fn=load_rerank_fn(d / "model", rr, manifest={"blend": run.get("blend")}),
+            reranker_settings=rr,
             model=str(cur.get("id")) if cur else None, embedder=engine.embedder(), levels=("span", "file"),
             index_backend=engine.indexes,
             k=50, progress=lambda i, n: ctx.progress(0.8 + 0.15 * i / max(n, 1), f"evaluating {i}/{n}"),

@@ -244,6 +244,7 @@ def promote_run(
             "data": run.get("data"),
             "split": run.get("split"),
             "config": run.get("config"),
+            "blend": run.get("blend"),
         }
         write_json_atomic(dest / "manifest.json", manifest)
         fsync_dir(dest)

@@ -21,6 +21,14 @@ class TrainingSettings(BaseModel):
         "fresh head is not left near random after a handful of steps. 0 = exactly `epochs`.",
     )
     max_epochs: int = Field(30, ge=1, description="Ceiling on the epochs that min_steps may add.")
+    calibrate_alpha: bool = Field(
+        True, description="Set a calibration slice of the training queries aside and serve the candidate with the "
+        "blend weight (alpha) that ranks it best; an explicit AGRO_RERANKER_ALPHA always wins.",
+    )
+    calibration_fraction: float = Field(0.2, gt=0, lt=1, description="Share of training queries used to calibrate.")
+    calibration_min_queries: int = Field(
+        10, ge=1, description="Fewest calibration questions (and fitting questions) for a calibrated alpha.",
+    )
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     max_length: int = Field(256, ge=32, le=512)

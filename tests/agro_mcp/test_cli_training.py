@@ -47,7 +47,8 @@ def run(capsys, *argv):
 
 
 @pytest.mark.slow
-def test_bootstrap_then_jobs_runs_promote_and_rollback_from_the_cli(env, capsys):
+def test_bootstrap_then_jobs_runs_promote_and_rollback_from_the_cli(env, capsys, monkeypatch):
+    monkeypatch.setenv("AGRO_TRAINING_CALIBRATION_MIN_QUERIES", "3")  # this small repo gives ~7 calibration questions
     repo = make_repo(env / "repo")
     assert run(capsys, "index", str(repo), "--corpus", "demo")[0] == 0
     code, out, err = run(capsys, "bootstrap", "--corpus", "demo")
@@ -60,8 +61,15 @@ def test_bootstrap_then_jobs_runs_promote_and_rollback_from_the_cli(env, capsys)
     code, out, _ = run(capsys, "jobs", "--runs")
     assert json.loads(out)["runs"][0]["run_id"] == run_id
     # forcing a promotion is possible and recorded; rollback then has no parent
+    # the run was calibrated on questions it was not trained on, and its release is served with that alpha
+    run_json = json.loads((env / "home" / "models" / "runs" / run_id / "run.json").read_text())
+    blend = run_json["blend"]
+    assert blend["alpha"] in [float(a) for a in blend["mrr_by_alpha"]] and blend["n_queries"] >= 3
+    assert run_json["split"]["calibration"]["queries"] == blend["n_queries"]
     code, out, err = run(capsys, "promote", run_id, "--force")
     assert code == 0 and "PROMOTED" in out
+    manifest = json.loads((env / "home" / "models" / "current" / "manifest.json").read_text())
+    assert manifest["blend"]["alpha"] == blend["alpha"]
     code, out, err = run(capsys, "rollback")
     assert code == 2 and "no parent" in err
 

@@ -186,3 +186,20 @@ def test_odd_queries_and_empty_chunks_rerank_with_a_real_model(tiny_dir, query):
             for t, f in [("", 0.3), ("x\udcfey", 0.2), ("def f(): pass", 0.1)]]
     out = rerank(query, hits, loaded(scorer), RerankerSettings(), ScoreCache(10))
     assert out.used and len(out.hits) == 3
+
+
+def test_a_release_is_blended_with_its_calibrated_alpha_unless_the_user_set_one():
+    from reranker.manager import effective_alpha
+
+    fused = [0.9, 0.8, 0.1]
+    table = {"t0": 0.0, "t1": 0.2, "t2": 1.0}  # the model prefers t2, fused retrieval t0
+    rel = LoadedReranker(scorer=TableScorer(table), model_id="r", manifest={"blend": {"alpha": 0.2}})
+    assert effective_alpha(rel, RerankerSettings()) == (0.2, "release")
+    out = rerank("q", hits_from(fused), rel, RerankerSettings(topn=0), None)
+    assert [h.doc_id for h in out.hits][0] == "f0.py:1-2"  # 0.2 x model + 0.8 x fused keeps fused first
+    assert effective_alpha(rel, RerankerSettings(alpha=0.9)) == (0.9, "setting")
+    out = rerank("q", hits_from(fused), rel, RerankerSettings(alpha=0.9, topn=0), None)
+    assert [h.doc_id for h in out.hits][0] == "f2.py:1-2"
+    assert effective_alpha(loaded(TableScorer(table)), RerankerSettings()) == (0.7, "default")
+    bad = LoadedReranker(scorer=TableScorer(table), model_id="r", manifest={"blend": {"alpha": 3}})
+    assert effective_alpha(bad, RerankerSettings()) == (0.7, "default")

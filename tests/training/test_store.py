@@ -114,6 +114,7 @@ def test_log_query_round_trips_results_and_stores_each_chunk_text_once(store: Ev
     assert (top.bm25_rank, top.dense_rank, top.rerank_score, top.score) == (1, 2, 0.5, 0.9)
     assert store.chunk_text(A.hash) == A.text
     assert store.chunk_texts([A.hash, B.hash, "missing"]) == {A.hash: A.text, B.hash: B.text}
+    assert store.chunk_symbols([A.hash, B.hash, "missing"]) == {A.hash: "login", B.hash: None}
     assert store.counts()["chunk_texts"] == 2
     assert [e.event_id for e in store.iter_events()] == [first, second]
     assert store.get_event("nope") is None
