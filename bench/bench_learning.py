@@ -45,6 +45,7 @@ def _settings(home: Path, args):
         "AGRO_TRAINING_LEARNING_RATE": str(args.lr),
         "AGRO_RERANKER_TOPN": str(args.topn),
         "AGRO_RERANKER_BACKEND": args.backend,
+        "AGRO_TRAINING_CALIBRATION_MIN_QUERIES": str(args.calibration_min),
     })
     if args.min_steps is not None:
         env["AGRO_TRAINING_MIN_STEPS"] = str(args.min_steps)
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--topn", type=int, default=30)
     p.add_argument("--gate-min", type=int, default=15, help="gate's minimum held-out questions")
     p.add_argument("--heldout-fraction", type=float, default=0.3)
+    p.add_argument("--calibration-min", type=int, default=8,
+                   help="AGRO_TRAINING_CALIBRATION_MIN_QUERIES (a feedback half of ~50 questions leaves ~8-10)")
     p.add_argument("--backend", default="auto", help="reranker backend for scoring (auto = bf16 on native-bf16 CPUs)")
     p.add_argument("--max-corpora", type=int, default=0, help="bootstrap only the first N corpora (0 = all)")
     p.add_argument("--out", help="write the figures as JSON here")
