@@ -241,6 +241,7 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
     per_query = {names[c]: report.per_query[c]["span"] for c in report.configs}
     decision = gate(per_query, delta=ts.promote_delta, min_queries=ts.promote_min_queries, seed=ts.seed)
     decision.figures["levels"] = {c: report.metrics[c] for c in report.configs}
+    decision.figures["candidate_blend"] = run.get("blend")  # the alpha the candidate was judged (and would serve) at
     from training.evaluate import format_table
 
     table = format_table(report)
