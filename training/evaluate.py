@@ -588,9 +588,25 @@ def make_rerank_fn(loaded_model: Any, settings: Any, cache: Any = None) -> Reran
     return fn
 
 
+def _model_manifest(model_dir: Path) -> dict[str, Any] | None:
+    """A release folder's ``manifest.json``, or for a run's ``model/`` folder its ``run.json`` (both may carry the
+    calibrated ``blend``); None for any other folder or hub id."""
+    for p in (model_dir / "manifest.json", model_dir.parent / "run.json"):
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and (p.name == "manifest.json" or model_dir.name == "model"):
+            return m
+    return None
+
+
 def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | None = None,
                    manifest: dict[str, Any] | None = None) -> RerankFn:
     """Load a cross-encoder (a candidate run or a release folder) and adapt it with :func:`make_rerank_fn`.
+
+    It is blended as it would be served: with the calibrated alpha of ``manifest`` (default: the release's
+    ``manifest.json`` or the run's ``run.json``), unless the settings set alpha explicitly.
 
     Raises:
         reranker.model.RerankerLoadError: when the folder holds no usable cross-encoder.
@@ -603,6 +619,8 @@ def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | No
         threads=settings.threads, release_id=release_id,
     )
     # The manifest's ``blend`` (a calibrated alpha) weighs this model as serving would.
+    if manifest is None:
+        manifest = _model_manifest(Path(model_ref))
     loaded = LoadedReranker(scorer=scorer, model_id=release_id or str(model_ref), release_id=release_id,
                             target=str(model_ref), manifest=manifest)
     return make_rerank_fn(loaded, settings)

@@ -225,9 +225,7 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
     try:
         report = run_evaluation(
             queries_from_feedback(rows), Path(engine.home), engine.settings.index, engine.settings.retrieval,
-            configs=configs, rerank_fn=rerank_fn, candidate_model=str(d / "model"),
-            candidate_rerank_fn=load_rerank_fn(d / "model", rr, manifest={"blend": run.get("blend")}),
-            reranker_settings=rr,
+            configs=configs, rerank_fn=rerank_fn, candidate_model=str(d / "model"), reranker_settings=rr,
             model=str(cur.get("id")) if cur else None, embedder=engine.embedder(), levels=("span", "file"),
             index_backend=engine.indexes,
             k=50, progress=lambda i, n: ctx.progress(0.8 + 0.15 * i / max(n, 1), f"evaluating {i}/{n}"),

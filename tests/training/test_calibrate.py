@@ -37,3 +37,21 @@ def test_the_best_alpha_wins_and_a_tie_goes_to_the_configured_one():
     assert pick_alpha({0.1: 0.40, 0.3: 0.45, 0.7: 0.41}, 0.7) == 0.3
     assert pick_alpha({0.1: 0.5, 0.5: 0.5, 0.9: 0.5}, 0.7) == 0.5
     assert pick_alpha({0.2: 0.5, 0.6: 0.5}, 0.4) == 0.2  # equally close: the smaller weight
+
+
+def test_a_candidate_or_release_is_evaluated_with_its_own_blend(tmp_path):
+    import json
+
+    from training.evaluate import _model_manifest
+
+    run = tmp_path / "runs" / "r1"
+    (run / "model").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"run_id": "r1", "blend": {"alpha": 0.2}}))
+    assert _model_manifest(run / "model")["blend"] == {"alpha": 0.2}
+    rel = tmp_path / "releases" / "rel-1"
+    rel.mkdir(parents=True)
+    (rel / "manifest.json").write_text(json.dumps({"id": "rel-1", "blend": {"alpha": 0.4}}))
+    assert _model_manifest(rel)["blend"] == {"alpha": 0.4}
+    other = tmp_path / "somewhere"
+    other.mkdir()
+    assert _model_manifest(other) is None
