@@ -500,35 +500,26 @@ class PgEventStore:
 
     def chunk_texts(self, hashes: Iterable[str]) -> dict[str, str]:
         """Texts for many hashes at once; missing hashes are absent from the result."""
-        wanted = list(dict.fromkeys(hashes))
-        page = _store._PAGE
-
-        def q(conn: Any) -> dict[str, str]:
-            out: dict[str, str] = {}
-            for i in range(0, len(wanted), page):
-                part = wanted[i : i + page]
-                out.update(
-                    conn.execute("SELECT hash, text FROM agro_chunk_texts WHERE hash = ANY(%s)", (part,)).fetchall()
-                )
-            return out
-
-        return self._read(q, "chunk_texts") if wanted else {}
+        return self._chunk_column(hashes, "text")
 
     def chunk_symbols(self, hashes: Iterable[str]) -> dict[str, str | None]:
         """The symbol stored with each chunk text (``None`` for a chunk without one); missing hashes are absent."""
+        return self._chunk_column(hashes, "symbol")
+
+    def _chunk_column(self, hashes: Iterable[str], column: str) -> dict[str, Any]:
+        assert column in ("text", "symbol")
         wanted = list(dict.fromkeys(hashes))
         page = _store._PAGE
 
-        def q(conn: Any) -> dict[str, str | None]:
-            out: dict[str, str | None] = {}
+        def q(conn: Any) -> dict[str, Any]:
+            out: dict[str, Any] = {}
             for i in range(0, len(wanted), page):
                 part = wanted[i : i + page]
-                out.update(
-                    conn.execute("SELECT hash, symbol FROM agro_chunk_texts WHERE hash = ANY(%s)", (part,)).fetchall()
-                )
+                out.update(conn.execute(f"SELECT hash, {column} FROM agro_chunk_texts WHERE hash = ANY(%s)",
+                                        (part,)).fetchall())
             return out
 
-        return self._read(q, "chunk_symbols") if wanted else {}
+        return self._read(q, f"chunk_{column}s") if wanted else {}
 
     # ---------------------------------------------------------------------------------------- feedback
     def add_feedback(

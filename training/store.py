@@ -634,24 +634,21 @@ class EventStore:
 
     def chunk_texts(self, hashes: Iterable[str]) -> dict[str, str]:
         """Texts for many hashes at once; missing hashes are absent from the result."""
-        wanted = list(dict.fromkeys(hashes))
-        out: dict[str, str] = {}
-        conn = self._conn()
-        for i in range(0, len(wanted), _PAGE):
-            part = wanted[i : i + _PAGE]
-            marks = ",".join("?" * len(part))
-            out.update(conn.execute(f"SELECT hash, text FROM chunk_texts WHERE hash IN ({marks})", part).fetchall())
-        return out
+        return self._chunk_column(hashes, "text")
 
     def chunk_symbols(self, hashes: Iterable[str]) -> dict[str, str | None]:
         """The symbol stored with each chunk text (``None`` for a chunk without one); missing hashes are absent."""
+        return self._chunk_column(hashes, "symbol")
+
+    def _chunk_column(self, hashes: Iterable[str], column: str) -> dict[str, Any]:
+        assert column in ("text", "symbol")
         wanted = list(dict.fromkeys(hashes))
-        out: dict[str, str | None] = {}
+        out: dict[str, Any] = {}
         conn = self._conn()
         for i in range(0, len(wanted), _PAGE):
             part = wanted[i : i + _PAGE]
             marks = ",".join("?" * len(part))
-            out.update(conn.execute(f"SELECT hash, symbol FROM chunk_texts WHERE hash IN ({marks})", part).fetchall())
+            out.update(conn.execute(f"SELECT hash, {column} FROM chunk_texts WHERE hash IN ({marks})", part).fetchall())
         return out
 
     # ---------------------------------------------------------------------------------------- feedback
