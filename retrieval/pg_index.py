@@ -188,6 +188,15 @@ class PgIndexBackend:
 
         return [Chunk(*r) for r in self.db.read(q, "all_chunks")]
 
+    def all_vectors(self, corpus: str) -> np.ndarray:
+        """Every chunk's embedding, in the order of :meth:`all_chunks` (for in-memory views of the corpus)."""
+        def q(conn):
+            return conn.execute("SELECT embedding FROM agro_chunks WHERE corpus = %s ORDER BY path, start_line, id",
+                                (corpus,)).fetchall()
+
+        rows = self.db.read(q, "all_vectors")
+        return np.stack([_as_array(r[0]) for r in rows]).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+
     def close(self) -> None:
         """The pool is shared by the process (index and event store); it is closed by retrieval.pgdb.close_all."""
 

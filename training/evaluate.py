@@ -645,6 +645,7 @@ def run_evaluation(
     k: int = RUN_TOP_K,
     progress: Callable[[int, int], None] | None = None,
     index_backend: Any = None,
+    generations: Mapping[str, Any] | None = None,
 ) -> EvalReport:
     """Index what the dataset needs (reusing existing indexes), run the configurations, return the report.
 
@@ -665,6 +666,7 @@ def run_evaluation(
         limit: score only the first ``limit`` queries (smoke runs).
         k: results kept per query (Recall@50 needs at least 50).
         index_backend: where the corpora are indexed (``Engine.indexes``); default: the embedded backend in ``home``.
+        generations: corpus -> generation to search instead of the corpus's current one (the gate's views).
 
     Raises:
         EvalError: on an empty set, an unknown config, a missing reranker or a corpus with no index and no root.
@@ -702,7 +704,8 @@ def run_evaluation(
 
         index_backend = EmbeddedIndexBackend(home)
     gens = {
-        c: _ensure_index(index_backend, c, known_roots.get(c), index_settings, retrieval_settings, embedder)
+        c: (generations or {}).get(c)
+        or _ensure_index(index_backend, c, known_roots.get(c), index_settings, retrieval_settings, embedder)
         for c in dict.fromkeys(q.corpus for q in queries)
     }
     fused_cache: dict[str, Ranking] = {}

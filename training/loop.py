@@ -18,6 +18,7 @@ from training.calibrate import calibrate_alpha, calibration_split
 from training.miners import (
     MinedSplit,
     Triplet,
+    extract_doc_pair,
     heldout_questions,
     mine_bootstrap,
     mine_feedback,
@@ -180,6 +181,33 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
     return run
 
 
+def bootstrap_gate_views(engine: Any, heldout: Sequence[Triplet]) -> dict[str, Any]:
+    """corpus -> an in-memory view of its index in which each held-out corpus-bootstrap answer has lost its
+    docstring (the question). Without it, retrieval finds a docstring question verbatim in its own chunk and no
+    reranker can beat it; real questions do not quote the code's documentation."""
+    from retrieval.view import replaced_view
+
+    wanted: dict[str, set[str]] = {}
+    for t in heldout:
+        if t.source == "corpus_bootstrap":
+            wanted.setdefault(t.corpus, set()).add(t.positive_doc_id)
+    views = {}
+    for corpus, doc_ids in wanted.items():
+        try:
+            gen = engine.generation(corpus)
+        except (ValueError, OSError):
+            continue
+        texts = {}
+        for c in gen.chunks:
+            if c.doc_id in doc_ids:
+                pair = extract_doc_pair(c.text, c.language)
+                if pair is not None:
+                    texts[c.doc_id] = pair[1]
+        if texts:
+            views[corpus] = replaced_view(gen, texts, engine.embedder(), engine.settings.retrieval)
+    return views
+
+
 def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
     """Candidate vs current release vs retrieval alone on the run's held-out questions, and the gate's decision.
 
@@ -222,12 +250,16 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
         write_json_atomic(d / "evaluation.json", result)
         return result
     ctx.log("evaluating run %s on %d held-out questions (%s + candidate)", run_id, len(rows), ", ".join(configs))
+    views = bootstrap_gate_views(engine, split.heldout)
+    for c, v in views.items():
+        notes.append(f"corpus-bootstrap questions of {c} scored on a view of the index without their answers' "
+                     f"docstrings ({v.generation_id})")
     try:
         report = run_evaluation(
             queries_from_feedback(rows), Path(engine.home), engine.settings.index, engine.settings.retrieval,
             configs=configs, rerank_fn=rerank_fn, candidate_model=str(d / "model"), reranker_settings=rr,
             model=str(cur.get("id")) if cur else None, embedder=engine.embedder(), levels=("span", "file"),
-            index_backend=engine.indexes,
+            index_backend=engine.indexes, generations=views,
             k=50, progress=lambda i, n: ctx.progress(0.8 + 0.15 * i / max(n, 1), f"evaluating {i}/{n}"),
         )
     except EvalError as exc:
