@@ -150,9 +150,8 @@ def rerank(
         missing = [i for i, s in enumerate(scores) if s is None]
         cached = n_head - len(missing)
         if missing:
-            new = _score_with_deadline(
-                loaded, query, [located_text(head[i].chunk.path, head[i].chunk.symbol, head[i].chunk.text) for i in missing], settings.batch, settings.timeout_ms
-            )
+            texts = [located_text(head[i].chunk.path, head[i].chunk.symbol, head[i].chunk.text) for i in missing]
+            new = _score_with_deadline(loaded, query, texts, settings.batch, settings.timeout_ms)
             if len(new) != len(missing):
                 raise _Fallback(f"reranker returned {len(new)} scores for {len(missing)} candidates")
             for i, s in zip(missing, new):
