@@ -148,6 +148,7 @@ def main(argv=None) -> int:
         figures["user"] = simulate_user(eng, corpora[0], train_q, args.k) if len(corpora) == 1 else None
         run_id, res = run_job(eng.store, home, "loop", lambda ctx: run_loop(eng, ctx, ["feedback"]))
         figures["loop"] = {"run_id": run_id, "decision": res.get("decision"), "gate": res.get("gate"),
+                           "mined": res.get("mined"), "blend": res.get("blend"),
                            "trained_sec": res.get("trained_sec"), "loop_sec": round(time.time() - t0, 1)}
         cand = home / "models" / "runs" / run_id / "model"
         figures["test_half"] = score(eng, test_q, cand if cand.is_dir() else None, "test half (feedback loop)")
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
                                   lambda ctx, c=c: run_bootstrap(eng, ctx, c, promote=True))
             gate = res.get("gate") or {}
             per_corpus[c] = {"run_id": run_id, "decision": res.get("decision"), "gate": gate.get("reasons"),
-                             "mined": (res.get("split") or {}).get("sources"), "sec": round(time.time() - t0, 1)}
+                             "mined": res.get("mined"), "alpha": (res.get("blend") or {}).get("alpha"),
+                             "sec": round(time.time() - t0, 1)}
             logger.info("bootstrap %s: %s", c, per_corpus[c])
             cand = home / "models" / "runs" / run_id / "model"
             qs = [q for q in bench.queries if q.corpus == c]

@@ -338,7 +338,7 @@ def run_loop(
     run = train_step(engine, ctx, split, extra={"sources": list(sources)})
     ev = evaluate_run(engine, ctx, ctx.run_id)
     out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": ev["decision"],
-                           "table": ev.get("table")}
+                           "table": ev.get("table"), "mined": split.info.get("sources"), "blend": run.get("blend")}
     if not promote:
         out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
         return out
