@@ -13,7 +13,7 @@ An ``AGRO_RERANKER_ALPHA`` set by the user always wins over the release's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,13 @@ def calibrate_alpha(
     *,
     grid: Sequence[float] = ALPHA_GRID,
     progress: Callable[[int, int], None] | None = None,
+    generations: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the candidate in ``model_dir`` on the calibration questions at every alpha of ``grid``.
 
     The cross-encoder runs once per question (a score cache is shared by the grid); only the blend changes.
+    ``generations`` are the views the gate uses (corpus-bootstrap questions without their answers' docstrings), so
+    the weight is chosen on the same footing as it is judged.
     Returns ``{"alpha", "level", "n_queries", "mrr_by_alpha", "fused_mrr"}``.
     """
     from reranker.cache import ScoreCache
@@ -85,7 +88,8 @@ def calibrate_alpha(
         fn = make_rerank_fn(loaded, rr.model_copy(update={"alpha": float(a)}), cache)
         report = run_evaluation(queries, Path(engine.home), engine.settings.index, engine.settings.retrieval,
                                 configs=("fused",), candidate_rerank_fn=fn, embedder=engine.embedder(),
-                                levels=("span", "file"), index_backend=engine.indexes, k=50)
+                                levels=("span", "file"), index_backend=engine.indexes, generations=generations,
+                                k=50)
         if not report.metrics["fused+candidate"].get("span"):
             level = "file"
         mrr[float(a)] = float(report.metrics["fused+candidate"][level]["MRR@10"])
@@ -97,5 +101,5 @@ def calibrate_alpha(
                 len(rows), level, alpha, mrr[alpha], fused_mrr,
                 ", ".join(f"{a:.1f}: {m:.3f}" for a, m in mrr.items()))
     return {"alpha": alpha, "level": level, "n_queries": len(rows), "mrr_by_alpha": {str(a): m for a, m in mrr.items()},
-            "fused_mrr": fused_mrr}
+            "fused_mrr": fused_mrr, "views": sorted(generations or {})}
 

@@ -172,7 +172,8 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
     if calibration:
         ctx.log("calibrating the blend weight of run %s on %d calibration triplets", ctx.run_id, len(calibration))
         blend = calibrate_alpha(engine, run_dir(models_dir, ctx.run_id) / "model", calibration,
-                                progress=lambda i, n: ctx.progress(0.75 + 0.05 * i / n, f"calibrating alpha {i}/{n}"))
+                                progress=lambda i, n: ctx.progress(0.75 + 0.05 * i / n, f"calibrating alpha {i}/{n}"),
+                                generations=bootstrap_gate_views(engine, calibration))
     else:
         blend = {"alpha": None, "reason": split.info.get("calibration", {}).get("reason", "calibration is off "
                  "(AGRO_TRAINING_CALIBRATE_ALPHA=0)")}

@@ -67,6 +67,7 @@ def test_bootstrap_then_jobs_runs_promote_and_rollback_from_the_cli(env, capsys,
     blend = run_json["blend"]
     assert blend["alpha"] in [float(a) for a in blend["mrr_by_alpha"]] and blend["n_queries"] >= 3
     assert run_json["split"]["calibration"]["queries"] == blend["n_queries"]
+    assert blend["views"] == ["demo"]  # calibrated on the same docstring-free view the gate judges on
     # the gate scored the docstring questions on a view of the index without their answers' docstrings
     evaluation = json.loads((env / "home" / "models" / "runs" / run_id / "evaluation.json").read_text())
     assert any("without their answers' docstrings" in n for n in evaluation["notes"])
