@@ -334,6 +334,20 @@ def query_event_from_hits(
     return event, texts
 
 
+def _set_wal(conn: sqlite3.Connection) -> str:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the lock. Two processes opening a new
+    database at once can get "database is locked" here at once: SQLite does not call the busy handler for this
+    lock upgrade (seen as a failed ``agro serve`` start when two MCP clients started together)."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 class EventStore:
     """Durable store for the learning loop. Safe to share across threads and processes.
 
@@ -365,7 +379,7 @@ class EventStore:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _set_wal(conn)
             if mode.lower() != "wal":
                 raise StoreError(f"{self.db_path}: SQLite refused WAL mode (got {mode!r}); use a local disk")
             conn.execute("PRAGMA synchronous=FULL")

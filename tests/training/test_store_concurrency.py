@@ -125,3 +125,30 @@ def test_writers_killed_mid_stream_lose_nothing_acknowledged_and_leave_the_store
             mine = {note for note in stored if note.startswith(f"r{round_}w{w}-")}
             # At most the call in flight (committed, not yet acknowledged) is extra.
             assert len(mine) - len(acked) in (0, 1)
+
+
+OPEN_SCRIPT = """
+import sys, time
+from pathlib import Path
+from training.store import EventStore
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+EventStore(Path(sys.argv[1])).close()
+"""
+
+
+def test_processes_opening_one_new_database_at_the_same_instant_all_start(tmp_path: Path) -> None:
+    # Two MCP clients starting together each spawn `agro serve`; both open (and migrate) a fresh agro.db.
+    for round_ in range(3):
+        db = tmp_path / f"fresh{round_}" / "agro.db"
+        db.parent.mkdir()
+        start = time.time() + 1.5
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_SCRIPT, str(db), str(start)], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(6)]
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err.decode()
+        with EventStore(db) as s:
+            assert s.schema_version() > 0
