@@ -319,6 +319,7 @@ class RerankerManager:
             loaded, cand = self._loaded, self._resolved
             last_check, last_error = self._last_check, self._last_error
         scorer = loaded.scorer if loaded else None
+        alpha, alpha_source = effective_alpha(loaded, s)
         return {
             "enabled": s.enabled,
             "model_path": s.model_path,
@@ -334,8 +335,8 @@ class RerankerManager:
             "dtype": getattr(scorer, "dtype", None),
             "device": getattr(scorer, "device", None),
             "layers": getattr(scorer, "layers", None),
-            "alpha": effective_alpha(loaded, s)[0],
-            "alpha_source": effective_alpha(loaded, s)[1],
+            "alpha": alpha,
+            "alpha_source": alpha_source,
             "topn": s.topn,
             "batch": s.batch,
             "maxlen": s.maxlen,
