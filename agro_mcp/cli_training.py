@@ -294,6 +294,24 @@ def cmd_bootstrap(args, settings) -> int:
     return _print_loop(run_id, res)
 
 
+def cmd_pretrain(args, settings) -> int:
+    from training.pretrain import run_pretrain
+
+    run_id, res = _run(settings, "pretrain",
+                       lambda eng, ctx: run_pretrain(settings, ctx, args.source, cap=args.cap, max_pairs=args.max_pairs,
+                                                     embedder=eng.embedder()))
+    if args.json:
+        echo(json.dumps({"run_id": run_id, **res}, indent=1, default=str))
+        return 0
+    if res.get("table"):
+        echo(res["table"])
+    m = res["manifest"]
+    echo(f"run {run_id}: base {res['base']} trained on {m['train_triplets']} (docstring, code) pairs of {m['source']} "
+         f"({m['chunks']} chunks) in {m['elapsed_sec']:.0f}s; models/base/current -> {res['base']}. "
+         "Training runs with no release now start from it (agro bootstrap, agro loop).")
+    return 0
+
+
 def cmd_promote(args, settings) -> int:
     from training.admin import _latest_trained
     from training.loop import promote_step
@@ -417,6 +435,13 @@ def register(sub) -> None:
     s.add_argument("--corpus")
     s.add_argument("--no-promote", action="store_true")
     s.set_defaults(func=_guard(cmd_bootstrap))
+    s = sub.add_parser("pretrain", help="pre-train the base reranker offline on documented code (default: the "
+                       "Python standard library); later runs start from it")
+    s.add_argument("--source", help="folder of documented code (default: this interpreter's standard library)")
+    s.add_argument("--cap", type=int, help="(docstring, code) pairs to mine (default AGRO_TRAINING_PRETRAIN_CAP)")
+    s.add_argument("--max-pairs", type=int, help="training pairs (default AGRO_TRAINING_PRETRAIN_MAX_PAIRS)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_guard(cmd_pretrain))
     s = sub.add_parser("promote", help="gate a trained run and promote it if it wins")
     s.add_argument("run_id", nargs="?", help="default: the newest succeeded run")
     s.add_argument("--force", action="store_true", help="promote even if the gate refuses (recorded as forced)")

@@ -52,6 +52,18 @@ def _settings(home: Path, args):
     return load_settings(env)
 
 
+def _install_base(home: Path, base: str | None) -> None:
+    """``home/models/base/current`` -> the given pre-trained base (what ``agro pretrain`` would have left)."""
+    if not base:
+        return
+    src = Path(base).resolve()
+    if not (src / "manifest.json").is_file():
+        raise SystemExit(f"--base {src} has no manifest.json: pass a models/base/<id> folder made by agro pretrain")
+    root = home / "models" / "base"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "current").symlink_to(src)
+
+
 def _overlaps(hit, gold) -> bool:
     return hit.path == gold.path and (gold.start_line is None or (
         hit.start_line <= gold.end_line and gold.start_line <= hit.end_line))
@@ -120,6 +132,9 @@ def main(argv=None) -> int:
                    help="AGRO_TRAINING_CALIBRATION_MIN_QUERIES (a feedback half of ~50 questions leaves ~8-10)")
     p.add_argument("--backend", default="auto", help="reranker backend for scoring (auto = bf16 on native-bf16 CPUs)")
     p.add_argument("--max-corpora", type=int, default=0, help="bootstrap only the first N corpora (0 = all)")
+    p.add_argument("--base", help="a pre-trained base (models/base/<id> of `agro pretrain`): every fresh home of the "
+                   "bench gets it as models/base/current, as if the user had run agro pretrain once; the test half "
+                   "is also scored with the base alone (no feedback)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -137,6 +152,7 @@ def main(argv=None) -> int:
 
     if not args.no_feedback:
         home = base_home / "feedback"
+        _install_base(home, args.base)
         eng = Engine(_settings(home, args))
         corpora = sorted(bench.roots)
         for c in corpora:
@@ -144,6 +160,9 @@ def main(argv=None) -> int:
         qs = list(bench.queries)
         random.Random(args.seed).shuffle(qs)
         train_q, test_q = qs[: len(qs) // 2], qs[len(qs) // 2:]
+        if args.base:
+            figures["test_half_base_alone"] = score(eng, test_q, Path(args.base).resolve(),
+                                                    "test half (pre-trained base alone, no feedback)")
         t0 = time.time()
         figures["user"] = simulate_user(eng, corpora[0], train_q, args.k) if len(corpora) == 1 else None
         run_id, res = run_job(eng.store, home, "loop", lambda ctx: run_loop(eng, ctx, ["feedback"]))
@@ -163,6 +182,7 @@ def main(argv=None) -> int:
         corpora = sorted(bench.roots)[: args.max_corpora or None]
         for c in corpora:
             home = base_home / "bootstrap" / c if len(bench.roots) > 1 else base_home / "bootstrap"
+            _install_base(home, args.base)
             eng = Engine(_settings(home, args))
             eng.index(bench.roots[c], c)
             t0 = time.time()

@@ -19,6 +19,8 @@ Sections (``--only``, comma-separated, run in this order):
                ``Engine.search`` path (validation, fused search, stale check, event log) on the same indexes.
 * ``quality``  ``training.evaluate.run_evaluation`` on each ``../shared/bench`` collection (bm25, dense, fused) next
                to the BM25 reference figures of ``../shared/bench/README.md``.
+* ``querywin`` long queries (the SWE-bench issue texts): dense and fused quality, and query embedding time, when a
+               query is embedded as 1, 2, 4 or 8 windows (``AGRO_RETRIEVAL_QUERY_WINDOWS``).
 * ``bm25libs`` our ``retrieval.lexical.BM25Index`` vs ``rank-bm25`` vs ``bm25s`` on the same tokenised chunks.
 
 Figures go to stdout as plain tables; progress and logs go to stderr. Everything is written under ``--home``
@@ -57,7 +59,7 @@ from retrieval.types import Chunk  # noqa: E402
 
 logger = logging.getLogger("bench_search")
 
-SECTIONS = ("build", "refresh", "latency", "quality", "bm25libs")
+SECTIONS = ("build", "refresh", "latency", "quality", "querywin", "bm25libs")
 COLLECTIONS = ("docstring_boltons", "docstring_httpx", "docstring_jinja", "swebench_lite_dev")
 MODES = ("bm25", "dense", "fused")
 
@@ -544,6 +546,44 @@ def section_quality(ctx: Context) -> None:
     sys.stdout.flush()
 
 
+# ------------------------------------------------------------------------------------------------ querywin
+
+
+def section_querywin(ctx: Context) -> None:
+    """Long queries (pasted issues): quality and embedding time against the number of query windows embedded."""
+    from training.evaluate import load_bench, run_evaluation
+
+    args = ctx.args
+    emb = ctx.embedder()
+    coll = "swebench_lite_dev"
+    texts = [q.query for q in load_bench(BENCH / coll).queries]
+    n_tokens = [len(emb.tokenizer(t, add_special_tokens=False, truncation=False)["input_ids"]) for t in texts]
+    rows = []
+    for w in args.query_windows:
+        emb.set_query_windows(w)
+        ms = []
+        for t in texts:
+            t0 = time.perf_counter()
+            emb.encode_query(t, cache=False)
+            ms.append((time.perf_counter() - t0) * 1000)
+        report = run_evaluation(BENCH / coll, ctx.home, IndexSettings(), RetrievalSettings(query_windows=w),
+                                configs=("dense", "fused"), embedder=emb)
+        for lv in ("file", "span"):
+            for mode in ("dense", "fused"):
+                m = report.metrics[mode].get(lv)
+                if m:
+                    rows.append((w, lv, mode, report.n_by_level[lv], m["MRR@10"], m["Hit@1"], m["Hit@10"],
+                                 statistics.median(ms), pct(ms, 95)))
+    emb.set_query_windows(RetrievalSettings().query_windows)
+    window = emb.max_tokens - 2
+    print_table(f"querywin: {coll}, query embedding windows (the lexical side always reads the whole query)",
+                ("windows", "level", "config", "n", "MRR@10", "Hit@1", "Hit@10", "embed p50 ms", "embed p95 ms"),
+                rows,
+                [f"{len(texts)} issue texts: {statistics.median(n_tokens):.0f} tokens median, {max(n_tokens)} max; "
+                 f"one window = {window} tokens; embed = Embedder.encode_query without its cache, "
+                 f"{emb.dtype}, 1 query at a time"])
+
+
 # ------------------------------------------------------------------------------------------------ bm25libs
 
 
@@ -664,6 +704,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=200, help="latency/bm25libs: number of queries")
     p.add_argument("--rank-bm25-queries", type=int, default=30, help="bm25libs: queries timed for rank-bm25 (slow)")
     p.add_argument("--collections", default=",".join(COLLECTIONS), help="quality: bench collections")
+    p.add_argument("--query-windows", default="1,2,4,8", help="querywin: query window counts to compare")
     p.add_argument("--seed", type=int, default=20240601)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -674,6 +715,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.latency_sizes = [int(x) for x in args.latency_sizes.split(",")]
     args.bm25_sizes = [int(x) for x in args.bm25_sizes.split(",")]
     args.collections = [c.strip() for c in args.collections.split(",") if c.strip()]
+    args.query_windows = [int(x) for x in args.query_windows.split(",")]
     for c in args.collections:
         if c not in REFERENCE:
             p.error(f"--collections expects names among {COLLECTIONS}, but got {c!r}")
@@ -692,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# sections: {', '.join(args.only)}; repo {ctx.repo}")
     sys.stdout.flush()
     funcs = {"build": section_build, "refresh": section_refresh, "latency": section_latency,
-             "quality": section_quality, "bm25libs": section_bm25libs}
+             "quality": section_quality, "querywin": section_querywin, "bm25libs": section_bm25libs}
     for name in SECTIONS:
         if name in args.only:
             t = time.perf_counter()

@@ -18,14 +18,15 @@ __all__ = ["Embedder", "load_embedder"]
 
 logger = logging.getLogger(__name__)
 
-MAX_QUERY_WINDOWS = 8
+MAX_QUERY_WINDOWS = 8  # default of RetrievalSettings.query_windows
 QUERY_CACHE_SIZE = 512
 
 
 class Embedder:
     """Encodes chunks and queries into L2-normalised float32 vectors."""
 
-    def __init__(self, model_ref: str, dtype: str = "auto", max_tokens: int = 256, batch: int = 32) -> None:
+    def __init__(self, model_ref: str, dtype: str = "auto", max_tokens: int = 256, batch: int = 32,
+                 query_windows: int = MAX_QUERY_WINDOWS) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -40,6 +41,9 @@ class Embedder:
         self._model.max_seq_length = max_tokens
         self.max_tokens = max_tokens
         self.batch = batch
+        if query_windows < 1:
+            raise ValueError(f"query_windows expects at least 1, but got {query_windows}")
+        self.query_windows = int(query_windows)
         self.dim = int(self._model.get_embedding_dimension())
         self._lock = threading.Lock()
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -81,6 +85,14 @@ class Embedder:
                 progress(min(step, len(texts) - i))
         return np.concatenate(out)
 
+    def set_query_windows(self, n: int) -> None:
+        """Embed long queries as at most ``n`` windows from now on (cached query vectors are dropped)."""
+        if n < 1:
+            raise ValueError(f"query_windows expects at least 1, but got {n}")
+        with self._lock:
+            self.query_windows = int(n)
+            self._query_cache.clear()
+
     def encode_query(self, text: str, cache: bool = True) -> np.ndarray:
         """One vector for a query of any length; repeated queries come from a small LRU cache."""
         if not cache:
@@ -102,16 +114,15 @@ class Embedder:
         """One vector for a query of any length.
 
         A query longer than the model's window (an assistant may paste a whole issue) is split into token windows
-        (at most ``MAX_QUERY_WINDOWS``); their normalised vectors are averaged and renormalised, so every part of
+        (at most ``query_windows``, the first ones); their normalised vectors are averaged and renormalised, so every part of
         the text counts instead of only its first 256 tokens.
         """
         ids = self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
         window = self.max_tokens - 2
         if len(ids) <= window:
             return self._encode([text], 1)[0]
-        pieces = [
-            self.tokenizer.decode(ids[i : i + window]) for i in range(0, len(ids), window)
-        ][:MAX_QUERY_WINDOWS]
+        ids = ids[: window * self.query_windows]
+        pieces = [self.tokenizer.decode(ids[i : i + window]) for i in range(0, len(ids), window)]
         vecs = self._encode(pieces, len(pieces))
         mean = vecs.mean(axis=0)
         return (mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32)
@@ -129,4 +140,5 @@ def _quantize_int8(model):
 
 
 def load_embedder(settings: RetrievalSettings, batch: int = 32) -> Embedder:
-    return Embedder(settings.embed_model, settings.embed_dtype, settings.embed_max_tokens, batch)
+    return Embedder(settings.embed_model, settings.embed_dtype, settings.embed_max_tokens, batch,
+                    query_windows=settings.query_windows)

@@ -62,6 +62,11 @@ class RetrievalSettings(BaseModel):
     embed_max_tokens: int = Field(
         128, ge=16, le=512, description="Tokens per chunk for the bi-encoder (MiniLM was trained at 128; measured best)"
     )
+    query_windows: int = Field(
+        8, ge=1, le=64,
+        description="A query longer than one embedding window (a pasted issue) is embedded as at most this many "
+        "windows, the first ones, averaged. Fewer = faster long queries; the lexical side always reads all of it.",
+    )
     bm25_k1: float = Field(1.2, gt=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
     rrf_k: int = Field(60, ge=1)

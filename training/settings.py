@@ -18,7 +18,8 @@ class TrainingSettings(BaseModel):
     min_steps: int = Field(
         200, ge=0,
         description="Fewest optimiser steps a run takes: small data sets get more epochs (at most max_epochs) so a "
-        "fresh head is not left near random after a handful of steps. 0 = exactly `epochs`.",
+        "fresh head is not left near random after a handful of steps. 0 = exactly `epochs`. A base that already ranks "
+        "(a release, the agro pretrain base) always trains exactly `epochs`.",
     )
     max_epochs: int = Field(30, ge=1, description="Ceiling on the epochs that min_steps may add.")
     calibrate_alpha: bool = Field(
@@ -38,6 +39,10 @@ class TrainingSettings(BaseModel):
     min_triplets: int = Field(20, ge=1)
     bootstrap_cap: int = Field(3000, ge=10)
     max_train_pairs: int | None = Field(6000, ge=10, description="Cap on (query, text) training pairs per run.")
+    pretrain_cap: int = Field(4000, ge=10, description="agro pretrain: (docstring, code) pairs mined from its corpus.")
+    pretrain_max_pairs: int = Field(
+        8000, ge=10, description="agro pretrain: cap on (query, text) training pairs (500 steps at batch 16).",
+    )
     promote_delta: float = Field(0.02, ge=0, description="Relative MRR@10 gain required to promote.")
     promote_min_queries: int = Field(30, ge=1)
     bf16: bool = Field(True, description="bf16 autocast when the CPU supports it.")

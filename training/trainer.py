@@ -3,7 +3,8 @@
 A run writes only to ``models/runs/<run_id>/``: ``data/`` (the mined split), ``model/`` (the candidate, never
 served from there) and ``run.json`` (config, base model, data hashes, split, per-epoch metrics, state), replaced
 atomically at each change of state. The base is the current release when there is one, else
-``TrainingSettings.base_model``, else the offline MiniLM backbone with a fresh head.
+``TrainingSettings.base_model``, else the pre-trained base of ``agro pretrain`` (``models/base/current``), else the
+offline MiniLM backbone with a fresh head.
 
 With ``TrainingSettings.student_layers`` the base is cut to its first N transformer layers (a faster student). When
 it was cut from a trained model (or ``distill_teacher`` names one) and the loss is ``bce``, the student is distilled:
@@ -57,7 +58,7 @@ class TrainingCancelled(TrainingError):
 
 @dataclass(frozen=True, slots=True)
 class BaseModel:
-    """Where a run starts from: ``kind`` is ``release``, ``configured`` or ``backbone`` (fresh head)."""
+    """Where a run starts from: ``kind`` is ``release``, ``configured``, ``pretrained`` or ``backbone`` (fresh head)."""
 
     ref: str
     kind: str
@@ -118,7 +119,8 @@ def load_split(d: Path) -> MinedSplit:
 
 
 def resolve_base(models_dir: Path, base_model: str | None, workdir: Path, num_layers: int | None = None) -> BaseModel:
-    """The current release, else ``base_model``, else a fresh-head MiniLM cross-encoder built in ``workdir``.
+    """The current release, else ``base_model``, else the pre-trained base (``models/base/current``, made by
+    ``agro pretrain``), else a fresh-head MiniLM cross-encoder built in ``workdir``.
 
     ``num_layers`` only shapes the fresh-head case (its backbone is cut there); a release or a configured base is
     cut when training loads it.
@@ -137,6 +139,11 @@ def resolve_base(models_dir: Path, base_model: str | None, workdir: Path, num_la
         from retrieval.models import resolve_model_ref
 
         return BaseModel(resolve_model_ref(base_model), "configured")
+    from training.pretrain import current_base
+
+    pre = current_base(Path(models_dir).parent)
+    if pre is not None:
+        return BaseModel(pre["_dir"], "pretrained", str(pre.get("id")))
     from reranker.model import create_from_backbone
 
     out = create_from_backbone(Path(workdir) / "base", num_layers=num_layers)
@@ -355,8 +362,18 @@ def _make_student(model: Any, base: BaseModel, dataset: Any, settings: Any, mani
     return dataset
 
 
-def planned_epochs(steps_per_epoch: int, settings: Any) -> int:
-    """``settings.epochs``, raised so the run takes at least ``min_steps`` steps, but never past ``max_epochs``."""
+TRAINED_BASES = ("release", "pretrained")
+
+
+def planned_epochs(steps_per_epoch: int, settings: Any, base_kind: str = "backbone") -> int:
+    """``settings.epochs``, raised so the run takes at least ``min_steps`` steps, but never past ``max_epochs``.
+
+    ``min_steps`` is for a head that starts untrained. A base that already ranks (a release, the pre-trained base)
+    trains exactly ``epochs``: measured on docstring_httpx, 18 epochs of 34 feedback questions took the pre-trained
+    base from span MRR@10 0.464 to 0.411 on the test half (it forgot what it knew).
+    """
+    if base_kind in TRAINED_BASES:
+        return settings.epochs
     min_steps = getattr(settings, "min_steps", 0) or 0
     need = -(-min_steps // max(1, steps_per_epoch))
     return max(settings.epochs, min(need, max(settings.max_epochs, settings.epochs)))
@@ -412,7 +429,7 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
             logger.info("run %s epoch %s: loss %s", manifest["run_id"], row["epoch"], row["train_loss"])
 
     n_steps_epoch = max(1, -(-len(dataset) // settings.batch_size))
-    epochs = planned_epochs(n_steps_epoch, settings)
+    epochs = planned_epochs(n_steps_epoch, settings, base.kind)
     manifest["config"]["epochs_run"] = epochs
     args = CrossEncoderTrainingArguments(
         output_dir=str(d / "trainer_tmp"),

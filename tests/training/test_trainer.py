@@ -90,6 +90,14 @@ def test_small_data_gets_more_epochs_up_to_the_ceiling_and_large_data_keeps_its_
     assert planned_epochs(1, TrainingSettings(epochs=40, min_steps=200, max_epochs=30)) == 40  # never fewer than asked
 
 
+def test_a_base_that_already_ranks_trains_exactly_its_epochs():
+    from training.trainer import planned_epochs
+
+    st = TrainingSettings(epochs=2, min_steps=200, max_epochs=30)
+    assert planned_epochs(3, st, "release") == 2 and planned_epochs(3, st, "pretrained") == 2
+    assert planned_epochs(3, st, "backbone") == 30 and planned_epochs(3, st, "configured") == 30
+
+
 def test_a_run_records_the_epochs_it_ran(tmp_path, tiny):
     models = tmp_path / "models"
     run = train_run(models, "run-m", split_by_query(triplets(), 0.25, seed=13), settings(tiny, epochs=1, min_steps=20))
