@@ -92,8 +92,11 @@ def _scratch_settings(settings: Any, work: Path, source: Path, default_source: b
         "calibrate_alpha": False,  # a base is never served: its blend weight is chosen when a run is promoted
         "heldout_fraction": HELDOUT_FRACTION,
     })
+    rr = settings.reranker
     return settings.model_copy(update={
         "server": settings.server.model_copy(update={"home": work, "backend": "embedded", "database_url": None}),
+        # the held-out judgement reranks the top 30 (as the benches do), not the serving head: it only informs
+        "reranker": rr.model_copy(update={"topn": min(rr.topn or 30, 30)}),
         "index": settings.index.model_copy(update={"extra_ignores": ignores}),
         "training": training,
     })
