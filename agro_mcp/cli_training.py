@@ -306,8 +306,9 @@ def cmd_pretrain(args, settings) -> int:
     if res.get("table"):
         echo(res["table"])
     m = res["manifest"]
-    echo(f"run {run_id}: base {res['base']} trained on {m['train_triplets']} (docstring, code) pairs of {m['source']} "
-         f"({m['chunks']} chunks) in {m['elapsed_sec']:.0f}s; models/base/current -> {res['base']}. "
+    trained = (m.get("data") or {}).get("trained_triplets", m["train_triplets"])
+    echo(f"run {run_id}: base {res['base']} trained on {trained} of {m['train_triplets']} mined (docstring, code) pairs "
+         f"of {m['source']} ({m['chunks']} chunks) in {m['elapsed_sec']:.0f}s; models/base/current -> {res['base']}. "
          "Training runs with no release now start from it (agro bootstrap, agro loop).")
     return 0
 
