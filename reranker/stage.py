@@ -99,6 +99,30 @@ def _score_with_deadline(
     return box["scores"]  # type: ignore[return-value]
 
 
+def query_token_limit(loaded: LoadedReranker, settings: RerankerSettings) -> int | None:
+    """Longest query this release reranks, from the longest question it was trained on; None = no limit."""
+    trained = ((loaded.manifest or {}).get("data") or {}).get("query_tokens_max")
+    if not settings.long_query_factor or not isinstance(trained, int) or isinstance(trained, bool) or trained <= 0:
+        return None  # not recorded (a model named by path, an older release) or switched off
+    return int(settings.long_query_factor * max(trained, settings.query_max_tokens))
+
+
+def long_query_reason(query: str, loaded: LoadedReranker, settings: RerankerSettings) -> str | None:
+    """Why ``query`` keeps the fused order (it is far longer than any question the release learned from), or None."""
+    limit = query_token_limit(loaded, settings)
+    if limit is None:
+        return None
+    tok = getattr(loaded.scorer, "tokenizer", None)
+    if tok is None:
+        return None
+    n = len(tok(query, add_special_tokens=False)["input_ids"])
+    if n <= limit:
+        return None
+    return (f"query has {n} tokens, over {limit}: release {loaded.model_id} learned from questions of at most "
+            f"{loaded.manifest['data']['query_tokens_max']} tokens, so the fused order is kept "
+            "(AGRO_RERANKER_LONG_QUERY_FACTOR=0 reranks every query)")
+
+
 def rerank(
     query: str,
     hits: list[Hit],
@@ -138,6 +162,9 @@ def rerank(
         loaded = manager_or_loaded
     if not hits:
         return RerankOutcome([], False, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, 0)
+    too_long = long_query_reason(query, loaded, settings)
+    if too_long:
+        return fallback(too_long, loaded.model_id)
 
     n_head = len(hits) if settings.topn == 0 else min(settings.topn, len(hits))
     head, tail = hits[:n_head], hits[n_head:]

@@ -573,13 +573,18 @@ def _copy_hits(hits: Sequence[Hit]) -> list[Hit]:
 def make_rerank_fn(loaded_model: Any, settings: Any, cache: Any = None) -> RerankFn:
     """Adapt ``reranker.stage.rerank`` (imported lazily) to ``(query, hits) -> (hits, ms)``.
 
+    A query the release keeps in the fused order by design (``long_query_factor``) is scored in that order, as
+    it is served.
+
     Raises:
         EvalError: when the reranker fell back instead of reranking (an evaluation must not score a fallback
             as the reranker).
     """
-    from reranker.stage import rerank
+    from reranker.stage import long_query_reason, rerank
 
     def fn(query: str, hits: list[Hit]) -> tuple[list[Hit], float]:
+        if long_query_reason(query, loaded_model, settings):
+            return list(hits), 0.0  # served in the fused order by design (too long for this release): scored so
         out = rerank(query, hits, loaded_model, settings, cache=cache)
         if not out.used:
             raise EvalError(f"the reranker did not run ({out.fallback_reason}); fix it or drop 'fused+rerank'")

@@ -396,6 +396,10 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
     dataset, n_pairs = _datasets(train, settings.loss, settings.negatives_per_query,
                                  settings.max_length * _CHARS_PER_TOKEN)
     manifest["data"]["trained_pairs"] = n_pairs
+    # The longest question the model learns from: serving falls back to the fused order for queries far longer
+    # (RerankerSettings.long_query_factor), which it has never seen the like of.
+    manifest["data"]["query_tokens_max"] = max(
+        (len(model.tokenizer(t.query, add_special_tokens=False)["input_ids"]) for t in train), default=0)
     student_layers = getattr(settings, "student_layers", None)
     if student_layers is not None:
         dataset = _make_student(model, base, dataset, settings, manifest, cancelled)

@@ -203,3 +203,25 @@ def test_a_release_is_blended_with_its_calibrated_alpha_unless_the_user_set_one(
     assert effective_alpha(loaded(TableScorer(table)), RerankerSettings()) == (0.7, "default")
     bad = LoadedReranker(scorer=TableScorer(table), model_id="r", manifest={"blend": {"alpha": 3}})
     assert effective_alpha(bad, RerankerSettings()) == (0.7, "default")
+
+
+def test_a_query_far_longer_than_any_training_question_keeps_the_fused_order(tiny_dir):
+    from training.evaluate import make_rerank_fn
+
+    scorer = CrossEncoderScorer.load(tiny_dir, backend="fp32")
+    rel = LoadedReranker(scorer=scorer, model_id="r", manifest={"data": {"query_tokens_max": 20}})
+    st = RerankerSettings(query_max_tokens=16)  # limit = 2 x max(20, 16) = 40 tokens
+    hits = hits_from([0.3, 0.2, 0.1])
+    short = rerank("where is the token parsed", hits, rel, st, None)
+    assert short.used and short.fallback_reason is None
+    long_q = "the client retries the request when the pool is exhausted " * 8
+    out = rerank(long_q, hits, rel, st, None)
+    assert not out.used and [h.doc_id for h in out.hits] == [h.doc_id for h in hits]
+    assert "over 40" in out.fallback_reason and "at most 20 tokens" in out.fallback_reason
+    assert "AGRO_RERANKER_LONG_QUERY_FACTOR=0" in out.fallback_reason
+    # switched off, or a model without the record (named by path, an older release): every query is reranked
+    assert rerank(long_q, hits, rel, RerankerSettings(query_max_tokens=16, long_query_factor=0), None).used
+    assert rerank(long_q, hits, loaded(scorer), st, None).used
+    # evaluations score such a query in the order it is served in (fused), instead of failing
+    ranked, ms = make_rerank_fn(rel, st)(long_q, hits)
+    assert [h.doc_id for h in ranked] == [h.doc_id for h in hits] and ms == 0.0

@@ -38,6 +38,13 @@ def test_train_run_writes_only_its_run_folder_with_a_servable_model(tmp_path, ti
     assert [e["epoch"] for e in run["epochs"]] == [1.0, 2.0] and run["epochs"][0]["train_loss"] is not None
     assert run["base_model"]["kind"] == "configured" and run["config"]["max_length"] == 64
     assert run["data"]["train_hash"] == split.info["train_data_hash"]
+    # the longest training question, in the model's tokens (serving keeps the fused order far past it)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    trained = [t for t in split.train]
+    assert run["data"]["query_tokens_max"] == max(len(tok(t.query, add_special_tokens=False)["input_ids"])
+                                                  for t in trained) > 0
     assert run["heldout_query_hashes"] == split.info["heldout_query_hashes"]
     assert (d / "data" / "heldout.jsonl").is_file() and not (d / "model" / UNTRAINED_MARKER).exists()
     assert sorted(p.name for p in models.iterdir()) == ["runs"]
