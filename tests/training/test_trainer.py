@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from reranker.model import UNTRAINED_MARKER, CrossEncoderScorer
