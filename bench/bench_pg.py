@@ -360,7 +360,8 @@ def _client(backend: str, home: str, url: str, queries: list[str], barrier, out_
 
 def section_latency(args, url: str) -> None:
     qs = _queries(args.queries, args.seed)
-    warm = [q for q in _queries(args.queries, args.seed + 1) if q not in set(qs)][: args.warmup]
+    timed = set(qs)
+    warm = [q for q in _queries(args.queries, args.seed + 1) if q not in timed][: args.warmup]
     rows = []
     ctx = mp.get_context("spawn")
     for backend in ("embedded", "postgres"):

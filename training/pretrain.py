@@ -19,7 +19,6 @@ Nothing of the user's corpora, feedback, queries or benchmark data is read.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -67,19 +66,9 @@ def base_dir(home: Path) -> Path:
 
 def current_base(home: Path) -> dict[str, Any] | None:
     """The manifest of ``models/base/current`` with ``_dir`` set, or None when there is no complete base."""
-    cur = base_dir(home) / "current"
-    if not cur.exists():
-        return None
-    target = cur.resolve()
-    try:
-        manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        logger.warning("models/base/current -> %s has no readable manifest; not used", target)
-        return None
-    if not isinstance(manifest, dict):
-        return None
-    manifest["_dir"] = str(target)
-    return manifest
+    from training.promote import pointed_manifest
+
+    return pointed_manifest(base_dir(home) / "current")
 
 
 def _scratch_settings(settings: Any, work: Path, source: Path, default_source: bool, cap: int | None,
@@ -102,14 +91,6 @@ def _scratch_settings(settings: Any, work: Path, source: Path, default_source: b
     })
 
 
-def _flip(root: Path, base_id: str) -> None:
-    tmp = root / f".current.{base_id}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(base_id)
-    os.replace(tmp, root / "current")
-    fsync_dir(root)
-
-
 def run_pretrain(settings: Any, ctx: Any, source: str | Path | None = None, *, cap: int | None = None,
                  max_pairs: int | None = None, embedder: Any = None, keep_work: bool = False) -> dict[str, Any]:
     """Index ``source`` (default: the standard library) in a scratch home, bootstrap-train a fresh-head
@@ -120,6 +101,7 @@ def run_pretrain(settings: Any, ctx: Any, source: str | Path | None = None, *, c
     """
     from agro_mcp.engine import Engine
     from training.loop import evaluate_run, mine, train_step
+    from training.promote import switch_current
     from training.trainer import run_dir
 
     default_source = source is None
@@ -130,13 +112,10 @@ def run_pretrain(settings: Any, ctx: Any, source: str | Path | None = None, *, c
     home = Path(settings.server.home)
     root = base_dir(home)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in [*root.glob(".work-*"), *root.glob(".*.partial"), *root.glob(".current.*.tmp")]:
+    for stale in [*root.glob(".work-*"), *root.glob(".*.partial")]:
         # left by a killed pretrain: the training lock says none is running now
         logger.info("pretrain: removing %s (left by an interrupted run)", stale)
-        if stale.is_symlink() or stale.is_file():
-            stale.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
     work = root / f".work-{ctx.run_id}"
     if settings.training.base_model:
         logger.info("pretrain starts from AGRO_TRAINING_BASE_MODEL=%s", settings.training.base_model)
@@ -185,7 +164,7 @@ def run_pretrain(settings: Any, ctx: Any, source: str | Path | None = None, *, c
         fsync_dir(tmp)
         os.replace(tmp, dest)
         fsync_dir(root)
-        _flip(root, base_id)
+        switch_current(root, Path(base_id))
         ctx.log("pretrain: base %s published as models/base/current in %.0fs", base_id, manifest["elapsed_sec"])
         return {"base": base_id, "dir": str(dest), "manifest": manifest, "table": ev.get("table")}
     finally:

@@ -117,17 +117,23 @@ def gate(
 # ------------------------------------------------------------------------------------------------- releases
 
 
-def current_release(models_dir: Path) -> dict[str, Any] | None:
-    """The manifest of the release ``current`` points at (with ``_dir``), or None."""
-    cur = Path(models_dir) / "current"
-    if not cur.exists():
+def pointed_manifest(link: Path) -> dict[str, Any] | None:
+    """The ``manifest.json`` of the folder ``link`` points at (with ``_dir``), or None when there is none: a folder
+    without its manifest is incomplete and never used."""
+    link = Path(link)
+    if not link.exists():
         return None
-    target = cur.resolve()
+    target = link.resolve()
     try:
         m = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return {**m, "_dir": str(target)} if isinstance(m, dict) else None
+
+
+def current_release(models_dir: Path) -> dict[str, Any] | None:
+    """The manifest of the release ``current`` points at (with ``_dir``), or None."""
+    return pointed_manifest(Path(models_dir) / "current")
 
 
 def list_releases(models_dir: Path) -> list[dict[str, Any]]:
@@ -159,15 +165,22 @@ def flip_current(models_dir: Path, release_id: str, hook: Hook | None = None) ->
     target = models_dir / "releases" / release_id
     if not (target / "manifest.json").is_file():
         raise PromotionError(f"release {release_id} has no manifest.json (incomplete); refusing to point current at it")
-    for stale in models_dir.glob(".current.*.tmp"):
+    switch_current(models_dir, Path("releases") / release_id, hook)
+
+
+def switch_current(folder: Path, target: Path, hook: Hook | None = None) -> None:
+    """Point ``folder/current`` at ``target`` (relative to ``folder``): a new symlink beside it, then
+    ``os.replace``, so a reader sees the old target or the new one, never none. Stale temporary links of a killed
+    switch are removed first."""
+    for stale in folder.glob(".current.*.tmp"):
         stale.unlink(missing_ok=True)
-    tmp = models_dir / f".current.{release_id}.{os.getpid()}.tmp"
+    tmp = folder / f".current.{Path(target).name}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(Path("releases") / release_id)
+    tmp.symlink_to(target)
     if hook:
         hook("symlink_created")
-    os.replace(tmp, models_dir / "current")
-    fsync_dir(models_dir)
+    os.replace(tmp, folder / "current")
+    fsync_dir(folder)
     if hook:
         hook("replaced")
 

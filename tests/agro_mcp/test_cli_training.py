@@ -7,7 +7,6 @@ import json
 import pytest
 
 from agro_mcp.cli import main
-from tests.reranker.conftest import build_tiny_cross_encoder
 
 WORDS = ["parse", "render", "cache", "merge", "split", "encode", "decode", "validate", "format", "compress",
          "hash", "sort", "filter", "group", "resolve", "load", "store", "index", "rank", "score"]
@@ -30,14 +29,8 @@ def make_repo(root):
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    tiny = build_tiny_cross_encoder(tmp_path / "tiny")
-    monkeypatch.setenv("AGRO_HOME", str(tmp_path / "home"))
-    for k, v in {"BASE_MODEL": str(tiny), "MIN_TRIPLETS": "5", "PROMOTE_MIN_QUERIES": "5", "MAX_LENGTH": "64",
-                 "BATCH_SIZE": "8", "HELDOUT_FRACTION": "0.3"}.items():
-        monkeypatch.setenv(f"AGRO_TRAINING_{k}", v)
-    monkeypatch.setenv("AGRO_RERANKER_TOPN", "10")
-    return tmp_path
+def env(cli_env):
+    return cli_env
 
 
 def run(capsys, *argv):

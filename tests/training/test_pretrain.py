@@ -6,30 +6,11 @@ import json
 
 import pytest
 
-from agro_mcp.cli import main
 from agro_mcp.config import IndexSettings
 from retrieval.discovery import discover_files
-from tests.agro_mcp.test_cli_training import make_repo
-from tests.reranker.conftest import build_tiny_cross_encoder
+from tests.agro_mcp.test_cli_training import make_repo, run
 from training.pretrain import STDLIB_IGNORES, current_base, stdlib_root
 from training.trainer import resolve_base
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    tiny = build_tiny_cross_encoder(tmp_path / "tiny")
-    monkeypatch.setenv("AGRO_HOME", str(tmp_path / "home"))
-    for k, v in {"BASE_MODEL": str(tiny), "MIN_TRIPLETS": "5", "MAX_LENGTH": "64", "BATCH_SIZE": "8",
-                 "HELDOUT_FRACTION": "0.3"}.items():
-        monkeypatch.setenv(f"AGRO_TRAINING_{k}", v)
-    monkeypatch.setenv("AGRO_RERANKER_TOPN", "10")
-    return tmp_path
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_the_default_source_is_the_standard_library_without_its_tests_or_gui_tools():
@@ -42,12 +23,12 @@ def test_the_default_source_is_the_standard_library_without_its_tests_or_gui_too
 
 
 @pytest.mark.slow
-def test_pretrain_publishes_a_complete_base_that_later_runs_start_from(env, capsys, monkeypatch):
-    src = make_repo(env / "documented")
+def test_pretrain_publishes_a_complete_base_that_later_runs_start_from(cli_env, capsys, monkeypatch):
+    src = make_repo(cli_env / "documented")
     code, out, err = run(capsys, "pretrain", "--source", str(src), "--json")
     assert code == 0, err
     res = json.loads(out)
-    home = env / "home"
+    home = cli_env / "home"
     base = current_base(home)
     assert base is not None and base["id"] == res["base"] and base["kind"] == "pretrained"
     assert base["source"] == str(src.resolve()) and base["train_triplets"] >= 5
@@ -60,38 +41,38 @@ def test_pretrain_publishes_a_complete_base_that_later_runs_start_from(env, caps
     assert not (home / "models" / "current").exists()
     # later runs start from it when nothing more specific is set
     monkeypatch.delenv("AGRO_TRAINING_BASE_MODEL")
-    picked = resolve_base(home / "models", None, env / "w")
+    picked = resolve_base(home / "models", None, cli_env / "w")
     assert picked.kind == "pretrained" and picked.release_id == base["id"]
     assert picked.ref == str((home / "models" / "base" / base["id"]).resolve())
     # a configured base still wins over it
-    assert resolve_base(home / "models", str(env / "tiny"), env / "w").kind == "configured"
+    assert resolve_base(home / "models", str(cli_env / "tiny"), cli_env / "w").kind == "configured"
 
 
-def test_pretrain_on_a_folder_without_documented_code_fails_clearly_and_publishes_nothing(env, capsys):
-    src = env / "bare"
+def test_pretrain_on_a_folder_without_documented_code_fails_clearly_and_publishes_nothing(cli_env, capsys):
+    src = cli_env / "bare"
     src.mkdir()
     for i in range(5):
         (src / f"m{i}.py").write_text("\n\n".join(f"def f{i}_{j}(x):\n    return x + {j}\n" for j in range(5)))
     code, _, err = run(capsys, "pretrain", "--source", str(src))
     assert code == 2 and "documented functions" in err
-    assert current_base(env / "home") is None
-    assert not list((env / "home" / "models" / "base").glob(".work-*"))
-    code, _, err = run(capsys, "pretrain", "--source", str(env / "missing"))
+    assert current_base(cli_env / "home") is None
+    assert not list((cli_env / "home" / "models" / "base").glob(".work-*"))
+    code, _, err = run(capsys, "pretrain", "--source", str(cli_env / "missing"))
     assert code == 2 and "not a folder" in err
 
 
-def test_an_incomplete_base_is_never_used_and_leftovers_of_a_killed_run_are_swept(env, capsys):
-    root = env / "home" / "models" / "base"
+def test_an_incomplete_base_is_never_used_and_leftovers_of_a_killed_run_are_swept(cli_env, capsys):
+    root = cli_env / "home" / "models" / "base"
     (root / "b1").mkdir(parents=True)
     (root / "b1" / "config.json").write_text("{}")  # copied, but killed before its manifest
     (root / "current").symlink_to("b1")
-    assert current_base(env / "home") is None
-    assert resolve_base(env / "home" / "models", None, env / "w").kind == "backbone"
+    assert current_base(cli_env / "home") is None
+    assert resolve_base(cli_env / "home" / "models", None, cli_env / "w").kind == "backbone"
     (root / ".work-old").mkdir()
     (root / ".b2.partial").mkdir()
-    code, _, err = run(capsys, "pretrain", "--source", str(env / "missing"))
+    code, _, err = run(capsys, "pretrain", "--source", str(cli_env / "missing"))
     assert code == 2  # refused before any work ...
-    src = env / "bare"
+    src = cli_env / "bare"
     src.mkdir()
     (src / "a.py").write_text("def f(x):\n    return x\n")
     code, _, err = run(capsys, "pretrain", "--source", str(src))
