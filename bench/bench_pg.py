@@ -13,8 +13,10 @@ Sections (``--only``, comma-separated, run in this order):
                code tokens, the alternative we measured and did not choose. Vectors are copied from the embedded
                index (same model, same chunks), so only the storage and lexical ranking differ.
 * ``build``    first full index of ~``--size`` chunks of real code (the installed ``transformers`` package, copied
-               under repN/ folders until the size is reached) with each backend. Embedding is excluded (random
-               vectors; it costs the same on both: ~47 chunks/s with MiniLM fp32 on this machine).
+               under repN/ folders until the size is reached) with each backend. Embedding is excluded: the real
+               MiniLM vectors are computed once and cached in ``--home`` (``--vectors random``: random unit vectors).
+* ``hnsw``     PostgreSQL's HNSW against the exact dense ranking on that index, per ``--ef-search`` value:
+               recall of the dense top-100, overlap of the fused top-10, fused SQL time.
 * ``latency``  ``Engine.search`` (the whole rag_search path, fused, rerank=False, real query embedding) on that
                index, from 1 client and from ``--clients`` concurrent client processes (one server process each,
                as MCP stdio clients have).
@@ -59,7 +61,7 @@ from bench.bench_search import (
 from retrieval.settings import IndexSettings, RetrievalSettings
 
 logger = logging.getLogger("bench_pg")
-SECTIONS = ("quality", "build", "latency", "feedback")
+SECTIONS = ("quality", "build", "hnsw", "haystack", "latency", "feedback")
 COLLECTIONS = ("docstring_boltons", "docstring_httpx", "docstring_jinja")
 METRICS = ("MRR@10", "Hit@1", "Hit@5", "Hit@10")
 BIG = "bench-pg-big"
@@ -145,6 +147,51 @@ class LookupEmbedder:
 
     def encode_query(self, text, cache=True):
         return self.real.encode_query(text, cache=cache)
+
+
+class CachedEmbedder:
+    """The real embedder with a persistent cache keyed by the text's hash (``vectors-cache.npz`` in ``--home``), so
+    the two backends index the same real vectors and a rebuild does not embed 100k chunks again."""
+
+    def __init__(self, real, path: Path) -> None:
+        self.model_id, self.dim, self.dtype = real.model_id, real.dim, real.dtype
+        self.real, self.path = real, path
+        self.cache: dict[str, np.ndarray] = {}
+        if path.is_file():
+            with np.load(path) as z:
+                self.cache = dict(zip(z["keys"].tolist(), z["vectors"]))
+        self.embedded = 0
+        self.seconds = 0.0
+
+    @staticmethod
+    def key(text: str) -> str:
+        import hashlib
+
+        return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def encode_documents(self, texts, progress=None):
+        keys = [self.key(t) for t in texts]
+        miss = sorted({k: i for i, k in reversed(list(enumerate(keys))) if k not in self.cache}.values())
+        if miss:
+            t = time.perf_counter()
+            vecs = self.real.encode_documents([texts[i] for i in miss])
+            self.seconds += time.perf_counter() - t
+            self.embedded += len(miss)
+            for i, v in zip(miss, vecs):
+                self.cache[keys[i]] = v
+        if progress:
+            progress(len(texts))
+        return np.stack([self.cache[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
+
+    def encode_query(self, text, cache=True):
+        return self.real.encode_query(text, cache=cache)
+
+    def save(self) -> None:
+        if not self.embedded:
+            return
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(list(self.cache)), vectors=np.stack(list(self.cache.values())))
+        os.replace(tmp, self.path)
 
 
 # ------------------------------------------------------------------------------------------------ quality
@@ -302,15 +349,25 @@ def section_build(args, url: str) -> None:
 
     corpus_dir = make_big_corpus(args)
     real = load_embedder(RetrievalSettings())
+    if args.vectors == "real":
+        emb = CachedEmbedder(real, args.home / "vectors-cache.npz")
+        logger.info("build: real MiniLM vectors (%d cached); the first build embeds the rest", len(emb.cache))
+    else:
+        emb = RandomVectorEmbedder(real)
     rows = []
     for backend in ("embedded", "postgres"):
-        eng = Engine(settings_for(backend, args.home / f"home-{backend}", url), embedder=RandomVectorEmbedder(real))
+        eng = Engine(settings_for(backend, args.home / f"home-{backend}", url), embedder=emb)
         if args.skip_existing and BIG in eng.corpora():
             logger.info("build: %s already has %s; kept (--skip-existing)", backend, BIG)
             continue
         t = time.perf_counter()
-        s = eng.index(corpus_dir, BIG, full=True)
-        wall = time.perf_counter() - t
+        before = getattr(emb, "seconds", 0.0)
+        try:
+            s = eng.index(corpus_dir, BIG, full=True)
+        finally:
+            if isinstance(emb, CachedEmbedder):
+                emb.save()
+        wall = time.perf_counter() - t - (getattr(emb, "seconds", 0.0) - before)  # embedding excluded
         tm = s.timings
         rows.append((backend, s.files, s.chunks, wall, tm.get("discover", 0), tm.get("chunk", 0),
                      tm.get("lexical", 0) + tm.get("write", 0) + tm.get("analyze", 0), s.chunks / wall))
@@ -319,7 +376,83 @@ def section_build(args, url: str) -> None:
                 ("backend", "files", "chunks", "total s", "discover s", "chunk s", "store s", "chunks/s"), rows,
                 ["store s = embedded: BM25 + arrays + fsync'ed files; postgres: COPY of chunks/vectors/postings, "
                  "HNSW insertion, document frequencies, one transaction, then VACUUM ANALYZE",
-                 "embedding excluded (random vectors): MiniLM fp32 costs the same on both (~47 chunks/s here)"])
+                 f"embedding excluded ({args.vectors} vectors" + (f"; {emb.embedded:,} chunks embedded in "
+                 f"{emb.seconds:.0f}s on this run, the rest from the cache)" if isinstance(emb, CachedEmbedder) else ")")])
+
+
+# ------------------------------------------------------------------------------------------------ haystack
+HAY = "bench-pg-haystack"
+
+
+def section_haystack(args, url: str) -> None:
+    """Quality at scale: the docstring collections' corpora hidden in the ~100k-chunk corpus, one index of both,
+    their questions asked against all of it. What the PostgreSQL postings budget costs in MRR@10 where a common
+    term has tens of thousands of postings, which the small bench corpora never show."""
+    import dataclasses
+
+    from agro_mcp.engine import Engine
+    from retrieval.embed import load_embedder
+    from retrieval.search import search
+    from training.evaluate import evaluate, load_bench
+
+    big = make_big_corpus(args)
+    hay = args.home / "haystack"
+    marker = hay / ".agro-bench-haystack"
+    want = f"{args.size}:{','.join(args.collections)}"
+    sets = {c: load_bench(BENCH / c) for c in args.collections}
+    if not (marker.is_file() and marker.read_text() == want):
+        shutil.rmtree(hay, ignore_errors=True)
+        shutil.copytree(big, hay, ignore=shutil.ignore_patterns(".agro-bench-size"))
+        for c, bs in sets.items():
+            (root,) = bs.roots.values()
+            shutil.copytree(root, hay / c)
+        marker.write_text(want)
+    queries = []
+    for c, bs in sets.items():
+        for q in bs.queries:
+            move = lambda gs: None if gs is None else [dataclasses.replace(g, path=f"{c}/{g.path}") for g in gs]  # noqa: E731
+            queries.append(dataclasses.replace(q, corpus=HAY, gold=move(q.gold), span_gold=move(q.span_gold)))
+    emb = CachedEmbedder(load_embedder(RetrievalSettings()), args.home / "vectors-cache.npz")
+    engines = {}
+    for backend in ("embedded", "postgres"):
+        eng = Engine(settings_for(backend, args.home / f"home-{backend}", url), embedder=emb)
+        if HAY not in eng.corpora():
+            t = time.perf_counter()
+            s = eng.index(hay, HAY, full=True)
+            emb.save()
+            logger.info("haystack: %s indexed %d chunks in %.0fs", backend, s.chunks, time.perf_counter() - t)
+        engines[backend] = eng
+    ge, gp = engines["embedded"].generation(HAY), engines["postgres"].generation(HAY)
+    rs = engines["embedded"].settings.retrieval
+    qvec = {q.qid: emb.encode_query(q.query) for q in queries}
+
+    def fn(gen, mode, settings):
+        return lambda q: search(gen, emb, q.query, 50, settings, mode, query_vector=qvec[q.qid]).hits
+
+    fns = {"embedded bm25": fn(ge, "bm25", rs), "embedded fused": fn(ge, "fused", rs)}
+    for budget in args.postings_budget:
+        for per_term in args.postings_per_term:
+            rs_b = rs.model_copy(update={"lexical_postings_budget": budget, "lexical_postings_per_term": per_term})
+            tag = f"budget {budget}, per term {per_term or 'all'}"
+            fns[f"postgres bm25 ({tag})"] = fn(gp, "bm25", rs_b)
+            fns[f"postgres fused ({tag})"] = fn(gp, "fused", rs_b)
+    report = evaluate(queries, fns, name="haystack", baseline="embedded bm25")
+    rows = []
+    for lv in ("file", "span"):
+        base = {m: report.metrics[f"embedded {m}"][lv]["MRR@10"] for m in ("bm25", "fused")}
+        for name in fns:
+            m = report.metrics[name].get(lv)
+            if m:
+                ref = base["bm25" if "bm25" in name else "fused"]
+                rows.append((lv, name, report.n_by_level[lv], *(m[c] for c in METRICS), f"{m['MRR@10'] / ref - 1:+.1%}"))
+    for eng in engines.values():
+        eng.close()
+    print_table(f"haystack: {', '.join(args.collections)} inside the ~{args.size:,}-chunk corpus ({ge.n_chunks:,} chunks)",
+                ("level", "config", "n", *METRICS, "vs embedded (same mode)"), rows,
+                ["the questions and gold of ../shared/bench, gold paths prefixed with the collection's folder; every "
+                 "other chunk is a distractor; real MiniLM vectors, the same on both backends",
+                 "postgres bm25 reads, per query, at most budget / n_terms postings of each term (impact order, capped "
+                 "per term); 'all' = every posting (exact BM25)"])
 
 
 # ------------------------------------------------------------------------------------------------ latency
@@ -396,6 +529,80 @@ def section_latency(args, url: str) -> None:
                  f"load average {loadavg()} on {os.cpu_count()} CPUs"])
 
 
+# ------------------------------------------------------------------------------------------------ hnsw
+def section_hnsw(args, url: str) -> None:
+    """What ``hnsw.ef_search`` buys: PostgreSQL's HNSW top-k against the exact top-k (the embedded backend's
+    brute-force dot product over the same vectors), and what it costs, on the big index."""
+    from agro_mcp.engine import Engine
+    from retrieval.search import search
+
+    qs = _queries(args.queries, args.seed)
+    emb_eng = Engine(settings_for("embedded", args.home / "home-embedded", url))
+    pg_eng = Engine(settings_for("postgres", args.home / "home-postgres", url))
+    ge, gp = emb_eng.generation(BIG), pg_eng.generation(BIG)
+    embedder = emb_eng.embedder()
+    rs = emb_eng.settings.retrieval
+    if ge.n_chunks != gp.n_chunks:
+        raise SystemExit(f"the two backends hold different indexes of {BIG} ({ge.n_chunks} vs {gp.n_chunks} chunks); "
+                         "rebuild with --only build")
+    qvec = {q: embedder.encode_query(q) for q in qs}
+    loc = lambda h: (h.chunk.path, h.chunk.start_line, h.chunk.end_line)  # noqa: E731
+    n_dense = rs.dense_candidates
+    exact_dense = {q: [loc(h) for h in search(ge, embedder, q, n_dense, rs, "dense", query_vector=qvec[q]).hits]
+                   for q in qs}
+    exact_fused = {q: [loc(h) for h in search(ge, embedder, q, 10, rs, "fused", query_vector=qvec[q]).hits]
+                   for q in qs}
+    exact_bm25 = {q: [loc(h) for h in search(ge, embedder, q, 10, rs, "bm25").hits] for q in qs}
+    lex_rows = []
+    for budget in args.postings_budget:
+        rs_b = rs.model_copy(update={"lexical_postings_budget": budget})
+        same, top1, ms = [], [], []
+        for rnd in range(2):
+            for q in qs:
+                t = time.perf_counter()
+                got = [loc(h) for h in search(gp, embedder, q, 10, rs_b, "bm25").hits]
+                if rnd:
+                    ms.append((time.perf_counter() - t) * 1000)
+                    ex = exact_bm25[q]
+                    same.append(len(set(got) & set(ex)) / max(1, len(ex)))
+                    top1.append(float(bool(got) and bool(ex) and got[0] == ex[0]))
+        lex_rows.append((budget, rs.lexical_postings_per_term, len(qs), statistics.fmean(same), statistics.fmean(top1),
+                         pct(ms, 50), pct(ms, 95)))
+    print_table("hnsw (lexical side): PostgreSQL BM25 with a postings budget against the exact BM25 (embedded)",
+                ("postings budget", "per term", "queries", "bm25 top-10 overlap", "bm25 top-1 same", "bm25 SQL p50 ms",
+                 "bm25 SQL p95 ms"), lex_rows,
+                ["a query reads at most budget / n_terms postings per term (impact order), capped by the per-term limit"])
+    rows = []
+    for ef in args.ef_search:
+        rs_ef = rs.model_copy(update={"hnsw_ef_search": ef})
+        r10, r100, f10, top1, ms = [], [], [], [], []
+        for rnd in range(2):  # the first round warms the index pages
+            for q in qs:
+                t = time.perf_counter()
+                fused = [loc(h) for h in search(gp, embedder, q, 10, rs_ef, "fused", query_vector=qvec[q]).hits]
+                took = (time.perf_counter() - t) * 1000
+                if rnd == 0:
+                    continue
+                ms.append(took)
+                dense = [loc(h) for h in search(gp, embedder, q, n_dense, rs_ef, "dense", query_vector=qvec[q]).hits]
+                ex = exact_dense[q]
+                r10.append(len(set(dense[:10]) & set(ex[:10])) / max(1, min(10, len(ex))))
+                r100.append(len(set(dense) & set(ex)) / max(1, len(ex)))
+                f10.append(len(set(fused) & set(exact_fused[q])) / max(1, len(exact_fused[q])))
+                top1.append(float(bool(fused) and bool(exact_fused[q]) and fused[0] == exact_fused[q][0]))
+        mean = statistics.fmean
+        rows.append((ef, len(qs), mean(r10), mean(r100), mean(f10), mean(top1), pct(ms, 50), pct(ms, 95)))
+    emb_eng.close()
+    pg_eng.close()
+    print_table(f"hnsw: PostgreSQL HNSW (ef_search) against the exact dense top-{n_dense}, ~{args.size:,}-chunk index",
+                ("ef_search", "queries", "dense recall@10", f"dense recall@{n_dense}", "fused top-10 overlap",
+                 "fused top-1 same", "fused SQL p50 ms", "fused SQL p95 ms"), rows,
+                [f"exact = the embedded backend's brute-force dot product over the same vectors ({args.vectors} vectors); "
+                 "fused overlap / top-1 against the embedded fused ranking (its BM25 differs slightly too)",
+                 f"iterative scan on (relaxed order), as served; SQL time with the query vector given, 1 client, load "
+                 f"average {loadavg()}"])
+
+
 # ------------------------------------------------------------------------------------------------ feedback
 def _writer(backend: str, home: str, url: str, n: int, barrier, out_q) -> None:
     from training.store import open_event_store
@@ -455,9 +662,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=160, help="queries per latency run (split across clients)")
     p.add_argument("--writes", type=int, default=300, help="feedback writes per process")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ef-search", default="40,100,200,400",
+                   help="hnsw: comma-separated hnsw.ef_search values to compare")
+    p.add_argument("--postings-budget", default="8000,24000",
+                   help="hnsw: comma-separated lexical_postings_budget values to compare (BM25 against exact)")
+    p.add_argument("--postings-per-term", default="2000",
+                   help="haystack: comma-separated lexical_postings_per_term values (0 = every posting)")
+    p.add_argument("--vectors", choices=("real", "random"), default="real",
+                   help="build: the corpus's vectors: real MiniLM (cached in --home) or random unit vectors")
     a = p.parse_args(argv)
     a.only = [s for s in a.only.split(",") if s]
     a.collections = [c for c in a.collections.split(",") if c]
+    a.ef_search = [int(x) for x in a.ef_search.split(",") if x]
+    a.postings_budget = [int(x) for x in a.postings_budget.split(",") if x]
+    a.postings_per_term = [int(x) for x in a.postings_per_term.split(",") if x]
     bad = [s for s in a.only if s not in SECTIONS]
     if bad:
         p.error(f"--only expects values among {SECTIONS}, but got {bad}")

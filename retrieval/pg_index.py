@@ -245,7 +245,7 @@ class PgIndexBackend:
             n_terms = max(1, min(len(counts), settings.max_query_terms))
             params["per_term"] = max(100, min(per_term, settings.lexical_postings_budget // n_terms))
         sql = _search_sql(mode, dim, filt, per_term=bool(per_term))
-        ef = settings.hnsw_ef_search or max(40, 4 * params["n_dense"])
+        ef = settings.hnsw_ef_search or max(40, 2 * params["n_dense"])
 
         def run(conn):
             with conn.cursor() as cur:
@@ -403,6 +403,9 @@ class PgIndexBackend:
                 "embed_dim": dim,
                 "bm25": {"k1": retrieval_settings.bm25_k1, "b": retrieval_settings.bm25_b, "idf": "lucene"},
                 "index_settings": _chunk_params(index_settings),
+                # the graph is built by a full build and kept by incremental ones
+                "hnsw": prev.manifest.get("hnsw", _PGVECTOR_HNSW_DEFAULTS) if prev is not None
+                else {"m": retrieval_settings.hnsw_m, "ef_construction": retrieval_settings.hnsw_ef_construction},
                 "versions": _versions(),
                 "n_chunks": int(n_docs),
                 "n_files": len(files_meta),
@@ -493,7 +496,7 @@ class PgIndexBackend:
             conn.execute(f"CREATE INDEX ON {ch} (corpus, path)")
             conn.execute(f"CREATE INDEX ON {ch} (corpus, hash)")
             conn.execute(f"CREATE INDEX ON {ch} USING hnsw ((embedding::vector({dim})) vector_cosine_ops) "
-                         f"WHERE embed_dim = {dim}")
+                         f"{_hnsw_with(retrieval_settings)} WHERE embed_dim = {dim}")
             conn.execute(f"ALTER TABLE {po} ADD PRIMARY KEY (corpus, term, chunk_id) INCLUDE (tf, dl)")
             conn.execute(f"CREATE INDEX ON {po} (corpus, term, w DESC) INCLUDE (chunk_id)")
             conn.execute(f"ALTER TABLE {te} ADD PRIMARY KEY (corpus, term)")
@@ -571,6 +574,14 @@ def _copy_postings(conn, table: str, corpus: str, ids, toks, k1: float, b: float
                 cp.write_row((corpus, term, cid, tf, dl, tf * (k1 + 1) / (tf + norm)))
             df.update(tc.keys())
     return df
+
+
+_PGVECTOR_HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}  # what indexes built before the settings existed use
+
+
+def _hnsw_with(settings: RetrievalSettings) -> str:
+    """The HNSW graph's build parameters (validated integers, so safe to inline)."""
+    return f"WITH (m = {int(settings.hnsw_m)}, ef_construction = {int(settings.hnsw_ef_construction)})"
 
 
 def _as_array(v) -> np.ndarray:

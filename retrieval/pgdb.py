@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -57,6 +58,24 @@ def _is_connection_error(exc: BaseException) -> bool:
     return type(exc).__name__ in {"AdminShutdown", "CrashShutdown", "CannotConnectNow"}
 
 
+CHECK_IDLE_SEC = 2.0  # a pooled connection idle longer than this is probed before it is handed out
+_returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _mark_returned(conn: Any) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _check_if_idle(conn: Any) -> None:
+    """Probe a connection (an empty query) only if it sat idle long enough for the server or a proxy to have dropped
+    it. A busy server reuses connections within milliseconds and skips the round trip; a connection lost anyway
+    is caught by :meth:`Database.read`'s retry or reported by :meth:`Database.write`."""
+    from psycopg_pool import ConnectionPool
+
+    if time.monotonic() - _returned_at.get(conn, 0.0) > CHECK_IDLE_SEC:
+        ConnectionPool.check_connection(conn)
+
+
 class Database:
     """A connection pool to one PostgreSQL database with the pgvector extension.
 
@@ -97,7 +116,8 @@ class Database:
             max_size=max(1, pool_size),
             kwargs={"connect_timeout": max(1, int(connect_timeout))},
             configure=configure,
-            check=ConnectionPool.check_connection,
+            check=_check_if_idle,
+            reset=_mark_returned,
             timeout=connect_timeout,  # waiting for a connection: fail with a clear error instead of hanging
             open=False,
             name="agro",

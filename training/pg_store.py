@@ -6,7 +6,10 @@ What keeps it safe:
 * Every write is one transaction through :meth:`retrieval.pgdb.Database.write`: committed before the call returns,
   or reported as failed (never retried, so nothing is acknowledged twice or silently lost). If the server runs
   with ``synchronous_commit = off``, each write sets it back ``on`` for its own transaction, so an acknowledged
-  write survives a server crash.
+  write survives a server crash. The one exception is a search's own event (``log_query``): it commits
+  asynchronously, which takes the WAL flush out of every search. It is still committed when the call returns, and
+  the durable commit of feedback on it flushes it too (the log is flushed in order), so acknowledged feedback never
+  points at a lost event; a PostgreSQL crash can lose only the last few hundred milliseconds of search events.
 * Idempotency is in the schema, not in a read-then-write: feedback has ``UNIQUE (event_id, dedupe_key)`` and is
   inserted with ``ON CONFLICT DO NOTHING``; an imported event with ``ON CONFLICT (event_id) DO NOTHING``.
 * The named locks of :meth:`acquire_lock` are serialised by a transaction-level advisory lock on the name.
@@ -190,6 +193,25 @@ _RESULT_COLS = (
     "event_id, rank, doc_id, chunk_hash, path, start_line, end_line, fused_score, rerank_score, score, "
     "bm25_rank, dense_rank"
 )
+_RESULT_FIELDS = ("rank", "doc_id", "chunk_hash", "path", "start_line", "end_line", "fused_score", "rerank_score",
+                  "score", "bm25_rank", "dense_rank")
+_RESULT_TYPES = ("int4", "text", "text", "text", "int4", "int4", "float8", "float8", "float8", "int4", "int4")
+_INSERT_EVENT_SQL = f"""
+    WITH e AS (
+        INSERT INTO agro_query_events ({_EVENT_COLS}) VALUES ({", ".join(f"%(e_{i})s" for i in range(11))})
+        ON CONFLICT (event_id) DO NOTHING RETURNING seq),
+    c AS (
+        INSERT INTO agro_event_corpora (id, root, created) SELECT %(corpus)s, NULL, %(created)s
+        WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT DO NOTHING),
+    r AS (
+        INSERT INTO agro_query_results ({_RESULT_COLS})
+        SELECT %(event_id)s, u.* FROM unnest({", ".join(f"%(r_{i})s::{t}[]" for i, t in enumerate(_RESULT_TYPES))}) AS u
+        WHERE EXISTS (SELECT 1 FROM e)),
+    t AS (
+        INSERT INTO agro_chunk_texts (hash, text, path, language, symbol)
+        SELECT u.* FROM unnest(%(t_0)s::text[], %(t_1)s::text[], %(t_2)s::text[], %(t_3)s::text[], %(t_4)s::text[]) AS u
+        WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT DO NOTHING)
+    SELECT seq FROM e"""
 _FEEDBACK_COLS = "feedback_id, event_id, ts, signal, doc_id, rating, path, start_line, end_line, note"
 _JOB_COLS = (
     "run_id, kind, state, progress, message, params, created, updated, pid, host, result, error, cancel_requested"
@@ -248,15 +270,24 @@ class PgEventStore:
         self._check_open()
         return self.db.read(fn, what)
 
-    def _write(self, fn: Callable[[Any], Any], what: str) -> Any:
-        """Run ``fn(conn)`` in one transaction, committed (durably) before this returns."""
+    def _write(self, fn: Callable[[Any], Any], what: str, durable: bool = True) -> Any:
+        """Run ``fn(conn)`` in one transaction, committed before this returns.
+
+        ``durable=False`` commits asynchronously (``synchronous_commit = off`` for this transaction only): the row is
+        committed and visible to every session at once, and a crash of *our* process cannot lose it; only a crash of
+        the PostgreSQL server within ~``wal_writer_delay`` can. Used for search events, which nobody has been told
+        are safe: the write-ahead log is flushed in order, so the durable commit of any feedback on an event also
+        flushes that event, and acknowledged feedback never points at a lost event.
+        """
         import psycopg
 
         self._check_open()
         force = self._force_sync_commit
 
         def tx(conn: Any) -> Any:
-            if force:
+            if not durable:
+                conn.execute("SET LOCAL synchronous_commit = off")
+            elif force:
                 conn.execute("SET LOCAL synchronous_commit = on")
             try:
                 return fn(conn)
@@ -331,7 +362,7 @@ class PgEventStore:
             corpus, query, k, hits, reranker_model=reranker_model, reranking_used=reranking_used,
             fallback_reason=fallback_reason, latency_ms=latency_ms, index_generation=index_generation, source=source,
         )
-        if not self.insert_event(event, texts):  # pragma: no cover - uuid4 collision
+        if not self.insert_event(event, texts, durable=False):  # pragma: no cover - uuid4 collision
             raise StoreError(f"event_id collision on {event.event_id}")
         return event.event_id
 
@@ -340,72 +371,41 @@ class PgEventStore:
         event: QueryEvent,
         texts: Iterable[ChunkText] = (),
         feedback: Iterable[FeedbackRecord] = (),
+        durable: bool = True,
     ) -> bool:
         """Store a ready-made event (imports), its chunk texts and feedback in one transaction.
 
         Returns False, storing nothing, if its event_id already exists. Feedback is not validated here.
+        ``durable=False`` (a search's own event, without feedback) commits asynchronously; see :meth:`_write`.
         """
         texts, feedback = list(texts), list(feedback)
 
+        results = list(event.results)
+        # Sorted so two writers sharing chunk texts take their row locks in the same order (no deadlock).
+        text_rows = [row for _hash, row in sorted({t.hash: (t.hash, t.text, t.path, t.language, t.symbol)
+                                                  for t in texts}.items())]
+        params = {
+            **{f"e_{i}": v for i, v in enumerate((
+                event.event_id, event.ts, event.corpus, event.query, event.k, event.reranker_model,
+                bool(event.reranking_used), event.fallback_reason, event.latency_ms, event.index_generation,
+                event.source))},
+            "created": time.time(),
+            **{f"r_{i}": [getattr(r, c) for r in results] for i, c in enumerate(_RESULT_FIELDS)},
+            **{f"t_{i}": [row[i] for row in text_rows] for i in range(5)},
+        }
+        params = {"event_id": event.event_id, "corpus": event.corpus, **params}
+
         def tx(conn: Any) -> bool:
-            inserted = conn.execute(
-                f"INSERT INTO agro_query_events ({_EVENT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-                "ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-                (
-                    event.event_id,
-                    event.ts,
-                    event.corpus,
-                    event.query,
-                    event.k,
-                    event.reranker_model,
-                    bool(event.reranking_used),
-                    event.fallback_reason,
-                    event.latency_ms,
-                    event.index_generation,
-                    event.source,
-                ),
-            ).fetchone()
+            # One statement (one round trip) stores the event, its ranked results and the chunk texts; if the
+            # event_id exists already, nothing is stored.
+            inserted = conn.execute(_INSERT_EVENT_SQL, params).fetchone()
             if inserted is None:
                 return False
-            conn.execute(
-                "INSERT INTO agro_event_corpora (id, root, created) VALUES (%s, NULL, %s) ON CONFLICT DO NOTHING",
-                (event.corpus, time.time()),
-            )
-            with conn.cursor() as cur:
-                if event.results:
-                    cur.executemany(
-                        f"INSERT INTO agro_query_results ({_RESULT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                        [
-                            (
-                                event.event_id,
-                                r.rank,
-                                r.doc_id,
-                                r.chunk_hash,
-                                r.path,
-                                r.start_line,
-                                r.end_line,
-                                r.fused_score,
-                                r.rerank_score,
-                                r.score,
-                                r.bm25_rank,
-                                r.dense_rank,
-                            )
-                            for r in event.results
-                        ],
-                    )
-                # Sorted so two writers sharing chunk texts take their row locks in the same order (no deadlock).
-                rows = sorted({t.hash: (t.hash, t.text, t.path, t.language, t.symbol) for t in texts}.items())
-                if rows:
-                    cur.executemany(
-                        "INSERT INTO agro_chunk_texts (hash, text, path, language, symbol) VALUES (%s,%s,%s,%s,%s) "
-                        "ON CONFLICT DO NOTHING",
-                        [row for _hash, row in rows],
-                    )
             for fb in feedback:
                 self._insert_feedback(conn, fb)
             return True
 
-        return self._write(tx, "insert_event")
+        return self._write(tx, "insert_event", durable=durable or bool(feedback))
 
     @staticmethod
     def _event_from_row(row: dict[str, Any], results: Sequence[dict[str, Any]]) -> QueryEvent:

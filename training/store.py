@@ -3,6 +3,7 @@
 Several server processes (one per MCP client session) and their worker threads share ``AGRO_HOME/agro.db``.
 What keeps that safe, measured in DESIGN.md section 3: WAL, ``synchronous=FULL``, a busy timeout and
 ``BEGIN IMMEDIATE`` for every write, so a write either commits durably before its call returns or not at all.
+(A search's own event does not wait for the disk: see :meth:`EventStore._write`.)
 Each thread gets its own connection; :meth:`EventStore.close` closes them all.
 """
 
@@ -412,17 +413,29 @@ class EventStore:
             return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``): committed when the block exits, rolled back on error."""
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed when the block exits, rolled back on error.
+
+        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL`` for this transaction): safe
+        if our process dies, lost only if the machine does before the next durable commit or checkpoint, which
+        syncs the whole log, this commit included. Used for a search's own event, so acknowledged feedback (always
+        durable, and written after its event) never points at a lost one.
+        """
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         """Close this thread's connection and those of ended threads; later calls in any thread raise StoreError.
@@ -508,7 +521,7 @@ class EventStore:
             corpus, query, k, hits, reranker_model=reranker_model, reranking_used=reranking_used,
             fallback_reason=fallback_reason, latency_ms=latency_ms, index_generation=index_generation, source=source,
         )
-        if not self.insert_event(event, texts):  # pragma: no cover - uuid4 collision
+        if not self.insert_event(event, texts, durable=False):  # pragma: no cover - uuid4 collision
             raise StoreError(f"event_id collision on {event.event_id}")
         return event.event_id
 
@@ -517,12 +530,15 @@ class EventStore:
         event: QueryEvent,
         texts: Iterable[ChunkText] = (),
         feedback: Iterable[FeedbackRecord] = (),
+        durable: bool = True,
     ) -> bool:
         """Store a ready-made event (imports), its chunk texts and feedback in one transaction.
 
         Returns False, storing nothing, if its event_id already exists. Feedback is not validated here.
+        ``durable=False`` (a search's own event, without feedback) does not wait for the disk; see :meth:`_write`.
         """
-        with self._write() as conn:
+        feedback = list(feedback)
+        with self._write(durable=durable or bool(feedback)) as conn:
             if conn.execute("SELECT 1 FROM query_events WHERE event_id = ?", (event.event_id,)).fetchone():
                 return False
             conn.execute(

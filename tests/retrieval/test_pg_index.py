@@ -101,6 +101,24 @@ def test_pg_refresh_reuses_embeddings_of_unchanged_chunk_text(pg, sample_repo, e
     assert s.added == 1 and s.embedded == 0
 
 
+def test_a_full_build_makes_the_hnsw_graph_with_the_configured_parameters_and_a_refresh_keeps_it(
+        pg, sample_repo, embedder):
+    rs = RetrievalSettings(hnsw_m=8, hnsw_ef_construction=40)
+    pg.build(sample_repo, "sample", IndexSettings(), rs, embedder)
+
+    def hnsw_defs(conn):
+        return [r[0] for r in conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename LIKE 'agro_chunks_%%' AND indexdef LIKE '%%hnsw%%'")]
+
+    defs = pg.db.read(hnsw_defs)
+    assert len(defs) == 1 and "m='8'" in defs[0] and "ef_construction='40'" in defs[0]
+    assert pg.load_current("sample").manifest["hnsw"] == {"m": 8, "ef_construction": 40}
+    (sample_repo / "auth" / "new_module.py").write_text("def fresh():\n    return 1\n")
+    pg.build(sample_repo, "sample", IndexSettings(), RetrievalSettings(), embedder)  # incremental: same graph
+    assert pg.db.read(hnsw_defs) == defs
+    assert pg.load_current("sample").manifest["hnsw"] == {"m": 8, "ef_construction": 40}
+
+
 def test_pg_filters_fill_k_even_when_the_filter_is_selective(pg, tmp_path, embedder):
     files = {f"pkg/mod{i:03d}.py": f'def handler_{i}(request):\n    """Handle request {i}."""\n    return {i}\n' for i in range(300)}
     files.update({f"web/page{i}.js": f"function render{i}(x) {{ return x + {i}; }}\n" for i in range(12)})

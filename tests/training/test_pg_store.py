@@ -150,6 +150,31 @@ def test_writes_are_synchronous_even_when_the_server_default_is_not(pg_url: str)
         fresh.close()
 
 
+def test_a_search_event_commits_asynchronously_and_feedback_on_it_durably(pg_url: str) -> None:
+    store = _pg_store(pg_url)
+    seen: dict[str, str] = {}
+    write = store.db.write
+
+    def spy(fn, what="write"):
+        def tx(conn):
+            out = fn(conn)
+            seen[what] = conn.execute("SHOW synchronous_commit").fetchone()[0]
+            return out
+        return write(tx, what)
+
+    store.db.write = spy
+    try:
+        eid = _log(store)
+        assert store.add_feedback(eid, "thumbs_up").created
+    finally:
+        store.db.write = write
+    assert seen["insert_event"] == "off"
+    assert seen["add_feedback"] == "on"
+    # committed and visible to every other session at once, although its WAL flush is deferred
+    with psycopg.connect(pg_url) as other:
+        assert other.execute("SELECT count(*) FROM agro_query_events WHERE event_id = %s", (eid,)).fetchone()[0] == 1
+
+
 def test_a_write_whose_connection_is_lost_is_reported_and_not_stored(pg_url: str) -> None:
     store = _pg_store(pg_url)
     eid = _log(store)

@@ -74,6 +74,25 @@ def test_store_uses_wal_full_sync_and_a_busy_timeout(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
+def test_a_search_event_does_not_wait_for_the_disk_but_feedback_does(tmp_path: Path) -> None:
+    with EventStore(tmp_path / "agro.db") as store:
+        conn = store._conn()
+        trace: list[str] = []
+        conn.set_trace_callback(trace.append)
+        eid = _log(store, _hits(A))
+        searched = list(trace)
+        trace.clear()
+        assert store.add_feedback(eid, "thumbs_up").created
+        conn.set_trace_callback(None)
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # back to FULL after the search event
+    insert = next(i for i, sql in enumerate(searched) if sql.startswith("INSERT INTO query_events"))
+    assert searched[0] == "PRAGMA synchronous=NORMAL" and searched[-1] == "PRAGMA synchronous=FULL"
+    assert searched.index("COMMIT") > insert
+    assert not any(sql.startswith("PRAGMA synchronous") for sql in trace)  # feedback commits at FULL
+    with EventStore(tmp_path / "agro.db") as again:  # committed: another connection reads it
+        assert again.counts()["query_events"] == 1 and again.counts()["feedback"] == 1
+
+
 def test_store_refuses_a_database_from_a_newer_agro_mcp(tmp_path: Path) -> None:
     db = tmp_path / "agro.db"
     EventStore(db).close()
