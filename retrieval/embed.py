@@ -39,6 +39,7 @@ class Embedder:
         elif self.dtype == "int8":
             self._model = _quantize_int8(self._model)
         self._model.max_seq_length = max_tokens
+        self._model.eval()  # inference only, once (queries skip encode(), which sets it on every call)
         self.max_tokens = max_tokens
         self.batch = batch
         self.dim = int(self._model.get_embedding_dimension())
@@ -66,6 +67,21 @@ class Embedder:
         out = vecs.float().cpu().numpy().astype(np.float32)
         # Normalised again in float32: a bf16 model's unit vectors are off by ~1e-3, enough for a dot product
         # (embedded) and a cosine (pgvector) to disagree.
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1.0)
+
+    def _forward(self, texts: Sequence[str]) -> np.ndarray:
+        """The model's own pipeline (transformer, pooling, ...) on a few texts, without ``encode``'s per-call set-up
+        (mode switch over every module, sorting, batching): ~1 ms less per query on this CPU, within bf16 rounding
+        (3e-4) of ``encode``."""
+        import torch
+
+        model = self._model
+        with self._lock:
+            features = model.preprocess(list(texts)) if hasattr(model, "preprocess") else model.tokenize(list(texts))
+            with torch.inference_mode():
+                vecs = model(features)["sentence_embedding"]
+        out = vecs.float().cpu().numpy().astype(np.float32)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms > 0, norms, 1.0)
 
@@ -119,10 +135,10 @@ class Embedder:
         ids = self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
         window = self.max_tokens - 2
         if len(ids) <= window:
-            return self._encode([text], 1)[0]
+            return self._forward([text])[0]
         ids = ids[: window * self.query_windows]
         pieces = [self.tokenizer.decode(ids[i : i + window]) for i in range(0, len(ids), window)]
-        vecs = self._encode(pieces, len(pieces))
+        vecs = self._forward(pieces)
         mean = vecs.mean(axis=0)
         return (mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32)
 

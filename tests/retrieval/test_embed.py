@@ -63,3 +63,11 @@ def test_the_window_count_comes_from_the_setting_and_must_be_positive(emb):
     with pytest.raises(ValueError):
         RetrievalSettings(query_windows=0)
     assert RetrievalSettings().query_windows == emb.query_windows
+
+
+def test_a_short_query_embeds_like_the_same_text_as_a_document(emb):
+    for text in ("where is the OAuth token validated", "exponential backoff with jitter", "x"):
+        q = emb.encode_query(text, cache=False)
+        d = emb.encode_documents([text])[0]
+        assert q.dtype == np.float32 and abs(float(np.linalg.norm(q)) - 1.0) < 1e-5
+        assert float(q @ d) > 0.9999
