@@ -126,6 +126,41 @@ def _filter_mask(gen: IndexGeneration, path_glob: str | None, language: str | No
     return mask
 
 
+SCREEN_MARGIN = 64  # extra candidates the float16 screen passes on to exact rescoring
+
+
+class ExactScores(dict):
+    """Exact (float32) cosine scores of the screened candidates; any other chunk is computed on request."""
+
+    def of(self, d: int, vectors: np.ndarray, qv: np.ndarray) -> float:
+        s = self.get(d)
+        return float(np.dot(vectors[d], qv)) if s is None else s
+
+
+def dense_top_k(gen: IndexGeneration, qv: np.ndarray, n: int, mask: np.ndarray | None) -> tuple[np.ndarray, ExactScores]:
+    """The ``n`` chunks nearest to ``qv`` (descending, ties by index), exactly as a float32 scan ranks them.
+
+    A float16 product screens every chunk and keeps the best ``n + max(n, SCREEN_MARGIN)``; those are rescored in
+    float32 and ranked. The float16 error (~1e-4 on a cosine) is far below the score gap between rank n and rank
+    2n, so the result is the exact one; small corpora skip the screen.
+    """
+    import torch
+
+    qv = np.asarray(qv, dtype=np.float32)
+    keep = n + max(n, SCREEN_MARGIN)
+    # Exact scores with einsum, not BLAS: OpenBLAS wakes a helper thread per call and lets it spin, which costs
+    # more CPU than these small products when several servers share the cores.
+    if len(gen.chunks) <= 4 * keep:
+        scores = np.einsum("ij,j->i", gen.vectors, qv)
+        order = top_k_indices(scores, n, mask)
+        return order, ExactScores((int(d), float(scores[d])) for d in order)
+    approx = (gen.half_vectors() @ torch.from_numpy(qv).to(torch.float16)).float().numpy()
+    cand = top_k_indices(approx, keep, mask)
+    exact = np.einsum("ij,j->i", gen.vectors[cand], qv)
+    order = cand[np.lexsort((cand, -exact))][:n]
+    return order, ExactScores((int(d), float(s)) for d, s in zip(cand, exact))
+
+
 def search(
     gen: IndexGeneration,
     embedder,
@@ -168,9 +203,8 @@ def search(
         qv = query_vector if query_vector is not None else embedder.encode_query(query, cache=use_query_cache)
         timings["embed_query"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        dense_scores = gen.vectors @ qv
         n = settings.dense_candidates if mode == "fused" else k
-        dense_order = top_k_indices(dense_scores, n, mask)
+        dense_order, dense_scores = dense_top_k(gen, qv, n, mask)
         timings["dense"] = (time.perf_counter() - t) * 1000
 
     t = time.perf_counter()
@@ -192,7 +226,7 @@ def search(
                 bm25_rank=bm25_rank.get(d),
                 dense_rank=dense_rank.get(d),
                 bm25_score=float(bm25_scores[d]) if bm25_scores is not None and d in bm25_rank else None,
-                dense_score=float(dense_scores[d]) if dense_scores is not None else None,
+                dense_score=dense_scores.of(d, gen.vectors, qv) if dense_scores is not None else None,
             )
         )
     timings["fusion"] = (time.perf_counter() - t) * 1000

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from retrieval.search import glob_to_regex, rrf, top_k_indices
+from retrieval.search import dense_top_k, glob_to_regex, rrf, top_k_indices
 
 
 def naive_rrf(rankings, k=60):
@@ -64,3 +64,32 @@ def test_top_k_indices_orders_by_score_then_index_and_respects_mask():
 )
 def test_glob_to_regex(pattern, path, expected):
     assert bool(glob_to_regex(pattern).match(path)) is expected
+
+
+def _generation(vectors):
+    from pathlib import Path
+
+    from retrieval.index import IndexGeneration
+
+    n = len(vectors)
+    return IndexGeneration(corpus="c", generation_id="g", path=Path("."), manifest={}, chunks=[None] * n,
+                           vectors=vectors, lexical=None, languages=np.array([None] * n), paths=np.array([None] * n))
+
+
+@pytest.mark.parametrize("n", [10, 100])
+def test_the_float16_screen_returns_the_exact_float32_top_k_and_scores(n):
+    rng = np.random.default_rng(7)
+    vecs = rng.standard_normal((5000, 384)).astype(np.float32)
+    vecs[4000:] = vecs[:1000] + 1e-3 * rng.standard_normal((1000, 384)).astype(np.float32)  # near-ties
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    gen = _generation(vecs)
+    mask = rng.random(5000) < 0.3
+    for q in rng.standard_normal((20, 384)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        exact = vecs @ q
+        for m in (None, mask):
+            order, scores = dense_top_k(gen, q, n, m)
+            assert order.tolist() == top_k_indices(exact, n, m).tolist()
+            assert all(scores.of(int(d), vecs, q) == pytest.approx(float(exact[d]), abs=1e-6) for d in order)
+        other = int(np.argmin(exact))  # a chunk the screen dropped: its score is computed exactly on request
+        assert scores.of(other, vecs, q) == pytest.approx(float(exact[other]), abs=1e-6)
