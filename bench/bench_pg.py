@@ -205,8 +205,8 @@ def tsvector_rank_fn(db, corpus: str, ranker: str, k: int):
     table = f"bench_tsv_{_partition_suffix(corpus)}"
 
     def setup(conn):
-        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None:
-            return
+        # Rebuilt every time: the chunk ids it joins on change with every full build of the corpus.
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
         rows = conn.execute("SELECT id, path, symbol, text FROM agro_chunks WHERE corpus = %s", (corpus,)).fetchall()
         conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, toks text NOT NULL, tsv tsvector)")
         with conn.cursor().copy(f"COPY {table} (id, toks) FROM STDIN") as cp:
