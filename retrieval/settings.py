@@ -98,7 +98,7 @@ class RetrievalSettings(BaseModel):
         description=(
             "postgres backend: HNSW candidate list size per dense search (0 = auto: 2 x dense_candidates). "
             "Measured at 100k chunks with the default graph (bench_pg --only hnsw): recall of the exact dense "
-            "top-10 0.978 at 200, 0.990 at 400 (+0.5 ms), 0.938 at 100."
+            "top-10 0.971 at 200, 0.985 at 400 (+2.6 ms of SQL), 0.926 at 100."
         ),
     )
     hnsw_m: int = Field(
@@ -110,6 +110,6 @@ class RetrievalSettings(BaseModel):
         256, ge=16, le=1000,
         description="postgres backend: HNSW build-time candidate list (pgvector's ef_construction), used when a "
         "corpus is fully built. Measured at 100k chunks: 256 instead of pgvector's 64 takes the recall of the "
-        "dense top-10 at ef_search 200 from 0.909 to 0.978 and searches faster (a better graph needs fewer "
+        "dense top-10 at ef_search 200 from 0.909 to 0.971 and searches faster (a better graph needs fewer "
         "hops); the index builds in 35 s instead of 20 s.",
     )
