@@ -121,43 +121,16 @@ def settings_for(backend: str, home: Path, url: str):
     return Settings(server=sv)
 
 
-class LookupEmbedder:
-    """Vectors of an existing embedded generation by document text (falls back to the real model)."""
-
-    def __init__(self, gen, real) -> None:
-        from retrieval.index import document_text
-
-        self.model_id, self.dim, self.dtype = real.model_id, real.dim, real.dtype
-        self.real = real
-        self.by_text = {document_text(c): gen.vectors[i] for i, c in enumerate(gen.chunks)}
-        self.misses = 0
-
-    def encode_documents(self, texts, progress=None):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        miss = [i for i, t in enumerate(texts) if t not in self.by_text]
-        for i, t in enumerate(texts):
-            if t in self.by_text:
-                out[i] = self.by_text[t]
-        if miss:
-            self.misses += len(miss)
-            out[miss] = self.real.encode_documents([texts[i] for i in miss])
-        if progress:
-            progress(len(texts))
-        return out
-
-    def encode_query(self, text, cache=True):
-        return self.real.encode_query(text, cache=cache)
-
-
 class CachedEmbedder:
-    """The real embedder with a persistent cache keyed by the text's hash (``vectors-cache.npz`` in ``--home``), so
-    the two backends index the same real vectors and a rebuild does not embed 100k chunks again."""
+    """The real embedder with a cache keyed by the text's hash, so both backends index the same real vectors: kept
+    in ``path`` (``vectors-cache.npz`` in ``--home``, so a rebuild does not embed 100k chunks again) and/or seeded
+    with an existing generation's vectors (:meth:`remember`)."""
 
-    def __init__(self, real, path: Path) -> None:
+    def __init__(self, real, path: Path | None = None) -> None:
         self.model_id, self.dim, self.dtype = real.model_id, real.dim, real.dtype
         self.real, self.path = real, path
         self.cache: dict[str, np.ndarray] = {}
-        if path.is_file():
+        if path is not None and path.is_file():
             with np.load(path) as z:
                 self.cache = dict(zip(z["keys"].tolist(), z["vectors"]))
         self.embedded = 0
@@ -183,11 +156,19 @@ class CachedEmbedder:
             progress(len(texts))
         return np.stack([self.cache[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
 
+    def remember(self, gen) -> CachedEmbedder:
+        """Seed the cache with ``gen``'s vectors, by the text each chunk was embedded from."""
+        from retrieval.index import document_text
+
+        for i, c in enumerate(gen.chunks):
+            self.cache[self.key(document_text(c))] = gen.vectors[i]
+        return self
+
     def encode_query(self, text, cache=True):
         return self.real.encode_query(text, cache=cache)
 
     def save(self) -> None:
-        if not self.embedded:
+        if not self.embedded or self.path is None:
             return
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(tmp, keys=np.array(list(self.cache)), vectors=np.stack(list(self.cache.values())))
@@ -254,13 +235,13 @@ def section_quality(args, url: str) -> None:
         t = time.perf_counter()
         ge = _ensure_index(embedded, corpus, root, ix, rs, emb)
         t_e = time.perf_counter() - t
-        look = LookupEmbedder(ge, emb)
+        look = CachedEmbedder(emb).remember(ge)
         t = time.perf_counter()
         pg.build(root, corpus, ix, rs, look, full=True)
         gp = pg.load_current(corpus)
         t_p = time.perf_counter() - t
         logger.info("%s: embedded index ready in %.1fs, postgres built in %.1fs (%d vectors embedded anew)",
-                    coll, t_e, t_p, look.misses)
+                    coll, t_e, t_p, look.embedded)
         qvec = {q.qid: emb.encode_query(q.query) for q in bs.queries}
 
         def fn(gen, mode):

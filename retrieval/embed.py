@@ -64,11 +64,7 @@ class Embedder:
                 convert_to_tensor=True,
                 show_progress_bar=False,
             )
-        out = vecs.float().cpu().numpy().astype(np.float32)
-        # Normalised again in float32: a bf16 model's unit vectors are off by ~1e-3, enough for a dot product
-        # (embedded) and a cosine (pgvector) to disagree.
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1.0)
+        return _unit_rows(vecs)
 
     def _forward(self, texts: Sequence[str]) -> np.ndarray:
         """The model's own pipeline (transformer, pooling, ...) on a few texts, without ``encode``'s per-call set-up
@@ -81,9 +77,7 @@ class Embedder:
             features = model.preprocess(list(texts)) if hasattr(model, "preprocess") else model.tokenize(list(texts))
             with torch.inference_mode():
                 vecs = model(features)["sentence_embedding"]
-        out = vecs.float().cpu().numpy().astype(np.float32)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1.0)
+        return _unit_rows(vecs)
 
     def encode_documents(
         self, texts: Sequence[str], progress: Callable[[int], None] | None = None
@@ -141,6 +135,14 @@ class Embedder:
         vecs = self._forward(pieces)
         mean = vecs.mean(axis=0)
         return (mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32)
+
+
+def _unit_rows(vecs) -> np.ndarray:
+    """A model's output tensor as float32 rows of length 1. Normalised again in float32: a bf16 model's unit
+    vectors are off by ~1e-3, enough for a dot product (embedded) and a cosine (pgvector) to disagree."""
+    out = vecs.float().cpu().numpy().astype(np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms > 0, norms, 1.0)
 
 
 def _quantize_int8(model):

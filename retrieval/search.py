@@ -130,11 +130,15 @@ SCREEN_MARGIN = 64  # extra candidates the float16 screen passes on to exact res
 
 
 class ExactScores(dict):
-    """Exact (float32) cosine scores of the screened candidates; any other chunk is computed on request."""
+    """Exact (float32) cosine scores by chunk index: the screened candidates' are stored, any other chunk's is
+    computed when asked for (a BM25-only hit)."""
 
-    def of(self, d: int, vectors: np.ndarray, qv: np.ndarray) -> float:
-        s = self.get(d)
-        return float(np.dot(vectors[d], qv)) if s is None else s
+    def __init__(self, vectors: np.ndarray, qv: np.ndarray, known) -> None:
+        super().__init__(known)
+        self.vectors, self.qv = vectors, qv
+
+    def __missing__(self, d: int) -> float:
+        return float(np.dot(self.vectors[d], self.qv))
 
 
 def dense_top_k(gen: IndexGeneration, qv: np.ndarray, n: int, mask: np.ndarray | None) -> tuple[np.ndarray, ExactScores]:
@@ -153,12 +157,12 @@ def dense_top_k(gen: IndexGeneration, qv: np.ndarray, n: int, mask: np.ndarray |
     if len(gen.chunks) <= 4 * keep:
         scores = np.einsum("ij,j->i", gen.vectors, qv)
         order = top_k_indices(scores, n, mask)
-        return order, ExactScores((int(d), float(scores[d])) for d in order)
+        return order, ExactScores(gen.vectors, qv, ((int(d), float(scores[d])) for d in order))
     approx = (gen.half_vectors() @ torch.from_numpy(qv).to(torch.float16)).float().numpy()
     cand = top_k_indices(approx, keep, mask)
     exact = np.einsum("ij,j->i", gen.vectors[cand], qv)
     order = cand[np.lexsort((cand, -exact))][:n]
-    return order, ExactScores((int(d), float(s)) for d, s in zip(cand, exact))
+    return order, ExactScores(gen.vectors, qv, ((int(d), float(s)) for d, s in zip(cand, exact)))
 
 
 def search(
@@ -226,7 +230,7 @@ def search(
                 bm25_rank=bm25_rank.get(d),
                 dense_rank=dense_rank.get(d),
                 bm25_score=float(bm25_scores[d]) if bm25_scores is not None and d in bm25_rank else None,
-                dense_score=dense_scores.of(d, gen.vectors, qv) if dense_scores is not None else None,
+                dense_score=dense_scores[d] if dense_scores is not None else None,
             )
         )
     timings["fusion"] = (time.perf_counter() - t) * 1000

@@ -196,16 +196,17 @@ _RESULT_COLS = (
 _RESULT_FIELDS = ("rank", "doc_id", "chunk_hash", "path", "start_line", "end_line", "fused_score", "rerank_score",
                   "score", "bm25_rank", "dense_rank")
 _RESULT_TYPES = ("int4", "text", "text", "text", "int4", "int4", "float8", "float8", "float8", "int4", "int4")
+# %(e_0)s .. %(e_10)s are the event's columns in _EVENT_COLS order (e_0 = event_id, e_2 = corpus).
 _INSERT_EVENT_SQL = f"""
     WITH e AS (
         INSERT INTO agro_query_events ({_EVENT_COLS}) VALUES ({", ".join(f"%(e_{i})s" for i in range(11))})
         ON CONFLICT (event_id) DO NOTHING RETURNING seq),
     c AS (
-        INSERT INTO agro_event_corpora (id, root, created) SELECT %(corpus)s, NULL, %(created)s
+        INSERT INTO agro_event_corpora (id, root, created) SELECT %(e_2)s, NULL, %(created)s
         WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT DO NOTHING),
     r AS (
         INSERT INTO agro_query_results ({_RESULT_COLS})
-        SELECT %(event_id)s, u.* FROM unnest({", ".join(f"%(r_{i})s::{t}[]" for i, t in enumerate(_RESULT_TYPES))}) AS u
+        SELECT %(e_0)s, u.* FROM unnest({", ".join(f"%(r_{i})s::{t}[]" for i, t in enumerate(_RESULT_TYPES))}) AS u
         WHERE EXISTS (SELECT 1 FROM e)),
     t AS (
         INSERT INTO agro_chunk_texts (hash, text, path, language, symbol)
@@ -393,8 +394,6 @@ class PgEventStore:
             **{f"r_{i}": [getattr(r, c) for r in results] for i, c in enumerate(_RESULT_FIELDS)},
             **{f"t_{i}": [row[i] for row in text_rows] for i in range(5)},
         }
-        params = {"event_id": event.event_id, "corpus": event.corpus, **params}
-
         def tx(conn: Any) -> bool:
             # One statement (one round trip) stores the event, its ranked results and the chunk texts; if the
             # event_id exists already, nothing is stored.

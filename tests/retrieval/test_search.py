@@ -90,6 +90,6 @@ def test_the_float16_screen_returns_the_exact_float32_top_k_and_scores(n):
         for m in (None, mask):
             order, scores = dense_top_k(gen, q, n, m)
             assert order.tolist() == top_k_indices(exact, n, m).tolist()
-            assert all(scores.of(int(d), vecs, q) == pytest.approx(float(exact[d]), abs=1e-6) for d in order)
+            assert all(scores[int(d)] == pytest.approx(float(exact[d]), abs=1e-6) for d in order)
         other = int(np.argmin(exact))  # a chunk the screen dropped: its score is computed exactly on request
-        assert scores.of(other, vecs, q) == pytest.approx(float(exact[other]), abs=1e-6)
+        assert scores[other] == pytest.approx(float(exact[other]), abs=1e-6)
