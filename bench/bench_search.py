@@ -59,7 +59,7 @@ from retrieval.types import Chunk  # noqa: E402
 
 logger = logging.getLogger("bench_search")
 
-SECTIONS = ("build", "refresh", "latency", "quality", "querywin", "bm25libs")
+SECTIONS = ("build", "refresh", "latency", "quality", "querywin", "queryembed", "bm25libs")
 COLLECTIONS = ("docstring_boltons", "docstring_httpx", "docstring_jinja", "swebench_lite_dev")
 MODES = ("bm25", "dense", "fused")
 
@@ -584,6 +584,46 @@ def section_querywin(ctx: Context) -> None:
                  f"{emb.dtype}, 1 query at a time"])
 
 
+# ------------------------------------------------------------------------------------------------ queryembed
+
+
+def section_queryembed(ctx: Context) -> None:
+    """Query embedding time with bf16 linears packed for oneDNN once (the default) against plain bf16 linears."""
+    import numpy as np
+    import torch
+
+    from retrieval.embed import Embedder
+
+    args = ctx.args
+    s = RetrievalSettings()
+    variants = {"packed": Embedder(s.embed_model, s.embed_dtype, s.embed_max_tokens),
+                "plain": Embedder(s.embed_model, s.embed_dtype, s.embed_max_tokens, pack_linears=False)}
+    qs = ctx.queries()
+    times: dict[tuple[str, str], list[float]] = {(v, k): [] for v in variants for k in ("short", "long", "all")}
+    cos = []
+    for emb in variants.values():
+        for _, q in qs[:10]:
+            emb.encode_query(q, cache=False)
+    for r in range(args.repeat):  # rounds alternate the variants, so a slow moment of the machine hits both
+        for name, emb in (variants.items() if r % 2 == 0 else reversed(list(variants.items()))):
+            for kind, q in qs:
+                t0 = time.perf_counter()
+                emb.encode_query(q, cache=False)
+                ms = (time.perf_counter() - t0) * 1000
+                times[(name, kind)].append(ms)
+                times[(name, "all")].append(ms)
+    for _, q in qs:
+        a, b = (variants[v].encode_query(q, cache=False) for v in ("packed", "plain"))
+        cos.append(float(np.dot(a, b)))
+    rows = [(name, kind, len(ms), statistics.median(ms), pct(ms, 95), statistics.mean(ms))
+            for (name, kind), ms in times.items() if ms]
+    print_table("queryembed: Embedder.encode_query (no cache, 1 query at a time), packed vs plain bf16 linears",
+                ("linears", "queries", "n", "p50 ms", "p95 ms", "mean ms"), rows,
+                [f"{len(qs)} queries x {args.repeat} rounds; dtype {variants['packed'].dtype}, "
+                 f"{variants['packed'].packed_linears} layers packed; torch threads {torch.get_num_threads()}; "
+                 f"cosine packed vs plain: min {min(cos):.7f}"])
+
+
 # ------------------------------------------------------------------------------------------------ bm25libs
 
 
@@ -698,7 +738,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repo", type=Path, default=None, help="repository for build/refresh/latency/bm25libs (default: installed transformers)")
     p.add_argument("--max-files", type=int, default=None, help="build: index a random sample of this many files")
     p.add_argument("--refresh-files", type=int, default=2000, help="refresh: files in the copy (target: 2,000)")
-    p.add_argument("--repeat", type=int, default=3, help="refresh: runs per scenario")
+    p.add_argument("--repeat", type=int, default=3, help="refresh: runs per scenario; queryembed: rounds")
     p.add_argument("--latency-sizes", default="10000,100000", help="latency: index sizes in chunks")
     p.add_argument("--bm25-sizes", default="10000,50000", help="bm25libs: corpus sizes in documents")
     p.add_argument("--queries", type=int, default=200, help="latency/bm25libs: number of queries")
@@ -734,7 +774,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# sections: {', '.join(args.only)}; repo {ctx.repo}")
     sys.stdout.flush()
     funcs = {"build": section_build, "refresh": section_refresh, "latency": section_latency,
-             "quality": section_quality, "querywin": section_querywin, "bm25libs": section_bm25libs}
+             "quality": section_quality, "querywin": section_querywin, "queryembed": section_queryembed,
+             "bm25libs": section_bm25libs}
     for name in SECTIONS:
         if name in args.only:
             t = time.perf_counter()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrieval.models import cpu_has_native_bf16
+from retrieval.models import cpu_has_native_bf16, cpu_has_vnni
 
 if TYPE_CHECKING:
     import torch
@@ -59,22 +59,6 @@ class ScoringCancelled(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------- backends
-
-
-_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU has int8 dot-product instructions (flags ``avx512_vnni``, ``avx_vnni`` or ``amx_int8``)."""
-    from retrieval.models import cpu_flags
-
-    return bool(cpu_flags(cpuinfo) & set(_VNNI_FLAGS))
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            flags = set(value.split())
-            return any(f in flags for f in _VNNI_FLAGS)
-    return False
 
 
 def resolve_backend_name(backend: str, cpuinfo: str | None = None) -> str:

@@ -26,16 +26,21 @@ class Embedder:
     """Encodes chunks and queries into L2-normalised float32 vectors."""
 
     def __init__(self, model_ref: str, dtype: str = "auto", max_tokens: int = 256, batch: int = 32,
-                 query_windows: int = MAX_QUERY_WINDOWS) -> None:
+                 query_windows: int = MAX_QUERY_WINDOWS, pack_linears: bool = True) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
         self.ref = model_ref
+        self.packed_linears = 0
         path = resolve_model_ref(model_ref)
         self.dtype = ("bf16" if cpu_has_native_bf16() else "fp32") if dtype == "auto" else dtype
         self._model = SentenceTransformer(path, device="cpu", local_files_only=Path(path).exists())
         if self.dtype == "bf16":
+            from retrieval.packed import pack_bf16_linears
+
             self._model.to(torch.bfloat16)
+            if pack_linears:  # inference only: the weights are reordered for oneDNN once, not on every call
+                self.packed_linears = pack_bf16_linears(self._model)
         elif self.dtype == "int8":
             self._model = _quantize_int8(self._model)
         self._model.max_seq_length = max_tokens

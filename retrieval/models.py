@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["MINILM_ID", "cpu_has_native_bf16", "minilm_path", "resolve_model_ref"]
+__all__ = ["MINILM_ID", "cpu_has_native_bf16", "cpu_has_vnni", "minilm_path", "resolve_model_ref"]
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -58,6 +58,15 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has int8 dot-product instructions (flags ``avx512_vnni``, ``avx_vnni`` or ``amx_int8``)."""
+    return bool(cpu_flags(cpuinfo) & set(_VNNI_FLAGS))
+
+
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether the CPU executes bf16 matmuls natively (flags ``amx_bf16`` or ``avx512_bf16``)."""
     return bool(cpu_flags(cpuinfo) & set(_BF16_FLAGS))
+
