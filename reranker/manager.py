@@ -23,7 +23,7 @@ import numpy as np
 from reranker.model import CrossEncoderScorer, RerankerLoadError
 from reranker.settings import RerankerSettings
 
-__all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer", "effective_alpha"]
+__all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer", "effective_alpha", "effective_dense_weight"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,18 @@ def effective_alpha(loaded: LoadedReranker | None, settings: Any) -> tuple[float
     if isinstance(a, (int, float)) and not isinstance(a, bool) and 0.0 <= a <= 1.0:
         return float(a), "release"
     return settings.alpha, "default"
+
+
+def effective_dense_weight(loaded: LoadedReranker | None, settings: Any) -> tuple[float, str]:
+    """The dense share of the blend's retrieval side in force and where it comes from: ``setting``
+    (``AGRO_RERANKER_DENSE_WEIGHT`` set explicitly), ``release`` (its manifest's ``blend.dense_weight``, chosen by
+    the loop) or ``default``."""
+    if "dense_weight" in settings.model_fields_set:
+        return settings.dense_weight, "setting"
+    w = ((loaded.manifest or {}).get("blend") or {}).get("dense_weight") if loaded is not None else None
+    if isinstance(w, (int, float)) and not isinstance(w, bool) and 0.0 <= w <= 1.0:
+        return float(w), "release"
+    return settings.dense_weight, "default"
 
 
 def _manifest_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -320,6 +332,7 @@ class RerankerManager:
             last_check, last_error = self._last_check, self._last_error
         scorer = loaded.scorer if loaded else None
         alpha, alpha_source = effective_alpha(loaded, s)
+        dense_weight, dense_weight_source = effective_dense_weight(loaded, s)
         return {
             "enabled": s.enabled,
             "model_path": s.model_path,
@@ -337,6 +350,8 @@ class RerankerManager:
             "layers": getattr(scorer, "layers", None),
             "alpha": alpha,
             "alpha_source": alpha_source,
+            "dense_weight": dense_weight,
+            "dense_weight_source": dense_weight_source,
             "topn": s.topn,
             "batch": s.batch,
             "maxlen": s.maxlen,

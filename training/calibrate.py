@@ -1,6 +1,8 @@
 """The blend weight a candidate is served with, chosen on questions it was not trained on.
 
-The final score of a reranked hit is ``alpha * minmax(cross-encoder) + (1 - alpha) * minmax(fused)``. How much a
+The final score of a reranked hit is ``alpha * minmax(cross-encoder) + (1 - alpha) * retrieval``, where retrieval
+is ``(1 - w) * minmax(fused) + w * minmax(dense)`` and ``w`` is chosen first, on all training questions, with no
+model involved (:func:`choose_dense_weight`). How much a
 freshly trained cross-encoder should weigh depends on what it learned: measured on the docstring benchmarks, a
 candidate trained on ~50 feedback queries ranked httpx's held-out half at span MRR@10 0.354 with the default alpha
 0.7 and 0.447 with alpha 0.3 (fused alone: 0.383). So each run sets a *calibration* slice of its training queries
@@ -13,17 +15,21 @@ An ``AGRO_RERANKER_ALPHA`` set by the user always wins over the release's.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from training.miners import MinedSplit, Triplet, heldout_questions, split_by_query
 
-__all__ = ["ALPHA_GRID", "calibrate_alpha", "calibration_split", "pick_alpha"]
+__all__ = ["ALPHA_GRID", "DENSE_WEIGHT_GRID", "calibrate_alpha", "calibration_split", "choose_dense_weight",
+           "pick_alpha", "pick_dense_weight"]
 
 logger = logging.getLogger(__name__)
 
 ALPHA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DENSE_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+DENSE_WEIGHT_MARGIN = 0.05  # relative MRR@10 gain over the default a training set must show to move the weight
 _SALT = 7919  # the calibration slice is drawn with another seed than the held-out split
 
 
@@ -36,7 +42,7 @@ def calibration_split(split: MinedSplit, fraction: float, seed: int, min_queries
     if n_cal < min_queries or inner.info["train_queries"] < min_queries:
         info = {**split.info, "calibration": {"queries": 0, "reason": (
             f"{n_cal} calibration question(s) of {len(split.train)} training triplets; need at least {min_queries} "
-            "(AGRO_TRAINING_CALIBRATION_MIN_QUERIES) on each side, so the run is served with the configured alpha")}}
+            "(AGRO_TRAINING_CALIBRATION_MIN_QUERIES) on each side")}}
         return MinedSplit(split.train, split.heldout, info), []
     info = {**split.info, "calibration": {"queries": n_cal, "triplets": len(inner.heldout), "fraction": fraction,
                                           "fit_queries": inner.info["train_queries"]}}
@@ -50,6 +56,79 @@ def pick_alpha(mrr_by_alpha: dict[float, float], default: float) -> float:
     return min(tied, key=lambda a: (round(abs(a - default), 9), a))
 
 
+def pick_dense_weight(mrr_by_weight: dict[float, float], default: float, margin: float = DENSE_WEIGHT_MARGIN) -> float:
+    """The weight with the highest MRR@10 if it beats ``default``'s by ``margin`` (relative), else ``default``: on
+    a few dozen questions the best grid point is mostly noise (docstring_httpx's training half preferred 0.25, its
+    test half 1.0), so the measured default holds unless the questions clearly say otherwise."""
+    best = max(mrr_by_weight, key=lambda w: (mrr_by_weight[w], -abs(w - default)))
+    base = mrr_by_weight.get(default)
+    if base is None or mrr_by_weight[best] > base * (1.0 + margin):
+        return best
+    return default
+
+
+def choose_dense_weight(
+    engine: Any,
+    questions: Sequence[Triplet],
+    *,
+    grid: Sequence[float] = DENSE_WEIGHT_GRID,
+    min_queries: int = 10,
+    max_queries: int = 300,
+    seed: int = 0,
+    views: Callable[[Sequence[Triplet]], Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The dense share ``w`` of the blend's retrieval side (``(1 - w) * minmax(fused) + w * minmax(dense)`` over
+    the reranked head) for a run, from how retrieval alone ranks ``questions`` (no cross-encoder) at each ``w`` of
+    ``grid``: :func:`pick_dense_weight` against the configured default (``AGRO_RERANKER_DENSE_WEIGHT``).
+
+    No model is involved, so the training questions themselves can choose it: it only says, per data home, how
+    much of the bi-encoder's cosine to trust against the lexical + dense fusion. Fewer than ``min_queries``
+    questions keep the default. At most ``max_queries`` questions are used (a seeded sample); ``views(triplets)``
+    gives the index views they are scored on (corpus-bootstrap questions without their answers' docstrings, as the
+    gate scores them).
+    Returns ``{"dense_weight", "default", "level", "n_queries", "mrr_by_dense_weight"}``.
+    """
+    from reranker.stage import retrieval_scores
+    from training.evaluate import queries_from_feedback, run_evaluation
+
+    default = float(engine.settings.reranker.dense_weight)
+    known = set(engine.corpora())
+    rows = [r for r in heldout_questions(questions) if r["corpus"] in known]
+    if len(rows) < min_queries:
+        return {"dense_weight": default, "default": default, "n_queries": len(rows), "reason": (
+            f"{len(rows)} training question(s); need at least {min_queries} to move the dense weight from its "
+            "default")}
+    if len(rows) > max_queries:
+        rows = random.Random(seed).sample(rows, max_queries)
+    chosen = {(r["corpus"], r["query"]) for r in rows}
+    generations = views([t for t in questions if (t.corpus, t.query) in chosen]) if views else None
+    topn = engine.settings.reranker.topn
+
+    def reorder(w: float):
+        def fn(query: str, hits: list) -> tuple[list, float]:
+            n = len(hits) if topn == 0 else min(topn, len(hits))
+            head = hits[:n]
+            s = retrieval_scores([h.fused_score for h in head], [h.dense_score for h in head], w)
+            order = sorted(range(n), key=lambda i: -s[i])  # stable: ties keep fused order
+            return [head[i] for i in order] + list(hits[n:]), 0.0
+        return fn
+
+    queries = queries_from_feedback(rows)
+    level, mrr = "span", {}
+    for w in sorted({*map(float, grid), default}):
+        report = run_evaluation(queries, Path(engine.home), engine.settings.index, engine.settings.retrieval,
+                                configs=("fused",), candidate_rerank_fn=reorder(w), embedder=engine.embedder(),
+                                levels=("span", "file"), index_backend=engine.indexes, generations=generations, k=50)
+        if not report.metrics["fused+candidate"].get("span"):
+            level = "file"
+        mrr[w] = float(report.metrics["fused+candidate"][level]["MRR@10"])
+    w = pick_dense_weight(mrr, default)
+    logger.info("dense weight on %d training questions (%s level): %.2f (default %.2f; MRR@10 by weight %s)",
+                len(rows), level, w, default, ", ".join(f"{k:.2f}: {m:.3f}" for k, m in mrr.items()))
+    return {"dense_weight": w, "default": default, "level": level, "n_queries": len(rows),
+            "mrr_by_dense_weight": {str(k): m for k, m in mrr.items()}}
+
+
 def calibrate_alpha(
     engine: Any,
     model_dir: Path,
@@ -58,6 +137,7 @@ def calibrate_alpha(
     grid: Sequence[float] = ALPHA_GRID,
     progress: Callable[[int, int], None] | None = None,
     generations: Mapping[str, Any] | None = None,
+    dense_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Score the candidate in ``model_dir`` on the calibration questions at every alpha of ``grid``.
 
@@ -85,7 +165,8 @@ def calibrate_alpha(
     mrr: dict[float, float] = {}
     fused_mrr = None
     for i, a in enumerate(grid, 1):
-        fn = make_rerank_fn(loaded, rr.model_copy(update={"alpha": float(a)}), cache)
+        fn = make_rerank_fn(loaded, rr.model_copy(update={"alpha": float(a), "dense_weight": float(dense_weight)}),
+                            cache)
         report = run_evaluation(queries, Path(engine.home), engine.settings.index, engine.settings.retrieval,
                                 configs=("fused",), candidate_rerank_fn=fn, embedder=engine.embedder(),
                                 levels=("span", "file"), index_backend=engine.indexes, generations=generations,

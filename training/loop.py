@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.types import located_text
-from training.calibrate import calibrate_alpha, calibration_split
+from training.calibrate import calibrate_alpha, calibration_split, choose_dense_weight
 from training.miners import (
     MinedSplit,
     Triplet,
@@ -157,9 +157,24 @@ def export_triplets(engine: Any, split: MinedSplit) -> Path:
     return out
 
 
-def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None = None) -> dict[str, Any]:
-    """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json."""
+def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None = None,
+               weigh_dense: bool = True) -> dict[str, Any]:
+    """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json.
+
+    Its blend (``run.json`` ``blend``, carried into a release's manifest) gets the dense weight chosen on all its
+    training questions (unless ``weigh_dense`` is off: a pre-trained base is never served) and the alpha calibrated
+    on its calibration slice, or ``uncalibrated_alpha``.
+    """
     ts = engine.settings.training
+    rr = engine.settings.reranker
+    if "dense_weight" in rr.model_fields_set or not weigh_dense:  # set by the user: it is what will be served
+        weighing = {"dense_weight": rr.dense_weight,
+                    "reason": "AGRO_RERANKER_DENSE_WEIGHT is set" if weigh_dense else "not weighed (a base)"}
+    else:
+        ctx.progress(0.2, "weighing dense against fused on the training questions")
+        weighing = choose_dense_weight(engine, split.train, min_queries=ts.calibration_min_queries, seed=ts.seed,
+                                       views=lambda ts_: bootstrap_gate_views(engine, ts_))
+    dense_weight = float(weighing["dense_weight"])
     calibration: list = []
     if ts.calibrate_alpha:
         split, calibration = calibration_split(split, ts.calibration_fraction, ts.seed, ts.calibration_min_queries)
@@ -173,10 +188,15 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
         ctx.log("calibrating the blend weight of run %s on %d calibration triplets", ctx.run_id, len(calibration))
         blend = calibrate_alpha(engine, run_dir(models_dir, ctx.run_id) / "model", calibration,
                                 progress=lambda i, n: ctx.progress(0.75 + 0.05 * i / n, f"calibrating alpha {i}/{n}"),
-                                generations=bootstrap_gate_views(engine, calibration))
+                                generations=bootstrap_gate_views(engine, calibration), dense_weight=dense_weight)
     else:
         blend = {"alpha": None, "reason": split.info.get("calibration", {}).get("reason", "calibration is off "
                  "(AGRO_TRAINING_CALIBRATE_ALPHA=0)")}
+    if blend.get("alpha") is None:  # not calibrated: served (and judged) with the measured default for runs
+        blend.update(alpha=ts.uncalibrated_alpha, calibrated=False,
+                     reason=f"{blend.get('reason')}; served with AGRO_TRAINING_UNCALIBRATED_ALPHA {ts.uncalibrated_alpha}")
+    blend["dense_weight"] = dense_weight
+    blend["dense_weighing"] = {k: v for k, v in weighing.items() if k != "dense_weight"}
     run["blend"] = blend
     write_json_atomic(run_dir(models_dir, ctx.run_id) / "run.json", run)
     return run

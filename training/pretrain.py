@@ -133,7 +133,8 @@ def run_pretrain(settings: Any, ctx: Any, source: str | Path | None = None, *, c
             raise PretrainError(
                 f"{src} gave {len(split.train)} training pairs (need {ts.min_triplets}): pass a folder with more "
                 "documented functions (docstrings or leading comments)")
-        run = train_step(eng, ctx, split, extra={"sources": ["pretrain"], "pretrain_source": str(src)})
+        run = train_step(eng, ctx, split, extra={"sources": ["pretrain"], "pretrain_source": str(src)},
+                         weigh_dense=False)
         ev = evaluate_run(eng, ctx, ctx.run_id)
         model = run_dir(work / "models", ctx.run_id) / "model"
         base_id = ctx.run_id

@@ -205,6 +205,38 @@ def test_a_release_is_blended_with_its_calibrated_alpha_unless_the_user_set_one(
     assert effective_alpha(bad, RerankerSettings()) == (0.7, "default")
 
 
+def test_the_retrieval_side_moves_from_fused_to_dense_with_the_dense_weight():
+    from reranker.stage import retrieval_scores
+
+    fused, dense = [0.05, 0.04, 0.03], [0.2, 0.8, 0.5]
+    assert np.allclose(retrieval_scores(fused, dense, 0.0), [1.0, 0.5, 0.0])
+    assert np.allclose(retrieval_scores(fused, dense, 1.0), [0.0, 1.0, 0.5])
+    assert np.allclose(retrieval_scores(fused, dense, 0.5), [0.5, 0.75, 0.25])
+    # a hit outside the dense candidates counts as the lowest dense score; no dense score at all: fused alone
+    assert np.allclose(retrieval_scores(fused, [None, 0.8, 0.5], 1.0), [0.0, 1.0, 0.0])
+    assert np.allclose(retrieval_scores(fused, [None, None, None], 1.0), [1.0, 0.5, 0.0])
+    assert np.allclose(blend_scores([1.0, 3.0, 2.0], fused, 0.5, dense, 1.0), 0.5 * np.array([0, 1, 0.5]) +
+                       0.5 * np.array([0.0, 1.0, 0.5]))
+
+
+def test_a_release_is_blended_with_its_dense_weight_unless_the_user_set_one():
+    from reranker.manager import effective_dense_weight
+
+    fused, dense = [0.9, 0.8, 0.1], [0.1, 0.2, 0.9]  # fused retrieval prefers t0, the bi-encoder t2
+    table = {"t0": 0.0, "t1": 0.0, "t2": 0.0}  # a model with no opinion: the retrieval side decides
+    hits = [Hit(Chunk.make(f"f{i}.py", 1, 2, "python", None, f"t{i}"), fused_score=f, score=f, dense_score=d)
+            for i, (f, d) in enumerate(zip(fused, dense))]
+    rel = LoadedReranker(scorer=TableScorer(table), model_id="r", manifest={"blend": {"alpha": 0.5,
+                                                                                      "dense_weight": 1.0}})
+    assert effective_dense_weight(rel, RerankerSettings()) == (1.0, "release")
+    assert rerank("q", hits, rel, RerankerSettings(topn=0), None).hits[0].doc_id == "f2.py:1-2"
+    assert effective_dense_weight(rel, RerankerSettings(dense_weight=0.0)) == (0.0, "setting")
+    assert rerank("q", hits, rel, RerankerSettings(topn=0, dense_weight=0.0), None).hits[0].doc_id == "f0.py:1-2"
+    assert effective_dense_weight(loaded(TableScorer(table)), RerankerSettings()) == (0.5, "default")
+    bad = LoadedReranker(scorer=TableScorer(table), model_id="r", manifest={"blend": {"dense_weight": True}})
+    assert effective_dense_weight(bad, RerankerSettings()) == (0.5, "default")
+
+
 def test_a_query_far_longer_than_any_training_question_keeps_the_fused_order(tiny_dir):
     from training.evaluate import make_rerank_fn
 

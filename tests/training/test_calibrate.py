@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from training.calibrate import calibration_split, pick_alpha
 from training.miners import Triplet, query_key, split_by_query
 
@@ -39,6 +41,15 @@ def test_the_best_alpha_wins_and_a_tie_goes_to_the_configured_one():
     assert pick_alpha({0.2: 0.5, 0.6: 0.5}, 0.4) == 0.2  # equally close: the smaller weight
 
 
+def test_the_dense_weight_leaves_its_default_only_for_a_clear_gain():
+    from training.calibrate import pick_dense_weight
+
+    assert pick_dense_weight({0.0: 0.40, 0.5: 0.50, 1.0: 0.52}, 0.5) == 0.5  # +4%: noise on a few dozen questions
+    assert pick_dense_weight({0.0: 0.40, 0.5: 0.50, 1.0: 0.60}, 0.5) == 1.0
+    assert pick_dense_weight({0.0: 0.60, 0.25: 0.60, 0.5: 0.50}, 0.5) == 0.25  # a tie goes to the closer weight
+    assert pick_dense_weight({0.0: 0.3, 1.0: 0.2}, 0.5) == 0.0  # no figure for the default: the best
+
+
 def test_a_candidate_or_release_is_evaluated_with_its_own_blend(tmp_path):
     import json
 
@@ -55,3 +66,65 @@ def test_a_candidate_or_release_is_evaluated_with_its_own_blend(tmp_path):
     other = tmp_path / "somewhere"
     other.mkdir()
     assert _model_manifest(other) is None
+
+
+
+VERBS = ["parse", "render", "cache", "merge", "split", "encode", "decode", "validate", "format", "compress"]
+NOUNS = ["header", "token", "template", "path", "config", "record", "stream", "buffer"]
+
+
+def _repo(root):
+    """Functions named and documented with verb/noun pairs, so that lexical and dense matching disagree often."""
+    root.mkdir()
+    for f, verb in enumerate(VERBS):
+        parts = []
+        for j, noun in enumerate(NOUNS):
+            other = NOUNS[(j + 3) % len(NOUNS)]
+            parts.append(f'def {verb}_{noun}(data):\n    """{verb.title()} a {noun} read from the {other} '
+                         f'before it is stored."""\n    out = data.{other}\n    return {verb}_{other}(out)\n')
+        (root / f"{verb}.py").write_text("\n\n".join(parts))
+    return root
+
+
+def _questions_answered_by(engine, pick):
+    """Triplets whose answer is the hit ``pick(head, dense_best)`` chooses in each question's fused head (None:
+    the question is left out)."""
+    from retrieval.search import search
+
+    out = []
+    for verb in VERBS:
+        for noun in NOUNS:
+            q = f"{verb} the {noun}"
+            head = search(engine.generation("demo"), engine.embedder(), q, 10, engine.settings.retrieval,
+                          "fused").hits
+            gold = pick(head, max(head, key=lambda h: h.dense_score))
+            if gold is not None:
+                out.append(Triplet(q, gold.chunk.text, gold.doc_id, [], [], "click_feedback", "demo"))
+    return out
+
+
+@pytest.mark.slow
+def test_the_dense_weight_follows_whichever_signal_ranks_the_training_questions_better(make_settings, tmp_path):
+    from agro_mcp.engine import Engine
+    from training.calibrate import choose_dense_weight
+
+    eng = Engine(make_settings(AGRO_RERANKER_TOPN="10"))
+    try:
+        eng.index(_repo(tmp_path / "repo"), "demo")
+        # questions answered by the bi-encoder's favourite where the fusion put another hit first, and the reverse
+        dense_wins = _questions_answered_by(eng, lambda head, best: best if best is not head[0] else None)
+        fused_wins = _questions_answered_by(eng, lambda head, best: head[0] if best is not head[0] else None)
+        assert len(dense_wins) >= 5
+        got = choose_dense_weight(eng, dense_wins, min_queries=5)
+        mrr = got["mrr_by_dense_weight"]
+        assert got["default"] == 0.5 and got["n_queries"] == len(dense_wins)
+        assert mrr["1.0"] == 1.0 > mrr["0.0"] and got["dense_weight"] >= 0.5
+        got = choose_dense_weight(eng, fused_wins, min_queries=5)
+        mrr = got["mrr_by_dense_weight"]
+        assert mrr["0.0"] == 1.0 > mrr["1.0"] and got["dense_weight"] <= 0.5
+        few = choose_dense_weight(eng, dense_wins[:4], min_queries=5)
+        assert few["dense_weight"] == 0.5 and "need at least 5" in few["reason"]
+        capped = choose_dense_weight(eng, dense_wins, min_queries=5, max_queries=5)
+        assert capped["n_queries"] == 5
+    finally:
+        eng.close()
