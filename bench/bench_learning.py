@@ -45,8 +45,9 @@ def _settings(home: Path, args):
         "AGRO_TRAINING_LEARNING_RATE": str(args.lr),
         "AGRO_RERANKER_TOPN": str(args.topn),
         "AGRO_RERANKER_BACKEND": args.backend,
-        "AGRO_TRAINING_CALIBRATION_MIN_QUERIES": str(args.calibration_min),
     })
+    if args.calibration_min is not None:
+        env["AGRO_TRAINING_CALIBRATION_MIN_QUERIES"] = str(args.calibration_min)
     if args.min_steps is not None:
         env["AGRO_TRAINING_MIN_STEPS"] = str(args.min_steps)
     return load_settings(env)
@@ -104,6 +105,33 @@ def score(engine, queries, candidate: Path | None, label: str) -> dict:
     return _score_report(engine, queries, candidate, label).metrics
 
 
+def blend_grid(engine, queries, candidate: Path, alphas=(0.0, 0.2, 0.3, 0.5, 0.7, 1.0),
+               weights=(0.0, 0.5, 1.0)) -> dict:
+    """MRR@10 of ``queries`` (file, span) with ``candidate`` at each (alpha, dense weight) of the grid: how the
+    defaults AGRO_TRAINING_UNCALIBRATED_ALPHA and AGRO_RERANKER_DENSE_WEIGHT were measured. The cross-encoder
+    scores each question once (a shared cache); alpha 0 is retrieval alone, reordered by the weighted head."""
+    from reranker.cache import ScoreCache
+    from reranker.manager import LoadedReranker
+    from reranker.model import CrossEncoderScorer
+    from training.evaluate import make_rerank_fn, run_evaluation
+
+    rr = engine.settings.reranker
+    scorer = CrossEncoderScorer.load(candidate, backend=rr.backend, maxlen=rr.maxlen,
+                                     query_max_tokens=rr.query_max_tokens, threads=rr.threads)
+    loaded = LoadedReranker(scorer=scorer, model_id=f"grid:{candidate}", target=str(candidate))
+    cache = ScoreCache(200_000)
+    out = {}
+    for a in alphas:
+        for w in weights:
+            fn = make_rerank_fn(loaded, rr.model_copy(update={"alpha": float(a), "dense_weight": float(w)}), cache)
+            r = run_evaluation(queries, engine.home, engine.settings.index, engine.settings.retrieval,
+                               configs=("fused",), candidate_rerank_fn=fn, embedder=engine.embedder(), k=50)
+            m = r.metrics["fused+candidate"]
+            out[f"alpha {a:.1f} w {w:.1f}"] = {lv: round(m[lv]["MRR@10"], 4) for lv in ("file", "span") if lv in m}
+            logger.info("blend grid: alpha %.1f, dense weight %.1f: %s", a, w, out[f"alpha {a:.1f} w {w:.1f}"])
+    return out
+
+
 def _pooled(rows: list[dict]) -> dict:
     """Macro means of per-query metric rows (several corpora pooled), with the number of queries."""
     from training.metrics import aggregate
@@ -128,13 +156,15 @@ def main(argv=None) -> int:
     p.add_argument("--topn", type=int, default=30)
     p.add_argument("--gate-min", type=int, default=15, help="gate's minimum held-out questions")
     p.add_argument("--heldout-fraction", type=float, default=0.3)
-    p.add_argument("--calibration-min", type=int, default=8,
-                   help="AGRO_TRAINING_CALIBRATION_MIN_QUERIES (a feedback half of ~50 questions leaves ~8-10)")
+    p.add_argument("--calibration-min", type=int, default=None,
+                   help="AGRO_TRAINING_CALIBRATION_MIN_QUERIES (default: the setting's)")
     p.add_argument("--backend", default="auto", help="reranker backend for scoring (auto = bf16 on native-bf16 CPUs)")
     p.add_argument("--max-corpora", type=int, default=0, help="bootstrap only the first N corpora (0 = all)")
     p.add_argument("--base", help="a pre-trained base (models/base/<id> of `agro pretrain`): every fresh home of the "
                    "bench gets it as models/base/current, as if the user had run agro pretrain once; the test half "
                    "is also scored with the base alone (no feedback)")
+    p.add_argument("--blend-grid", action="store_true",
+                   help="also score the test half with the candidate at a grid of (alpha, dense weight)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -172,6 +202,8 @@ def main(argv=None) -> int:
         cand = home / "models" / "runs" / run_id / "model"
         figures["test_half"] = score(eng, test_q, cand if cand.is_dir() else None, "test half (feedback loop)")
         figures["test_half_n"] = len(test_q)
+        if args.blend_grid and cand.is_dir():
+            figures["test_half_blend_grid"] = blend_grid(eng, test_q, cand)
         eng.close()
 
     if args.bootstrap:

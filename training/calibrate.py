@@ -1,15 +1,16 @@
-"""The blend weight a candidate is served with, chosen on questions it was not trained on.
+"""The blend weights a candidate is served with, chosen on questions it was not trained on.
 
 The final score of a reranked hit is ``alpha * minmax(cross-encoder) + (1 - alpha) * retrieval``, where retrieval
-is ``(1 - w) * minmax(fused) + w * minmax(dense)`` and ``w`` is chosen first, on all training questions, with no
-model involved (:func:`choose_dense_weight`). How much a
-freshly trained cross-encoder should weigh depends on what it learned: measured on the docstring benchmarks, a
-candidate trained on ~50 feedback queries ranked httpx's held-out half at span MRR@10 0.354 with the default alpha
-0.7 and 0.447 with alpha 0.3 (fused alone: 0.383). So each run sets a *calibration* slice of its training queries
-aside (seeded, by query, like the held-out split), trains on the rest, and picks the alpha that ranks the
-calibration questions best. The gate then judges the candidate at that alpha on the held-out questions, which
-neither training nor calibration has seen, and a promoted release carries it in ``manifest.json`` (``blend``).
-An ``AGRO_RERANKER_ALPHA`` set by the user always wins over the release's.
+is ``(1 - w) * minmax(fused) + w * minmax(dense)``. ``w`` is chosen first, on all training questions, with no
+model involved (:func:`choose_dense_weight`). How much a freshly trained cross-encoder should weigh depends on what
+it learned: measured on the docstring benchmarks, a candidate trained on ~50 feedback queries ranked httpx's
+held-out half at span MRR@10 0.354 with alpha 0.7 and 0.447 with alpha 0.3 (fused alone: 0.383). So each run sets
+a *calibration* slice of its training queries aside (seeded, by query, like the held-out split), trains on the
+rest, and picks the alpha that ranks the calibration questions best, if it beats
+``AGRO_TRAINING_UNCALIBRATED_ALPHA`` (0.3, measured) there by 5%: on a dozen questions the best grid point is
+mostly noise. The gate then judges the candidate at that alpha on the held-out questions, which neither training
+nor calibration has seen, and a promoted release carries both weights in ``manifest.json`` (``blend``). Weights
+set by the user (``AGRO_RERANKER_ALPHA``, ``AGRO_RERANKER_DENSE_WEIGHT``) always win over the release's.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from typing import Any
 from training.miners import MinedSplit, Triplet, heldout_questions, split_by_query
 
 __all__ = ["ALPHA_GRID", "DENSE_WEIGHT_GRID", "calibrate_alpha", "calibration_split", "choose_dense_weight",
-           "pick_alpha", "pick_dense_weight"]
+           "pick_with_prior"]
 
 logger = logging.getLogger(__name__)
 
 ALPHA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DENSE_WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-DENSE_WEIGHT_MARGIN = 0.05  # relative MRR@10 gain over the default a training set must show to move the weight
+PRIOR_MARGIN = 0.05  # relative MRR@10 gain over the default that calibration questions must show to move a weight
 _SALT = 7919  # the calibration slice is drawn with another seed than the held-out split
 
 
@@ -49,18 +50,13 @@ def calibration_split(split: MinedSplit, fraction: float, seed: int, min_queries
     return MinedSplit(inner.train, split.heldout, info), inner.heldout
 
 
-def pick_alpha(mrr_by_alpha: dict[float, float], default: float) -> float:
-    """The alpha with the highest MRR@10; among ties, the one closest to ``default``."""
-    best = max(mrr_by_alpha.values())
-    tied = [a for a, m in mrr_by_alpha.items() if m >= best - 1e-12]
-    return min(tied, key=lambda a: (round(abs(a - default), 9), a))
-
-
-def pick_dense_weight(mrr_by_weight: dict[float, float], default: float, margin: float = DENSE_WEIGHT_MARGIN) -> float:
-    """The weight with the highest MRR@10 if it beats ``default``'s by ``margin`` (relative), else ``default``: on
-    a few dozen questions the best grid point is mostly noise (docstring_httpx's training half preferred 0.25, its
-    test half 1.0), so the measured default holds unless the questions clearly say otherwise."""
-    best = max(mrr_by_weight, key=lambda w: (mrr_by_weight[w], -abs(w - default)))
+def pick_with_prior(mrr_by_weight: dict[float, float], default: float, margin: float = PRIOR_MARGIN) -> float:
+    """The weight with the highest MRR@10 if it beats ``default``'s by ``margin`` (relative), else ``default``
+    (among equal bests, the one closest to ``default``). On a few dozen questions the best grid point is mostly
+    noise: docstring_httpx's training half preferred dense weight 0.25, its test half 1.0; docstring_boltons's 14
+    calibration questions preferred alpha 0.5-0.7 by 2% over 0.3, and its test half 0.3 by 9-10%. So a measured
+    default holds unless the questions clearly say otherwise."""
+    best = max(mrr_by_weight, key=lambda w: (mrr_by_weight[w], -round(abs(w - default), 9), -w))
     base = mrr_by_weight.get(default)
     if base is None or mrr_by_weight[best] > base * (1.0 + margin):
         return best
@@ -79,7 +75,7 @@ def choose_dense_weight(
 ) -> dict[str, Any]:
     """The dense share ``w`` of the blend's retrieval side (``(1 - w) * minmax(fused) + w * minmax(dense)`` over
     the reranked head) for a run, from how retrieval alone ranks ``questions`` (no cross-encoder) at each ``w`` of
-    ``grid``: :func:`pick_dense_weight` against the configured default (``AGRO_RERANKER_DENSE_WEIGHT``).
+    ``grid``: :func:`pick_with_prior` against the configured default (``AGRO_RERANKER_DENSE_WEIGHT``).
 
     No model is involved, so the training questions themselves can choose it: it only says, per data home, how
     much of the bi-encoder's cosine to trust against the lexical + dense fusion. Fewer than ``min_queries``
@@ -122,7 +118,7 @@ def choose_dense_weight(
         if not report.metrics["fused+candidate"].get("span"):
             level = "file"
         mrr[w] = float(report.metrics["fused+candidate"][level]["MRR@10"])
-    w = pick_dense_weight(mrr, default)
+    w = pick_with_prior(mrr, default)
     logger.info("dense weight on %d training questions (%s level): %.2f (default %.2f; MRR@10 by weight %s)",
                 len(rows), level, w, default, ", ".join(f"{k:.2f}: {m:.3f}" for k, m in mrr.items()))
     return {"dense_weight": w, "default": default, "level": level, "n_queries": len(rows),
@@ -138,8 +134,11 @@ def calibrate_alpha(
     progress: Callable[[int, int], None] | None = None,
     generations: Mapping[str, Any] | None = None,
     dense_weight: float = 0.0,
+    default: float | None = None,
 ) -> dict[str, Any]:
-    """Score the candidate in ``model_dir`` on the calibration questions at every alpha of ``grid``.
+    """Score the candidate in ``model_dir`` on the calibration questions at every alpha of ``grid`` (and
+    ``default``) and pick one with :func:`pick_with_prior`: ``default`` (``AGRO_TRAINING_UNCALIBRATED_ALPHA`` in
+    the loop; None = the reranker's alpha) unless another ranks clearly better.
 
     The cross-encoder runs once per question (a score cache is shared by the grid); only the blend changes.
     ``generations`` are the views the gate uses (corpus-bootstrap questions without their answers' docstrings), so
@@ -164,6 +163,8 @@ def calibrate_alpha(
     level = "span"
     mrr: dict[float, float] = {}
     fused_mrr = None
+    prior = float(rr.alpha if default is None else default)
+    grid = sorted({*map(float, grid), prior})
     for i, a in enumerate(grid, 1):
         fn = make_rerank_fn(loaded, rr.model_copy(update={"alpha": float(a), "dense_weight": float(dense_weight)}),
                             cache)
@@ -177,10 +178,11 @@ def calibrate_alpha(
         fused_mrr = float(report.metrics["fused"][level]["MRR@10"])
         if progress is not None:
             progress(i, len(grid))
-    alpha = pick_alpha(mrr, rr.alpha)
-    logger.info("calibration on %d questions (%s level): alpha %.1f (MRR@10 %.3f; fused %.3f; by alpha %s)",
-                len(rows), level, alpha, mrr[alpha], fused_mrr,
+    alpha = pick_with_prior(mrr, prior)
+    logger.info("calibration on %d questions (%s level): alpha %.1f (default %.1f; MRR@10 %.3f; fused %.3f; by alpha "
+                "%s)", len(rows), level, alpha, prior, mrr[alpha], fused_mrr,
                 ", ".join(f"{a:.1f}: {m:.3f}" for a, m in mrr.items()))
-    return {"alpha": alpha, "level": level, "n_queries": len(rows), "mrr_by_alpha": {str(a): m for a, m in mrr.items()},
-            "fused_mrr": fused_mrr, "views": sorted(generations or {})}
+    return {"alpha": alpha, "default": prior, "level": level, "n_queries": len(rows),
+            "mrr_by_alpha": {str(a): m for a, m in mrr.items()}, "fused_mrr": fused_mrr,
+            "views": sorted(generations or {})}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,10 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
                     "reason": "AGRO_RERANKER_DENSE_WEIGHT is set" if weigh_dense else "not weighed (a base)"}
     else:
         ctx.progress(0.2, "weighing dense against fused on the training questions")
-        weighing = choose_dense_weight(engine, split.train, min_queries=ts.calibration_min_queries, seed=ts.seed,
+        # as many training questions as a calibration slice of calibration_min_queries needs: below that, the best
+        # grid point is noise (docstring_httpx's 52 training questions preferred 0.25, its test half 1.0)
+        need = math.ceil(ts.calibration_min_queries / ts.calibration_fraction)
+        weighing = choose_dense_weight(engine, split.train, min_queries=need, seed=ts.seed,
                                        views=lambda ts_: bootstrap_gate_views(engine, ts_))
     dense_weight = float(weighing["dense_weight"])
     calibration: list = []
@@ -188,13 +192,14 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
         ctx.log("calibrating the blend weight of run %s on %d calibration triplets", ctx.run_id, len(calibration))
         blend = calibrate_alpha(engine, run_dir(models_dir, ctx.run_id) / "model", calibration,
                                 progress=lambda i, n: ctx.progress(0.75 + 0.05 * i / n, f"calibrating alpha {i}/{n}"),
-                                generations=bootstrap_gate_views(engine, calibration), dense_weight=dense_weight)
+                                generations=bootstrap_gate_views(engine, calibration), dense_weight=dense_weight,
+                                default=ts.uncalibrated_alpha)
     else:
         blend = {"alpha": None, "reason": split.info.get("calibration", {}).get("reason", "calibration is off "
                  "(AGRO_TRAINING_CALIBRATE_ALPHA=0)")}
     if blend.get("alpha") is None:  # not calibrated: served (and judged) with the measured default for runs
-        blend.update(alpha=ts.uncalibrated_alpha, calibrated=False,
-                     reason=f"{blend.get('reason')}; served with AGRO_TRAINING_UNCALIBRATED_ALPHA {ts.uncalibrated_alpha}")
+        served = f"served with AGRO_TRAINING_UNCALIBRATED_ALPHA {ts.uncalibrated_alpha}"
+        blend.update(alpha=ts.uncalibrated_alpha, calibrated=False, reason=f"{blend.get('reason')}; {served}")
     blend["dense_weight"] = dense_weight
     blend["dense_weighing"] = {k: v for k, v in weighing.items() if k != "dense_weight"}
     run["blend"] = blend

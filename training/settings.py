@@ -35,7 +35,11 @@ class TrainingSettings(BaseModel):
     )
     calibration_fraction: float = Field(0.2, gt=0, lt=1, description="Share of training queries used to calibrate.")
     calibration_min_queries: int = Field(
-        10, ge=1, description="Fewest calibration questions (and fitting questions) for a calibrated alpha.",
+        30, ge=1,
+        description="Fewest calibration questions (and fitting questions) for a calibrated alpha; the dense weight "
+        "is weighed from calibration_min_queries / calibration_fraction training questions. Measured on the docstring "
+        "collections: calibrating on 10-14 questions moved alpha away from the best weight of the test half in 2 of 3 "
+        "runs.",
     )
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-5, gt=0)

@@ -61,6 +61,9 @@ def test_bootstrap_then_jobs_runs_promote_and_rollback_from_the_cli(env, capsys,
     assert blend["alpha"] in [float(a) for a in blend["mrr_by_alpha"]] and blend["n_queries"] >= 3
     assert run_json["split"]["calibration"]["queries"] == blend["n_queries"]
     assert blend["views"] == ["demo"]  # calibrated on the same docstring-free view the gate judges on
+    # the dense weight was weighed on the training questions (3 / 0.2 = 15 needed), on the same kind of view
+    weighing = blend["dense_weighing"]
+    assert weighing["n_queries"] >= 15 and blend["dense_weight"] in [float(w) for w in weighing["mrr_by_dense_weight"]]
     # the gate scored the docstring questions on a view of the index without their answers' docstrings
     evaluation = json.loads((env / "home" / "models" / "runs" / run_id / "evaluation.json").read_text())
     assert any("without their answers' docstrings" in n for n in evaluation["notes"])
@@ -68,6 +71,7 @@ def test_bootstrap_then_jobs_runs_promote_and_rollback_from_the_cli(env, capsys,
     assert code == 0 and "PROMOTED" in out
     manifest = json.loads((env / "home" / "models" / "current" / "manifest.json").read_text())
     assert manifest["blend"]["alpha"] == blend["alpha"]
+    assert manifest["blend"]["dense_weight"] == blend["dense_weight"]
     code, out, err = run(capsys, "rollback")
     if gate_promoted:  # the forced release's parent is the one the gate promoted: rollback returns to it
         assert code == 0, err
