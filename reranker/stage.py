@@ -1,9 +1,10 @@
 """The rerank stage: score the head of the fused list with the cross-encoder and blend.
 
 Final score of a head hit = ``alpha * minmax(rerank logits over the head) + (1 - alpha) * retrieval``, where
-``retrieval = (1 - w) * minmax(fused) + w * minmax(dense)`` over the head: ``w`` (``dense_weight``, chosen by the
-learning loop on the release's training questions) moves the retrieval side towards the bi-encoder's cosine on
-corpora where it ranks better than the fusion (docstring_httpx: dense 0.673 vs fused 0.546 file MRR@10). Min-max (not sigmoid) for the logits: a trained cross-encoder's logits for one query's candidates often sit
+``retrieval = (1 - w) * minmax(fused) + w * minmax(dense cosine)`` over the head. ``w`` (``dense_weight``: 0.5,
+or the release's own) lets the bi-encoder's cosine count beside the fusion, which ranks worse than dense alone on
+some code (docstring_httpx: dense 0.673 vs fused 0.546 file MRR@10) and better on other code (jinja: 0.662 vs
+0.724). Min-max (not sigmoid) for the logits: a trained cross-encoder's logits for one query's candidates often sit
 in a narrow band far from 0, where a sigmoid squashes them to nearly equal values and alpha stops meaning "weight of
 the cross-encoder". Min-max gives both signals the range [0, 1], so alpha is their true weight. A constant column
 (one candidate, or all equal) normalises to 1.0. Tail hits (below ``topn``) keep their fused order with scores in
