@@ -72,27 +72,26 @@ class _Candidate:
     reason: str | None = None
 
 
+def blend_weight(loaded: LoadedReranker | None, settings: Any, name: str) -> tuple[float, str]:
+    """A blend weight of ``RerankerSettings`` (``alpha`` or ``dense_weight``) in force and where it comes from:
+    ``setting`` (its ``AGRO_RERANKER_*`` variable set explicitly), ``release`` (the loaded model's manifest
+    ``blend.<name>``, calibrated or chosen by the loop) or ``default``."""
+    if name in settings.model_fields_set:
+        return getattr(settings, name), "setting"
+    v = ((loaded.manifest or {}).get("blend") or {}).get(name) if loaded is not None else None
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0:
+        return float(v), "release"
+    return getattr(settings, name), "default"
+
+
 def effective_alpha(loaded: LoadedReranker | None, settings: Any) -> tuple[float, str]:
-    """The blend weight in force and where it comes from: ``setting`` (``AGRO_RERANKER_ALPHA`` set explicitly),
-    ``release`` (the alpha calibrated for the loaded model, its manifest's ``blend.alpha``) or ``default``."""
-    if "alpha" in settings.model_fields_set:
-        return settings.alpha, "setting"
-    a = ((loaded.manifest or {}).get("blend") or {}).get("alpha") if loaded is not None else None
-    if isinstance(a, (int, float)) and not isinstance(a, bool) and 0.0 <= a <= 1.0:
-        return float(a), "release"
-    return settings.alpha, "default"
+    """The cross-encoder's weight in the blend in force and its source (:func:`blend_weight`)."""
+    return blend_weight(loaded, settings, "alpha")
 
 
 def effective_dense_weight(loaded: LoadedReranker | None, settings: Any) -> tuple[float, str]:
-    """The dense share of the blend's retrieval side in force and where it comes from: ``setting``
-    (``AGRO_RERANKER_DENSE_WEIGHT`` set explicitly), ``release`` (its manifest's ``blend.dense_weight``, chosen by
-    the loop) or ``default``."""
-    if "dense_weight" in settings.model_fields_set:
-        return settings.dense_weight, "setting"
-    w = ((loaded.manifest or {}).get("blend") or {}).get("dense_weight") if loaded is not None else None
-    if isinstance(w, (int, float)) and not isinstance(w, bool) and 0.0 <= w <= 1.0:
-        return float(w), "release"
-    return settings.dense_weight, "default"
+    """The dense share of the blend's retrieval side in force and its source (:func:`blend_weight`)."""
+    return blend_weight(loaded, settings, "dense_weight")
 
 
 def _manifest_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -63,6 +63,33 @@ def pick_with_prior(mrr_by_weight: dict[float, float], default: float, margin: f
     return default
 
 
+def _mrr_by_weight(
+    engine: Any,
+    queries: Sequence[Any],
+    grid: Sequence[float],
+    rerank_fn_for: Callable[[float], Any],
+    generations: Mapping[str, Any] | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[str, dict[float, float], float | None]:
+    """``(level, MRR@10 of fused + rerank_fn_for(w) at each w of grid, fused MRR@10)``: span level, or file level
+    where the questions have no span gold."""
+    from training.evaluate import run_evaluation
+
+    level, mrr, fused_mrr = "span", {}, None
+    for i, w in enumerate(grid, 1):
+        report = run_evaluation(queries, Path(engine.home), engine.settings.index, engine.settings.retrieval,
+                                configs=("fused",), candidate_rerank_fn=rerank_fn_for(w), embedder=engine.embedder(),
+                                levels=("span", "file"), index_backend=engine.indexes, generations=generations,
+                                k=50)
+        if not report.metrics["fused+candidate"].get("span"):
+            level = "file"
+        mrr[w] = float(report.metrics["fused+candidate"][level]["MRR@10"])
+        fused_mrr = float(report.metrics["fused"][level]["MRR@10"])
+        if progress is not None:
+            progress(i, len(grid))
+    return level, mrr, fused_mrr
+
+
 def choose_dense_weight(
     engine: Any,
     questions: Sequence[Triplet],
@@ -85,7 +112,7 @@ def choose_dense_weight(
     Returns ``{"dense_weight", "default", "level", "n_queries", "mrr_by_dense_weight"}``.
     """
     from reranker.stage import retrieval_scores
-    from training.evaluate import queries_from_feedback, run_evaluation
+    from training.evaluate import queries_from_feedback
 
     default = float(engine.settings.reranker.dense_weight)
     known = set(engine.corpora())
@@ -109,15 +136,8 @@ def choose_dense_weight(
             return [head[i] for i in order] + list(hits[n:]), 0.0
         return fn
 
-    queries = queries_from_feedback(rows)
-    level, mrr = "span", {}
-    for w in sorted({*map(float, grid), default}):
-        report = run_evaluation(queries, Path(engine.home), engine.settings.index, engine.settings.retrieval,
-                                configs=("fused",), candidate_rerank_fn=reorder(w), embedder=engine.embedder(),
-                                levels=("span", "file"), index_backend=engine.indexes, generations=generations, k=50)
-        if not report.metrics["fused+candidate"].get("span"):
-            level = "file"
-        mrr[w] = float(report.metrics["fused+candidate"][level]["MRR@10"])
+    level, mrr, _ = _mrr_by_weight(engine, queries_from_feedback(rows), sorted({*map(float, grid), default}),
+                                   reorder, generations)
     w = pick_with_prior(mrr, default)
     logger.info("dense weight on %d training questions (%s level): %.2f (default %.2f; MRR@10 by weight %s)",
                 len(rows), level, w, default, ", ".join(f"{k:.2f}: {m:.3f}" for k, m in mrr.items()))
@@ -148,7 +168,7 @@ def calibrate_alpha(
     from reranker.cache import ScoreCache
     from reranker.manager import LoadedReranker
     from reranker.model import CrossEncoderScorer
-    from training.evaluate import make_rerank_fn, queries_from_feedback, run_evaluation
+    from training.evaluate import make_rerank_fn, queries_from_feedback
 
     known = set(engine.corpora())
     rows = [r for r in heldout_questions(calibration) if r["corpus"] in known]
@@ -159,25 +179,13 @@ def calibrate_alpha(
                                      query_max_tokens=rr.query_max_tokens, threads=rr.threads)
     loaded = LoadedReranker(scorer=scorer, model_id=f"calibration:{model_dir}", target=str(model_dir))
     cache = ScoreCache(max(1024, 2 * len(rows) * max(rr.topn, 50)))
-    queries = queries_from_feedback(rows)
-    level = "span"
-    mrr: dict[float, float] = {}
-    fused_mrr = None
     prior = float(rr.alpha if default is None else default)
-    grid = sorted({*map(float, grid), prior})
-    for i, a in enumerate(grid, 1):
-        fn = make_rerank_fn(loaded, rr.model_copy(update={"alpha": float(a), "dense_weight": float(dense_weight)}),
-                            cache)
-        report = run_evaluation(queries, Path(engine.home), engine.settings.index, engine.settings.retrieval,
-                                configs=("fused",), candidate_rerank_fn=fn, embedder=engine.embedder(),
-                                levels=("span", "file"), index_backend=engine.indexes, generations=generations,
-                                k=50)
-        if not report.metrics["fused+candidate"].get("span"):
-            level = "file"
-        mrr[float(a)] = float(report.metrics["fused+candidate"][level]["MRR@10"])
-        fused_mrr = float(report.metrics["fused"][level]["MRR@10"])
-        if progress is not None:
-            progress(i, len(grid))
+
+    def blend_at(a: float):
+        return make_rerank_fn(loaded, rr.model_copy(update={"alpha": a, "dense_weight": float(dense_weight)}), cache)
+
+    level, mrr, fused_mrr = _mrr_by_weight(engine, queries_from_feedback(rows), sorted({*map(float, grid), prior}),
+                                           blend_at, generations, progress)
     alpha = pick_with_prior(mrr, prior)
     logger.info("calibration on %d questions (%s level): alpha %.1f (default %.1f; MRR@10 %.3f; fused %.3f; by alpha "
                 "%s)", len(rows), level, alpha, prior, mrr[alpha], fused_mrr,
