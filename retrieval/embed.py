@@ -26,7 +26,9 @@ class Embedder:
     """Encodes chunks and queries into L2-normalised float32 vectors."""
 
     def __init__(self, model_ref: str, dtype: str = "auto", max_tokens: int = 256, batch: int = 32,
-                 query_windows: int = MAX_QUERY_WINDOWS, pack_linears: bool = True) -> None:
+                 query_windows: int = MAX_QUERY_WINDOWS, pack_linears: bool = True, lean_queries: bool = True) -> None:
+        """``pack_linears`` (bf16): reorder the linear weights for oneDNN once (:mod:`retrieval.packed`).
+        ``lean_queries``: embed queries with :mod:`retrieval.lean` where the model allows it and a probe agrees."""
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -36,11 +38,7 @@ class Embedder:
         self.dtype = ("bf16" if cpu_has_native_bf16() else "fp32") if dtype == "auto" else dtype
         self._model = SentenceTransformer(path, device="cpu", local_files_only=Path(path).exists())
         if self.dtype == "bf16":
-            from retrieval.packed import pack_bf16_linears
-
             self._model.to(torch.bfloat16)
-            if pack_linears:  # inference only: the weights are reordered for oneDNN once, not on every call
-                self.packed_linears = pack_bf16_linears(self._model)
         elif self.dtype == "int8":
             self._model = _quantize_int8(self._model)
         self._model.max_seq_length = max_tokens
@@ -49,6 +47,17 @@ class Embedder:
         self.batch = batch
         self.dim = int(self._model.get_embedding_dimension())
         self._lock = threading.Lock()
+        self.tokenizer = self._model.tokenizer
+        self._lean = None
+        if lean_queries and self.dtype != "int8":  # before packing: it reads the plain linears' weights
+            from retrieval.lean import lean_encoder_for
+
+            self._lean = lean_encoder_for(self._model, self.tokenizer, max_tokens, self._forward)
+        if self.dtype == "bf16" and pack_linears:  # inference only: weights reordered for oneDNN once, not per call
+            from retrieval.packed import pack_bf16_linears
+
+            self.packed_linears = pack_bf16_linears(self._model)
+        self.query_path = "lean" if self._lean is not None else "model"
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.set_query_windows(query_windows)
         name = Path(path).name if Path(path).exists() else path
@@ -57,7 +66,6 @@ class Embedder:
             name = f"{name}@{digest}"
         # The model id names the weights and the sequence length; vectors from different ids never mix.
         self.model_id = f"{name}/max{max_tokens}" + ("/int8" if self.dtype == "int8" else "")
-        self.tokenizer = self._model.tokenizer
 
     def _encode(self, texts: Sequence[str], batch: int) -> np.ndarray:
         with self._lock:
@@ -133,6 +141,17 @@ class Embedder:
         """
         ids = self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
         window = self.max_tokens - 2
+        if self._lean is not None:  # thread-safe: read-only weights, no module state
+            from retrieval.lean import with_special_tokens
+
+            ids = ids[: window * self.query_windows]
+            vecs = np.stack([self._lean.embed_ids(with_special_tokens(self.tokenizer, ids[i : i + window]))
+                             for i in range(0, max(len(ids), 1), window)])
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            if len(vecs) == 1:
+                return vecs[0]
+            mean = vecs.mean(axis=0)
+            return (mean / (np.linalg.norm(mean) or 1.0)).astype(np.float32)
         if len(ids) <= window:
             return self._forward([text])[0]
         ids = ids[: window * self.query_windows]
