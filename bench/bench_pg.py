@@ -85,11 +85,19 @@ def start_pg(args) -> tuple[str, object | None]:
     import psycopg
 
     with psycopg.connect(srv.get_uri(), autocommit=True) as conn:
-        # A laptop-sized configuration (the wheel's defaults are tiny); shared_buffers needs a restart, so it stays.
-        for k, v in (("maintenance_work_mem", "1GB"), ("work_mem", "64MB"), ("effective_cache_size", "8GB"),
-                     ("max_parallel_maintenance_workers", "2"), ("random_page_cost", "1.1")):
+        # A laptop-sized configuration (the wheel's defaults are tiny: 128MB of shared buffers hold neither the
+        # 100k-chunk HNSW graph nor the hot postings, so every search copied ~130 pages in from the OS cache).
+        for k, v in (("shared_buffers", args.shared_buffers), ("maintenance_work_mem", "1GB"), ("work_mem", "64MB"),
+                     ("effective_cache_size", "8GB"), ("max_parallel_maintenance_workers", "2"),
+                     ("random_page_cost", "1.1")):
             conn.execute(f"ALTER SYSTEM SET {k} = '{v}'")
         conn.execute("SELECT pg_reload_conf()")
+        restart = conn.execute("SELECT bool_or(pending_restart) FROM pg_settings").fetchone()[0]
+    if restart:  # shared_buffers takes effect at a server start
+        logger.info("restarting PostgreSQL for shared_buffers = %s", args.shared_buffers)
+        srv.stop()
+        srv.start()
+    with psycopg.connect(srv.get_uri(), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'agro_bench'").fetchone():
             conn.execute("CREATE DATABASE agro_bench")
         version = conn.execute("SHOW server_version").fetchone()[0]
@@ -416,7 +424,10 @@ def section_haystack(args, url: str) -> None:
             rs_b = rs.model_copy(update={"lexical_postings_budget": budget, "lexical_postings_per_term": per_term})
             tag = f"budget {budget}, per term {per_term or 'all'}"
             fns[f"postgres bm25 ({tag})"] = fn(gp, "bm25", rs_b)
-            fns[f"postgres fused ({tag})"] = fn(gp, "fused", rs_b)
+            for n_dense in args.dense_candidates:
+                for ef in args.haystack_ef:
+                    rs_d = rs_b.model_copy(update={"dense_candidates": n_dense, "hnsw_ef_search": ef})
+                    fns[f"postgres fused ({tag}, dense {n_dense}, ef {ef or 'auto'})"] = fn(gp, "fused", rs_d)
     report = evaluate(queries, fns, name="haystack", baseline="embedded bm25")
     rows = []
     for lv in ("file", "span"):
@@ -663,6 +674,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--database-url", default=None, help="an existing, empty PostgreSQL database (default: throwaway)")
     p.add_argument("--pg-dir", default=None, help="keep the throwaway server's data here and reuse it on the next run")
     p.add_argument("--skip-existing", action="store_true", help="build: keep indexes already built in --home/--pg-dir")
+    p.add_argument("--shared-buffers", default="2GB",
+                   help="the throwaway server's shared_buffers (the wheel's default is 128MB); not applied to --database-url")
     p.add_argument("--threads", type=int, default=0, help="latency: torch threads per client process (0 = default)")
     p.add_argument("--home", type=Path, default=Path("/tmp/agro-bench-pg"), help="work folder (embedded indexes, corpus)")
     p.add_argument("--collections", default=",".join(COLLECTIONS))
@@ -679,6 +692,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="hnsw: comma-separated lexical_postings_budget values to compare (BM25 against exact)")
     p.add_argument("--postings-per-term", default="2000",
                    help="haystack: comma-separated lexical_postings_per_term values (0 = every posting)")
+    p.add_argument("--dense-candidates", default="100",
+                   help="haystack: comma-separated dense_candidates values for fused search (ef_search = 2 x that)")
+    p.add_argument("--haystack-ef", default="0",
+                   help="haystack: comma-separated hnsw_ef_search values for fused search (0 = the setting's auto)")
     p.add_argument("--vectors", choices=("real", "random"), default="real",
                    help="build: the corpus's vectors: real MiniLM (cached in --home) or random unit vectors")
     a = p.parse_args(argv)
@@ -687,6 +704,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a.ef_search = [int(x) for x in a.ef_search.split(",") if x]
     a.postings_budget = [int(x) for x in a.postings_budget.split(",") if x]
     a.postings_per_term = [int(x) for x in a.postings_per_term.split(",") if x]
+    a.dense_candidates = [int(x) for x in a.dense_candidates.split(",") if x]
+    a.haystack_ef = [int(x) for x in a.haystack_ef.split(",") if x]
     bad = [s for s in a.only if s not in SECTIONS]
     if bad:
         p.error(f"--only expects values among {SECTIONS}, but got {bad}")

@@ -106,6 +106,9 @@ INDEX_MIGRATIONS: list[tuple[str, ...]] = [
 _PARTITIONED = ("agro_chunks", "agro_postings", "agro_terms")
 
 
+EF_SEARCH_MARGIN = 40  # auto ef_search = the dense candidates + this (bench_pg --only haystack --haystack-ef)
+
+
 def pg_regex(pattern: str) -> str:
     """The path glob as a PostgreSQL regular expression (the same language as the embedded filter)."""
     from retrieval.search import glob_to_regex
@@ -245,7 +248,7 @@ class PgIndexBackend:
             n_terms = max(1, min(len(counts), settings.max_query_terms))
             params["per_term"] = max(100, min(per_term, settings.lexical_postings_budget // n_terms))
         sql = _search_sql(mode, dim, filt, per_term=bool(per_term))
-        ef = settings.hnsw_ef_search or max(40, 2 * params["n_dense"])
+        ef = settings.hnsw_ef_search or params["n_dense"] + EF_SEARCH_MARGIN
 
         def run(conn):
             with conn.cursor() as cur:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -196,7 +197,9 @@ _RESULT_COLS = (
 _RESULT_FIELDS = ("rank", "doc_id", "chunk_hash", "path", "start_line", "end_line", "fused_score", "rerank_score",
                   "score", "bm25_rank", "dense_rank")
 _RESULT_TYPES = ("int4", "text", "text", "text", "int4", "int4", "float8", "float8", "float8", "int4", "int4")
-# %(e_0)s .. %(e_10)s are the event's columns in _EVENT_COLS order (e_0 = event_id, e_2 = corpus).
+# %(e_0)s .. %(e_10)s are the event's columns in _EVENT_COLS order (e_0 = event_id, e_2 = corpus). The results and
+# chunk texts travel as two JSON documents: psycopg builds a dumper per array parameter, and the 16 arrays this took
+# before cost ~1.7 ms of client CPU per search, more than the statement itself.
 _INSERT_EVENT_SQL = f"""
     WITH e AS (
         INSERT INTO agro_query_events ({_EVENT_COLS}) VALUES ({", ".join(f"%(e_{i})s" for i in range(11))})
@@ -206,17 +209,23 @@ _INSERT_EVENT_SQL = f"""
         WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT DO NOTHING),
     r AS (
         INSERT INTO agro_query_results ({_RESULT_COLS})
-        SELECT %(e_0)s, u.* FROM unnest({", ".join(f"%(r_{i})s::{t}[]" for i, t in enumerate(_RESULT_TYPES))}) AS u
+        SELECT %(e_0)s, u.* FROM json_to_recordset(%(results)s::json)
+            AS u({", ".join(f"{c} {t}" for c, t in zip(_RESULT_FIELDS, _RESULT_TYPES))})
         WHERE EXISTS (SELECT 1 FROM e)),
     t AS (
         INSERT INTO agro_chunk_texts (hash, text, path, language, symbol)
-        SELECT u.* FROM unnest(%(t_0)s::text[], %(t_1)s::text[], %(t_2)s::text[], %(t_3)s::text[], %(t_4)s::text[]) AS u
+        SELECT u.* FROM json_to_recordset(%(texts)s::json) AS u(hash text, text text, path text, language text, symbol text)
         WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT DO NOTHING)
     SELECT seq FROM e"""
 _FEEDBACK_COLS = "feedback_id, event_id, ts, signal, doc_id, rating, path, start_line, end_line, note"
 _JOB_COLS = (
     "run_id, kind, state, progress, message, params, created, updated, pid, host, result, error, cancel_requested"
 )
+
+
+def _json_value(v: Any) -> Any:
+    """A value for a JSON parameter: a non-finite float (JSON has none) is stored as NULL."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _dict_cursor(conn: Any) -> Any:
@@ -293,7 +302,7 @@ class PgEventStore:
             try:
                 return fn(conn)
             except psycopg.DataError as exc:
-                if "NUL" in str(exc):
+                if "NUL" in str(exc) or "\\u0000" in str(exc):  # psycopg's check, or PostgreSQL's JSON parser
                     raise StoreError(
                         f"{what}: a text field contains a NUL character (\\x00), which PostgreSQL cannot store; "
                         "remove it from the query, note or file"
@@ -391,8 +400,8 @@ class PgEventStore:
                 bool(event.reranking_used), event.fallback_reason, event.latency_ms, event.index_generation,
                 event.source))},
             "created": time.time(),
-            **{f"r_{i}": [getattr(r, c) for r in results] for i, c in enumerate(_RESULT_FIELDS)},
-            **{f"t_{i}": [row[i] for row in text_rows] for i in range(5)},
+            "results": json.dumps([{c: _json_value(getattr(r, c)) for c in _RESULT_FIELDS} for r in results]),
+            "texts": json.dumps([dict(zip(("hash", "text", "path", "language", "symbol"), row)) for row in text_rows]),
         }
         def tx(conn: Any) -> bool:
             # One statement (one round trip) stores the event, its ranked results and the chunk texts; if the

@@ -6,6 +6,7 @@ Real PostgreSQL (the session's pgserver, a fresh database per test), real subpro
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import select
@@ -206,6 +207,26 @@ def test_text_with_a_nul_character_is_refused_clearly_and_nothing_is_stored(pg_u
             s.log_query("demo", "q\x00", 10, [], reranker_model=None, reranking_used=False,
                         fallback_reason=None, latency_ms=1.0, index_generation=None)
         assert (s.counts()["feedback"], s.counts()["query_events"]) == (0, 1)
+        with pytest.raises(StoreError, match="NUL character"):  # inside a hit's chunk text (sent as JSON)
+            s.log_query("demo", "q", 10, [Hit(dataclasses.replace(CHUNK, text="a\x00b"), 0.1, 0.2)],
+                        reranker_model=None, reranking_used=False, fallback_reason=None, latency_ms=1.0,
+                        index_generation=None)
+        assert s.counts()["query_events"] == 1
+
+
+def test_a_logged_search_keeps_every_result_field_and_its_chunk_text(pg_url: str) -> None:
+    hits = [Hit(CHUNK, 0.5, 0.25, bm25_rank=3, dense_rank=None, rerank_score=float("nan")),
+            Hit(dataclasses.replace(CHUNK, path="b.py", start_line=4, end_line=9, hash="h2", text="second \u00e9"),
+                0.4, 0.2, bm25_rank=None, dense_rank=1)]
+    with _pg_store(pg_url) as s:
+        eid = s.log_query("demo", "q", 10, hits, reranker_model=None, reranking_used=False, fallback_reason=None,
+                          latency_ms=1.0, index_generation="g1")
+        event = s.get_event(eid)
+        got = [(r.rank, r.path, r.start_line, r.end_line, r.chunk_hash, r.fused_score, r.rerank_score, r.bm25_rank,
+                r.dense_rank) for r in event.results]
+        assert got == [(1, CHUNK.path, CHUNK.start_line, CHUNK.end_line, CHUNK.hash, 0.5, None, 3, None),
+                       (2, "b.py", 4, 9, "h2", 0.4, None, None, 1)]
+        assert s.chunk_texts(["h2"])["h2"] == "second \u00e9"  # non-ASCII text survives the JSON
 
 
 # ---------------------------------------------------------------------------------------------- concurrency
