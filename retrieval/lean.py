@@ -152,6 +152,10 @@ def lean_encoder_for(st_model, tokenizer, max_tokens: int, reference) -> LeanEnc
         torch.ops.mkldnn, "_reorder_linear_weight")
     try:
         enc = LeanEncoder(bert, st_model[1].pooling_mode, len(list(st_model)) == 3, packed)
+        if max_tokens > enc.max_positions:
+            logger.info("query embedding keeps the model's own pipeline: %d tokens asked, the model has %d positions",
+                        max_tokens, enc.max_positions)
+            return None
         ids = [token_ids(tokenizer, t, max_tokens) for t in PROBE_TEXTS]
         ours = np.stack([enc.embed_ids(i) for i in ids])
         theirs = reference(list(PROBE_TEXTS))

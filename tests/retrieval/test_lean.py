@@ -102,5 +102,10 @@ def test_pipelines_it_was_not_written_for_are_named_and_left_alone(embedder):
     model[0].auto_model.config.hidden_act = "gelu"
 
 
+def test_a_window_longer_than_the_models_positions_keeps_its_own_pipeline(embedder):
+    plain = Embedder(embedder.ref, "fp32", embedder.max_tokens, lean_queries=False)
+    assert lean_encoder_for(plain._model, plain.tokenizer, 10_000, plain._forward) is None
+
+
 def test_int8_models_keep_their_own_pipeline(embedder):
     assert Embedder(embedder.ref, "int8", embedder.max_tokens).query_path == "model"
