@@ -112,11 +112,11 @@ def blend_grid(engine, queries, candidate: Path, alphas=(0.0, 0.2, 0.3, 0.5, 0.7
     scores each question once (a shared cache); alpha 0 is retrieval alone, reordered by the weighted head."""
     from reranker.cache import ScoreCache
     from reranker.manager import LoadedReranker
-    from reranker.model import CrossEncoderScorer
+    from reranker.model import load_scorer
     from training.evaluate import make_rerank_fn, run_evaluation
 
     rr = engine.settings.reranker
-    scorer = CrossEncoderScorer.load(candidate, backend=rr.backend, maxlen=rr.maxlen,
+    scorer = load_scorer(candidate, backend=rr.backend, maxlen=rr.maxlen,
                                      query_max_tokens=rr.query_max_tokens, threads=rr.threads)
     loaded = LoadedReranker(scorer=scorer, model_id=f"grid:{candidate}", target=str(candidate))
     cache = ScoreCache(200_000)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from reranker.model import CrossEncoderScorer, RerankerLoadError
+from reranker.model import RerankerLoadError, load_scorer
 from reranker.settings import RerankerSettings
 
 __all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer", "effective_alpha", "effective_dense_weight"]
@@ -31,7 +31,7 @@ NO_MODEL_REASON = "no reranker model: set AGRO_RERANKER_MODEL_PATH or train and 
 
 
 class Scorer(Protocol):
-    """What the stage needs from a model (``CrossEncoderScorer`` is the real one)."""
+    """What the stage needs from a model (``CrossEncoderScorer`` or ``BiEncoderScorer``)."""
 
     backend: str
     dtype: str
@@ -285,7 +285,7 @@ class RerankerManager:
         s = self.settings
         t0 = time.perf_counter()
         try:
-            scorer = CrossEncoderScorer.load(
+            scorer = load_scorer(
                 cand.ref,
                 backend=s.backend,
                 maxlen=s.maxlen,

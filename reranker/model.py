@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UNTRAINED_MARKER",
     "Backend",
+    "BiEncoderScorer",
     "CrossEncoderScorer",
     "RerankerLoadError",
     "ScoringCancelled",
@@ -37,6 +38,8 @@ __all__ = [
     "cpu_has_vnni",
     "create_from_backbone",
     "cut_layers",
+    "is_bi_encoder_dir",
+    "load_scorer",
     "make_backend",
     "model_layers",
     "resolve_backend_name",
@@ -390,8 +393,11 @@ class CrossEncoderScorer:
         """Parameter count of the underlying float model (int8 packed weights are not counted)."""
         return sum(p.numel() for p in self.model.parameters())
 
+    kind = "cross-encoder"
+
     def describe(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "model_id": self.model_id,
             "release_id": self.release_id,
             "backend": self.backend,
@@ -402,6 +408,148 @@ class CrossEncoderScorer:
             "query_max_tokens": self.query_max_tokens,
             "layers": self.layers,
         }
+
+
+# ------------------------------------------------------------------------------------------------ bi-encoder
+
+
+def is_bi_encoder_dir(path: str | Path) -> bool:
+    """True for a local sentence-transformers bi-encoder folder (``modules.json`` with a pooling module and no
+    sequence-classification head), which :func:`load_scorer` serves with :class:`BiEncoderScorer`."""
+    p = Path(path).expanduser()
+    try:
+        modules = json.loads((p / "modules.json").read_text(encoding="utf-8"))
+        config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    archs = config.get("architectures") or []
+    pooled = any("Pooling" in str(m.get("type", "")) for m in modules if isinstance(m, dict))
+    return pooled and not any(str(a).endswith("ForSequenceClassification") for a in archs)
+
+
+class BiEncoderScorer:
+    """A fine-tuned bi-encoder as a reranker: ``score(query, texts)`` is the cosine of their embeddings.
+
+    Trained by the same pipeline as a cross-encoder (``AGRO_TRAINING_MODEL_KIND=bi-encoder``, the default): it starts
+    from the embedding model, which already ranks code well, so a few dozen feedback questions improve it where a
+    cross-encoder's fresh head needs many thousands of pairs to rank at all. Candidate vectors are cached by text (a
+    chunk is embedded once per model, however many searches rank it), the query goes through the embedder's lean
+    path. Thread-safe (the embedder is).
+    """
+
+    kind = "bi-encoder"
+
+    def __init__(self, embedder: Any, *, model_id: str, release_id: str | None, backend: str, maxlen: int,
+                 cache_size: int = 20_000) -> None:
+        from collections import OrderedDict
+
+        self.embedder = embedder
+        self.model_id = model_id
+        self.release_id = release_id
+        self.backend = backend
+        self.dtype = embedder.dtype
+        self.device = "cpu"
+        self.maxlen = maxlen
+        self.query_max_tokens = maxlen  # the query is embedded on its own: its first window of maxlen tokens
+        self.loaded_at = time.time()
+        self.layers = model_layers(embedder._model[0].auto_model) if hasattr(embedder._model[0], "auto_model") else None
+        self.tokenizer = embedder.tokenizer
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, ref: str | Path, *, backend: str = "auto", maxlen: int = 256, threads: int | None = None,
+             release_id: str | None = None, model_id: str | None = None, **_: Any) -> BiEncoderScorer:
+        """Load a local sentence-transformers bi-encoder folder (safetensors only, no remote code).
+
+        ``backend``: ``auto`` / ``bf16`` / ``fp32`` / ``int8`` as for cross-encoders (``bf16-autocast`` runs as bf16).
+
+        Raises:
+            RerankerLoadError: not a bi-encoder folder, no safetensors, or it cannot be loaded.
+        """
+        import torch
+
+        from retrieval.embed import Embedder
+
+        p = Path(ref).expanduser()
+        if not is_bi_encoder_dir(p):
+            raise RerankerLoadError(f"BiEncoderScorer expects a sentence-transformers bi-encoder folder, but {ref} is not")
+        _check_model_dir(p.resolve())
+        name = resolve_backend_name(backend)
+        dtype = "bf16" if name.startswith("bf16") else name
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            emb = Embedder(str(p.resolve()), dtype=dtype, max_tokens=maxlen)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise RerankerLoadError(f"cannot load the bi-encoder at {ref}: {exc}") from exc
+        scorer = cls(emb, model_id=model_id or (release_id or str(p.resolve())), release_id=release_id, backend=name,
+                     maxlen=maxlen)
+        logger.info("loaded bi-encoder reranker %s (%s, query path %s)", scorer.model_id, emb.dtype, emb.query_path)
+        return scorer
+
+    def _vectors(self, texts: list[str], batch: int, cancel: threading.Event | None) -> np.ndarray:
+        import hashlib
+
+        keys = [hashlib.blake2b(_clean(t).encode("utf-8", "replace"), digest_size=16).hexdigest() for t in texts]
+        out = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            for i, k in enumerate(keys):
+                v = self._cache.get(k)
+                if v is None:
+                    missing.setdefault(k, []).append(i)
+                else:
+                    self._cache.move_to_end(k)
+                    out[i] = v
+        todo = list(missing)
+        step = max(1, int(batch))
+        for start in range(0, len(todo), step):
+            if cancel is not None and cancel.is_set():
+                raise ScoringCancelled("scoring cancelled")
+            chunk = todo[start : start + step]
+            vecs = self.embedder.encode_documents([_clean(texts[missing[k][0]]) for k in chunk])
+            with self._lock:
+                for k, v in zip(chunk, vecs):
+                    out[missing[k]] = v
+                    self._cache[k] = v
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+    def score(self, query: str, texts: list[str], batch: int = 16, cancel: threading.Event | None = None) -> np.ndarray:
+        """Cosine similarities, one per text, as float32 (texts cut at ``maxlen`` tokens like the index's)."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        q = self.embedder.encode_query(_clean(query))
+        return (self._vectors(list(texts), batch, cancel) @ q).astype(np.float32)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.embedder._model.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "model_id": self.model_id,
+            "release_id": self.release_id,
+            "backend": self.backend,
+            "dtype": self.dtype,
+            "device": self.device,
+            "loaded_at": self.loaded_at,
+            "maxlen": self.maxlen,
+            "query_max_tokens": self.query_max_tokens,
+            "layers": self.layers,
+            "cached_vectors": len(self._cache),
+        }
+
+
+def load_scorer(ref: str | Path, **kwargs: Any):
+    """The scorer for a model reference: :class:`BiEncoderScorer` for a local bi-encoder folder (what training
+    makes by default), else :class:`CrossEncoderScorer` (a local folder or a hub id)."""
+    if is_bi_encoder_dir(ref):
+        return BiEncoderScorer.load(ref, **kwargs)
+    return CrossEncoderScorer.load(ref, **kwargs)
 
 
 def _clean(text: str) -> str:

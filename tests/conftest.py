@@ -127,7 +127,7 @@ def cli_env(tmp_path, monkeypatch) -> Path:
 
     tiny = build_tiny_cross_encoder(tmp_path / "tiny")
     monkeypatch.setenv("AGRO_HOME", str(tmp_path / "home"))
-    for k, v in {"BASE_MODEL": str(tiny), "MIN_TRIPLETS": "5", "PROMOTE_MIN_QUERIES": "5", "MAX_LENGTH": "64",
+    for k, v in {"MODEL_KIND": "cross-encoder", "BASE_MODEL": str(tiny), "MIN_TRIPLETS": "5", "PROMOTE_MIN_QUERIES": "5", "MAX_LENGTH": "64",
                  "BATCH_SIZE": "8", "HELDOUT_FRACTION": "0.3"}.items():
         monkeypatch.setenv(f"AGRO_TRAINING_{k}", v)
     monkeypatch.setenv("AGRO_RERANKER_TOPN", "10")

@@ -167,7 +167,7 @@ def calibrate_alpha(
     """
     from reranker.cache import ScoreCache
     from reranker.manager import LoadedReranker
-    from reranker.model import CrossEncoderScorer
+    from reranker.model import load_scorer
     from training.evaluate import make_rerank_fn, queries_from_feedback
 
     known = set(engine.corpora())
@@ -175,7 +175,7 @@ def calibrate_alpha(
     rr = engine.settings.reranker
     if not rows:
         return {"alpha": None, "reason": "no calibration question is on an indexed corpus", "n_queries": 0}
-    scorer = CrossEncoderScorer.load(model_dir, backend=rr.backend, maxlen=rr.maxlen,
+    scorer = load_scorer(model_dir, backend=rr.backend, maxlen=rr.maxlen,
                                      query_max_tokens=rr.query_max_tokens, threads=rr.threads)
     loaded = LoadedReranker(scorer=scorer, model_id=f"calibration:{model_dir}", target=str(model_dir))
     cache = ScoreCache(max(1024, 2 * len(rows) * max(rr.topn, 50)))

@@ -617,9 +617,9 @@ def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | No
         reranker.model.RerankerLoadError: when the folder holds no usable cross-encoder.
     """
     from reranker.manager import LoadedReranker
-    from reranker.model import CrossEncoderScorer
+    from reranker.model import load_scorer
 
-    scorer = CrossEncoderScorer.load(
+    scorer = load_scorer(
         model_ref, backend=settings.backend, maxlen=settings.maxlen, query_max_tokens=settings.query_max_tokens,
         threads=settings.threads, release_id=release_id,
     )

@@ -186,20 +186,23 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
     run = train_run(
         models_dir, ctx.run_id, split, ts,
         progress=lambda f, m: ctx.progress(0.2 + 0.55 * f, m), cancelled=ctx.cancelled, extra=extra,
-        max_train_pairs=getattr(ts, "max_train_pairs", None),
+        max_train_pairs=getattr(ts, "max_train_pairs", None), embed_model=engine.settings.retrieval.embed_model,
     )
+    bi = run.get("model_kind") == "bi-encoder"
+    default_alpha, default_name = ((ts.bi_encoder_alpha, "AGRO_TRAINING_BI_ENCODER_ALPHA") if bi
+                                   else (ts.uncalibrated_alpha, "AGRO_TRAINING_UNCALIBRATED_ALPHA"))
     if calibration:
         ctx.log("calibrating the blend weight of run %s on %d calibration triplets", ctx.run_id, len(calibration))
         blend = calibrate_alpha(engine, run_dir(models_dir, ctx.run_id) / "model", calibration,
                                 progress=lambda i, n: ctx.progress(0.75 + 0.05 * i / n, f"calibrating alpha {i}/{n}"),
                                 generations=bootstrap_gate_views(engine, calibration), dense_weight=dense_weight,
-                                default=ts.uncalibrated_alpha)
+                                default=default_alpha)
     else:
         blend = {"alpha": None, "reason": split.info.get("calibration", {}).get("reason", "calibration is off "
                  "(AGRO_TRAINING_CALIBRATE_ALPHA=0)")}
     if blend.get("alpha") is None:  # not calibrated: served (and judged) with the measured default for runs
-        served = f"served with AGRO_TRAINING_UNCALIBRATED_ALPHA {ts.uncalibrated_alpha}"
-        blend.update(alpha=ts.uncalibrated_alpha, calibrated=False, reason=f"{blend.get('reason')}; {served}")
+        served = f"served with {default_name} {default_alpha}"
+        blend.update(alpha=default_alpha, calibrated=False, reason=f"{blend.get('reason')}; {served}")
     blend["dense_weight"] = dense_weight
     blend["dense_weighing"] = {k: v for k, v in weighing.items() if k != "dense_weight"}
     run["blend"] = blend

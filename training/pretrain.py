@@ -79,6 +79,7 @@ def _scratch_settings(settings: Any, work: Path, source: Path, default_source: b
         "bootstrap_cap": cap or ts.pretrain_cap,
         "max_train_pairs": max_pairs or ts.pretrain_max_pairs,
         "calibrate_alpha": False,  # a base is never served: its blend weight is chosen when a run is promoted
+        "model_kind": "cross-encoder",  # the base of cross-encoder runs; a bi-encoder starts from the embedding model
         "heldout_fraction": HELDOUT_FRACTION,
     })
     rr = settings.reranker

@@ -12,6 +12,22 @@ __all__ = ["TrainingSettings"]
 class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    model_kind: Literal["bi-encoder", "cross-encoder"] = Field(
+        "bi-encoder",
+        description="What a run trains. bi-encoder (default): the embedding model fine-tuned on the mined triplets "
+        "(MultipleNegativesRankingLoss, hard negatives) and served as a reranker of the fused head by cosine; it starts "
+        "from a model that already ranks. cross-encoder: a sequence classifier (CrossEncoderTrainer), from the release, "
+        "base_model, the agro pretrain base or a fresh MiniLM head. Measured on the docstring collections' test halves "
+        "(bench_learning): see bi_encoder_alpha.",
+    )
+    bi_encoder_epochs: int = Field(2, ge=1, description="Epochs of a bi-encoder run (a cross-encoder uses epochs).")
+    bi_encoder_learning_rate: float = Field(
+        2e-5, gt=0, description="Learning rate of a bi-encoder run (a cross-encoder uses learning_rate).")
+    bi_encoder_alpha: float = Field(
+        0.8, ge=0, le=1,
+        description="Blend weight an uncalibrated bi-encoder run is served and judged with (uncalibrated_alpha is the "
+        "cross-encoder's).",
+    )
     base_model: str | None = Field(None, description="Base when no release exists (local dir or hub id).")
     loss: Literal["bce", "lambda", "mnrl"] = "bce"
     epochs: int = Field(1, ge=1)

@@ -1,4 +1,5 @@
-"""Fine-tune a cross-encoder candidate with sentence-transformers' ``CrossEncoderTrainer``.
+"""Fine-tune a reranker candidate: a bi-encoder (``SentenceTransformerTrainer``, the default) or a cross-encoder
+(``CrossEncoderTrainer``), per ``TrainingSettings.model_kind``.
 
 A run writes only to ``models/runs/<run_id>/``: ``data/`` (the mined split), ``model/`` (the candidate, never
 served from there) and ``run.json`` (config, base model, data hashes, split, per-epoch metrics, state), replaced
@@ -118,13 +119,19 @@ def load_split(d: Path) -> MinedSplit:
         raise TrainingError(f"{d} has no mined data ({exc.filename}); run `agro mine` or `agro train`") from None
 
 
-def resolve_base(models_dir: Path, base_model: str | None, workdir: Path, num_layers: int | None = None) -> BaseModel:
-    """The current release, else ``base_model``, else the pre-trained base (``models/base/current``, made by
-    ``agro pretrain``), else a fresh-head MiniLM cross-encoder built in ``workdir``.
+def resolve_base(models_dir: Path, base_model: str | None, workdir: Path, num_layers: int | None = None,
+                 kind: str = "cross-encoder", embed_model: str | None = None) -> BaseModel:
+    """Where a run of ``kind`` starts.
 
-    ``num_layers`` only shapes the fresh-head case (its backbone is cut there); a release or a configured base is
-    cut when training loads it.
+    cross-encoder: the current release (if it is one), else ``base_model``, else the pre-trained base
+    (``models/base/current``, made by ``agro pretrain``), else a fresh-head MiniLM cross-encoder built in ``workdir``
+    (``num_layers`` only shapes that case; a release or a configured base is cut when training loads it).
+
+    bi-encoder: the current release (if it is one), else ``base_model`` (a sentence-transformers folder or hub id),
+    else the embedding model ``embed_model`` (default: the offline MiniLM), which already ranks code.
     """
+    from reranker.model import is_bi_encoder_dir
+
     current = Path(models_dir) / "current"
     if current.exists():
         target = current.resolve()
@@ -132,13 +139,18 @@ def resolve_base(models_dir: Path, base_model: str | None, workdir: Path, num_la
             manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             manifest = None
-        if isinstance(manifest, dict):
+        if not isinstance(manifest, dict):
+            logger.warning("models/current -> %s has no manifest; not used as a base", target)
+        elif is_bi_encoder_dir(target) == (kind == "bi-encoder"):
             return BaseModel(str(target), "release", str(manifest.get("id") or target.name))
-        logger.warning("models/current -> %s has no manifest; not used as a base", target)
-    if base_model:
-        from retrieval.models import resolve_model_ref
+        else:
+            logger.info("models/current is not a %s; the %s run starts from its own base", kind, kind)
+    from retrieval.models import resolve_model_ref
 
+    if base_model:
         return BaseModel(resolve_model_ref(base_model), "configured")
+    if kind == "bi-encoder":
+        return BaseModel(resolve_model_ref(embed_model), "embedder")
     from training.pretrain import current_base
 
     pre = current_base(Path(models_dir).parent)
@@ -210,6 +222,7 @@ def train_run(
     cancelled: Callable[[], bool] | None = None,
     extra: dict[str, Any] | None = None,
     max_train_pairs: int | None = None,
+    embed_model: str | None = None,
 ) -> dict[str, Any]:
     """Train a candidate on ``split.train`` into ``models/runs/<run_id>/model`` and return its ``run.json``.
 
@@ -222,6 +235,7 @@ def train_run(
         cancelled: polled between steps; True stops the run (:class:`TrainingCancelled`).
         extra: more fields for ``run.json`` (sources, corpora).
         max_train_pairs: cap on (query, text) pairs (triplets are sampled down, seeded), to bound the time.
+        embed_model: the embedding model a bi-encoder run starts from when there is no release or base_model.
 
     Raises:
         TrainingError: too few triplets, or a base model that cannot be loaded.
@@ -244,19 +258,25 @@ def train_run(
         logger.info("run %s: sampled %d triplets to stay under %d pairs", run_id, len(train), max_train_pairs)
     d.mkdir(parents=True, exist_ok=True)
     write_split(d, split)
-    student_layers = getattr(settings, "student_layers", None)
-    base = resolve_base(models_dir, settings.base_model, d, num_layers=student_layers)
+    kind = getattr(settings, "model_kind", "cross-encoder")
+    student_layers = getattr(settings, "student_layers", None) if kind == "cross-encoder" else None
+    base = resolve_base(models_dir, settings.base_model, d, num_layers=student_layers, kind=kind,
+                        embed_model=embed_model)
     from reranker.model import UNTRAINED_MARKER, cpu_has_native_bf16
 
     bf16 = bool(settings.bf16 and cpu_has_native_bf16())
+    bi = kind == "bi-encoder"
     manifest: dict[str, Any] = {
         "run_id": run_id,
         "state": "running",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_kind": kind,
         "base_model": {"ref": base.ref, "kind": base.kind, "release_id": base.release_id},
         "config": {
-            "loss": settings.loss, "epochs": settings.epochs, "batch_size": settings.batch_size,
-            "learning_rate": settings.learning_rate, "max_length": settings.max_length, "seed": settings.seed,
+            "loss": "mnrl" if bi else settings.loss, "epochs": settings.bi_encoder_epochs if bi else settings.epochs,
+            "batch_size": settings.batch_size,
+            "learning_rate": settings.bi_encoder_learning_rate if bi else settings.learning_rate,
+            "max_length": settings.max_length, "seed": settings.seed,
             "negatives_per_query": negatives, "bf16": bf16, "max_train_pairs": max_train_pairs,
             "student_layers": student_layers,
         },
@@ -273,7 +293,8 @@ def train_run(
     write_json_atomic(d / "run.json", manifest)
     t0 = time.perf_counter()
     try:
-        model_dir = _fit(d, base, train, settings, bf16, manifest, progress, cancelled)
+        fit = _fit_bi_encoder if bi else _fit
+        model_dir = fit(d, base, train, settings, bf16, manifest, progress, cancelled)
     except TrainingCancelled:
         manifest.update(state="cancelled", finished_at=_now(), elapsed_sec=round(time.perf_counter() - t0, 1))
         write_json_atomic(d / "run.json", manifest)
@@ -362,7 +383,7 @@ def _make_student(model: Any, base: BaseModel, dataset: Any, settings: Any, mani
     return dataset
 
 
-TRAINED_BASES = ("release", "pretrained")
+TRAINED_BASES = ("release", "pretrained", "embedder")
 
 
 def planned_epochs(steps_per_epoch: int, settings: Any, base_kind: str = "backbone") -> int:
@@ -386,7 +407,6 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
         CrossEncoderTrainer,
         CrossEncoderTrainingArguments,
     )
-    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
     try:
         model = CrossEncoder(base.ref, num_labels=1, max_length=settings.max_length, device="cpu",
@@ -403,35 +423,7 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
     student_layers = getattr(settings, "student_layers", None)
     if student_layers is not None:
         dataset = _make_student(model, base, dataset, settings, manifest, cancelled)
-    state = {"cancelled": False, "last_poll": 0.0, "epoch_losses": []}
-
-    class _Hooks(TrainerCallback):
-        def on_log(self, args, tstate, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                state["epoch_losses"].append(float(logs["loss"]))
-
-        def on_step_end(self, args, tstate, control, **kw):
-            if progress is not None and tstate.max_steps:
-                progress(tstate.global_step / tstate.max_steps,
-                         f"step {tstate.global_step}/{tstate.max_steps}, epoch {tstate.epoch or 0:.2f}")
-            now = time.monotonic()
-            if cancelled is not None and now - state["last_poll"] >= 1.0:
-                state["last_poll"] = now
-                if cancelled():
-                    state["cancelled"] = True
-                    control.should_training_stop = True
-                    control.should_epoch_stop = True
-
-        def on_epoch_end(self, args, tstate, control, **kw):
-            losses = state["epoch_losses"]
-            row = {"epoch": round(tstate.epoch or 0, 3), "step": tstate.global_step,
-                   "train_loss": sum(losses) / len(losses) if losses else None,
-                   "elapsed_sec": round(time.perf_counter() - t_fit, 1)}
-            state["epoch_losses"] = []
-            manifest["epochs"].append(row)
-            write_json_atomic(d / "run.json", manifest)
-            logger.info("run %s epoch %s: loss %s", manifest["run_id"], row["epoch"], row["train_loss"])
-
+    state = _TrainState(d, manifest, progress, cancelled)
     n_steps_epoch = max(1, -(-len(dataset) // settings.batch_size))
     epochs = planned_epochs(n_steps_epoch, settings, base.kind)
     manifest["config"]["epochs_run"] = epochs
@@ -452,18 +444,140 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
         dataloader_num_workers=0,
     )
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(settings.loss, model),
-                                  callbacks=[_Hooks()])
+                                  callbacks=[state.callback()])
+    return _train_and_save(trainer, state, lambda tmp: model.save_pretrained(str(tmp)))
+
+
+class _TrainState:
+    """Progress, cancellation and per-epoch metrics of one run, shared by both kinds of trainer."""
+
+    def __init__(self, d: Path, manifest: dict, progress, cancelled) -> None:
+        self.d, self.manifest, self.progress, self.cancelled = d, manifest, progress, cancelled
+        self.was_cancelled = False
+        self.last_poll = 0.0
+        self.epoch_losses: list[float] = []
+        self.t_fit = time.perf_counter()
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        st = self
+
+        class _Hooks(TrainerCallback):
+            def on_log(self, args, tstate, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    st.epoch_losses.append(float(logs["loss"]))
+
+            def on_step_end(self, args, tstate, control, **kw):
+                if st.progress is not None and tstate.max_steps:
+                    st.progress(tstate.global_step / tstate.max_steps,
+                                f"step {tstate.global_step}/{tstate.max_steps}, epoch {tstate.epoch or 0:.2f}")
+                now = time.monotonic()
+                if st.cancelled is not None and now - st.last_poll >= 1.0:
+                    st.last_poll = now
+                    if st.cancelled():
+                        st.was_cancelled = True
+                        control.should_training_stop = True
+                        control.should_epoch_stop = True
+
+            def on_epoch_end(self, args, tstate, control, **kw):
+                losses = st.epoch_losses
+                row = {"epoch": round(tstate.epoch or 0, 3), "step": tstate.global_step,
+                       "train_loss": sum(losses) / len(losses) if losses else None,
+                       "elapsed_sec": round(time.perf_counter() - st.t_fit, 1)}
+                st.epoch_losses = []
+                st.manifest["epochs"].append(row)
+                write_json_atomic(st.d / "run.json", st.manifest)
+                logger.info("run %s epoch %s: loss %s", st.manifest["run_id"], row["epoch"], row["train_loss"])
+
+        return _Hooks()
+
+
+def _train_and_save(trainer: Any, state: _TrainState, save: Callable[[Path], None]) -> Path:
+    """Train, then write the model to ``model/`` through a temporary folder renamed into place."""
+    from transformers import PrinterCallback, ProgressCallback
+
     trainer.remove_callback(PrinterCallback)  # it print()s logs to stdout, which a stdio server must never do
     trainer.remove_callback(ProgressCallback)
-    t_fit = time.perf_counter()
+    d = state.d
+    state.t_fit = time.perf_counter()
     trainer.train()
     shutil.rmtree(d / "trainer_tmp", ignore_errors=True)
-    if state["cancelled"]:
-        raise TrainingCancelled(f"run {manifest['run_id']} was cancelled")
+    if state.was_cancelled:
+        raise TrainingCancelled(f"run {state.manifest['run_id']} was cancelled")
     out = d / "model"
     tmp = d / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    save(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
+
+
+def _bi_encoder_dataset(train: Sequence[Triplet], negatives: int, max_chars: int):
+    """(anchor, positive, negative_1..n) rows for MultipleNegativesRankingLoss: n = the fewest hard negatives
+    among the triplets that have any (at most ``negatives``); triplets with fewer are left out, unless none has
+    any, when rows are (anchor, positive) and the batch's other positives are the negatives."""
+    from datasets import Dataset
+
+    with_negs = [t for t in train if t.negative_texts]
+    n_neg = min([negatives] + [len(t.negative_texts) for t in with_negs]) if with_negs else 0
+    rows = with_negs if n_neg else list(train)
+    cols: dict[str, list[str]] = {"anchor": [t.query for t in rows],
+                                  "positive": [t.positive_text[:max_chars] for t in rows]}
+    for i in range(n_neg):
+        cols[f"negative_{i + 1}"] = [t.negative_texts[i][:max_chars] for t in rows]
+    return Dataset.from_dict(cols), len(rows) * (1 + n_neg)
+
+
+def _fit_bi_encoder(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bool, manifest: dict,
+                    progress, cancelled) -> Path:
+    """Fine-tune a sentence-transformers bi-encoder with MultipleNegativesRankingLoss (in-batch and hard negatives)."""
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from reranker.model import is_bi_encoder_dir
+
+    try:
+        model = SentenceTransformer(base.ref, device="cpu", local_files_only=Path(base.ref).exists(),
+                                    trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot load the base model {base.ref} ({base.kind}): {exc}") from exc
+    if base.kind != "release" and not is_bi_encoder_dir(base.ref) and Path(base.ref).is_dir():
+        raise TrainingError(f"the base model {base.ref} ({base.kind}) is a cross-encoder, not a sentence-transformers "
+                            "bi-encoder: set AGRO_TRAINING_MODEL_KIND=cross-encoder to train cross-encoders, or point "
+                            "AGRO_TRAINING_BASE_MODEL at a bi-encoder (e.g. the embedding model)")
+    if not any(type(m).__name__ == "Pooling" for m in model):
+        raise TrainingError(f"the base model {base.ref} ({base.kind}) is not a sentence-transformers bi-encoder "
+                            "(no pooling module); set AGRO_TRAINING_MODEL_KIND=cross-encoder to train a cross-encoder")
+    model.max_seq_length = settings.max_length
+    dataset, n_pairs = _bi_encoder_dataset(train, settings.negatives_per_query,
+                                           settings.max_length * _CHARS_PER_TOKEN)
+    manifest["data"]["trained_pairs"] = n_pairs
+    manifest["data"]["query_tokens_max"] = max(
+        (len(model.tokenizer(t.query, add_special_tokens=False)["input_ids"]) for t in train), default=0)
+    state = _TrainState(d, manifest, progress, cancelled)
+    n_steps_epoch = max(1, -(-len(dataset) // settings.batch_size))
+    epochs = settings.bi_encoder_epochs
+    manifest["config"]["epochs_run"] = epochs
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(d / "trainer_tmp"),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.bi_encoder_learning_rate,
+        warmup_steps=max(0, int(0.1 * n_steps_epoch * epochs)),
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=bf16,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=max(1, n_steps_epoch // 20),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a query's second positive is no negative of its first
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                                         loss=MultipleNegativesRankingLoss(model), callbacks=[state.callback()])
+    return _train_and_save(trainer, state, lambda tmp: model.save(str(tmp)))

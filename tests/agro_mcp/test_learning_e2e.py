@@ -4,8 +4,9 @@
 simulated assistant searches a small real corpus with clearly answerable questions and sends feedback (``used`` on
 the right hit, ``thumbs_down`` on wrong hits above it, ``correct_location`` when the right code is not among the
 results); ``reranker_admin train`` returns a run_id at once and ``status`` is polled until the job succeeds;
-``reranker_admin promote`` gates the run. When the gate promotes, the release id comes from the promote job; when it
-legitimately refuses (a tiny 2-layer model rarely beats retrieval on 40 questions), the refusal must be recorded with
+``reranker_admin promote`` gates the run. The runs are the default kind: the real MiniLM embedding model fine-tuned
+as a bi-encoder reranker. When the gate promotes, the release id comes from the promote job; when it
+legitimately refuses (a run on 40 questions need not beat retrieval on the held-out few), the refusal must be recorded with
 its figures and the run is forced with ``agro promote RUN --force`` (MCP offers no force option). Either way the
 *running* server must then report the new release in ``rag_search`` without a restart. A second run (trained on top
 of that release) is promoted the same way, and ``reranker_admin rollback`` brings the first release back; rolling back
@@ -27,7 +28,6 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.reranker.conftest import build_tiny_cross_encoder
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -470,12 +470,10 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
     repo = tmp_path / "toolkit"
     gold = _write_corpus(repo)
     home = tmp_path / "home"
-    tiny = build_tiny_cross_encoder(tmp_path / "tiny", seed=0)
-    env = _env(
+    env = _env(  # the default run: the real MiniLM embedding model fine-tuned as a bi-encoder reranker
         home,
         AGRO_RERANKER_RELOAD_PERIOD_SEC="1",
         AGRO_RERANKER_TOPN="10",
-        AGRO_TRAINING_BASE_MODEL=str(tiny),
         AGRO_TRAINING_MIN_TRIPLETS="10",
         AGRO_TRAINING_PROMOTE_MIN_QUERIES="5",
         AGRO_TRAINING_HELDOUT_FRACTION="0.3",

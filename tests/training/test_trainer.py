@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reranker.model import UNTRAINED_MARKER, CrossEncoderScorer
+from reranker.model import UNTRAINED_MARKER, BiEncoderScorer, CrossEncoderScorer, is_bi_encoder_dir, load_scorer
 from tests.reranker.conftest import build_tiny_cross_encoder, make_release, point_current
 from training.miners import Triplet, split_by_query
 from training.settings import TrainingSettings
@@ -24,6 +24,7 @@ def triplets(n=24):
 
 def settings(tiny, **kw):
     kw.setdefault("min_steps", 0)
+    kw.setdefault("model_kind", "cross-encoder")
     return TrainingSettings(base_model=str(tiny), batch_size=8, max_length=64, min_triplets=5, **kw)
 
 
@@ -71,6 +72,9 @@ def test_base_is_the_current_release_when_there_is_one(tmp_path, tiny):
     point_current(models, "r1")
     base = resolve_base(models, "ignored", tmp_path)
     assert (base.kind, base.release_id) == ("release", "r1")
+    # a bi-encoder run does not start from a cross-encoder release: it starts from the embedding model
+    bi = resolve_base(models, None, tmp_path, kind="bi-encoder")
+    assert bi.kind == "embedder" and is_bi_encoder_dir(bi.ref)
 
 
 def test_base_falls_back_to_a_fresh_head_backbone(tmp_path):
@@ -107,3 +111,39 @@ def test_a_run_records_the_epochs_it_ran(tmp_path, tiny):
     models = tmp_path / "models"
     run = train_run(models, "run-m", split_by_query(triplets(), 0.25, seed=13), settings(tiny, epochs=1, min_steps=20))
     assert run["config"]["epochs_run"] == len(run["epochs"]) == 3  # 7 steps an epoch, 20 wanted
+
+
+# ------------------------------------------------------------------------------------------ bi-encoder runs
+def _bi_triplets(n=24):
+    """Questions whose answers MiniLM does not already rank first: names that do not echo the question."""
+    return [Triplet(f"how is invoice batch {i} reconciled", f"def zq_{i}(rows):\n    return fold(rows, {i})",
+                    f"z{i}.py:1-2", [f"def reconcile_invoice_batch_{i}_report(x):\n    print(x)"], [f"r{i}.py:1-2"],
+                    "click_feedback", "c") for i in range(n)]
+
+
+def test_a_bi_encoder_run_fine_tunes_the_embedding_model_and_learns_its_pairs(tmp_path):
+    models = tmp_path / "models"
+    split = split_by_query(_bi_triplets(), 0.25, seed=13)
+    ts = TrainingSettings(model_kind="bi-encoder", batch_size=8, max_length=64, min_triplets=5, bi_encoder_epochs=4,
+                          bi_encoder_learning_rate=1e-4)
+    run = train_run(models, "run-bi", split, ts)
+    assert run["state"] == "succeeded" and run["model_kind"] == "bi-encoder"
+    assert run["base_model"]["kind"] == "embedder" and run["config"]["loss"] == "mnrl"
+    assert len(run["epochs"]) == 4 and run["data"]["trained_pairs"] == 2 * len(split.train)
+    model = models / "runs" / "run-bi" / "model"
+    assert is_bi_encoder_dir(model) and sorted(p.name for p in models.iterdir()) == ["runs"]
+    tuned = load_scorer(model, backend="fp32", maxlen=64)
+    base = load_scorer(run["base_model"]["ref"], backend="fp32", maxlen=64)
+    assert isinstance(tuned, BiEncoderScorer) and isinstance(base, BiEncoderScorer)
+
+    def margin(scorer):  # positive minus hard negative, averaged over the training questions
+        return sum(float(s[0] - s[1]) for s in (scorer.score(t.query, [t.positive_text, t.negative_texts[0]])
+                                                for t in split.train)) / len(split.train)
+
+    assert margin(base) < 0 < margin(tuned)
+
+
+def test_a_bi_encoder_run_refuses_a_cross_encoder_base_and_says_what_to_set(tmp_path, tiny):
+    ts = TrainingSettings(model_kind="bi-encoder", base_model=str(tiny), batch_size=8, max_length=64, min_triplets=5)
+    with pytest.raises(TrainingError, match="AGRO_TRAINING_MODEL_KIND=cross-encoder"):
+        train_run(tmp_path / "models", "run-x", split_by_query(_bi_triplets(), 0.25, seed=13), ts)
