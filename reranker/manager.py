@@ -343,6 +343,7 @@ class RerankerManager:
             "release_id": loaded.release_id if loaded else None,
             "loaded_target": loaded.target if loaded else None,
             "manifest": _manifest_summary(loaded.manifest if loaded else None),
+            "kind": getattr(scorer, "kind", None),
             "backend": getattr(scorer, "backend", None),
             "dtype": getattr(scorer, "dtype", None),
             "device": getattr(scorer, "device", None),

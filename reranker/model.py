@@ -1,4 +1,8 @@
-"""Cross-encoder loading and scoring on CPU: safetensors only, no remote code, token-based truncation.
+"""Reranker loading and scoring on CPU: safetensors only, no remote code, token-based truncation.
+
+Two kinds of model serve: a cross-encoder (:class:`CrossEncoderScorer`, one logit per (query, text) pair) and a
+fine-tuned bi-encoder (:class:`BiEncoderScorer`, the cosine of their embeddings: what training makes by default);
+:func:`load_scorer` picks by the model folder.
 
 The scorer returns raw logits (one per text). Backends (fp32, bf16, int8) sit behind :class:`Backend`; ``auto``
 picks bf16 only when the CPU has native bf16 instructions (AMX or AVX512_BF16), since without them torch emulates
@@ -205,6 +209,8 @@ class CrossEncoderScorer:
     Thread-safe for concurrent ``score`` calls (the model is only read). Build with :meth:`load`.
     """
 
+    kind = "cross-encoder"
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -392,8 +398,6 @@ class CrossEncoderScorer:
     def n_params(self) -> int:
         """Parameter count of the underlying float model (int8 packed weights are not counted)."""
         return sum(p.numel() for p in self.model.parameters())
-
-    kind = "cross-encoder"
 
     def describe(self) -> dict[str, Any]:
         return {

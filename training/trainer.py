@@ -552,15 +552,22 @@ def _fit_bi_encoder(d: Path, base: BaseModel, train: list[Triplet], settings: An
         raise TrainingError(f"the base model {base.ref} ({base.kind}) is not a sentence-transformers bi-encoder "
                             "(no pooling module); set AGRO_TRAINING_MODEL_KIND=cross-encoder to train a cross-encoder")
     model.max_seq_length = settings.max_length
-    dataset, n_pairs = _bi_encoder_dataset(train, settings.negatives_per_query,
+    dataset, n_pairs = _bi_encoder_dataset(train, settings.bi_encoder_negatives,
                                            settings.max_length * _CHARS_PER_TOKEN)
+    epochs = settings.bi_encoder_epochs
+    most = settings.bi_encoder_max_steps * settings.batch_size // max(1, epochs)
+    if len(dataset) > most:  # bounded run time: a seeded sample of the rows, every epoch the same sample
+        dataset = dataset.shuffle(seed=settings.seed).select(range(most))
+        n_pairs = n_pairs * most // len(train)
+        logger.info("run %s: bi-encoder trains on %d of its triplets (AGRO_TRAINING_BI_ENCODER_MAX_STEPS %d)",
+                    manifest["run_id"], most, settings.bi_encoder_max_steps)
     manifest["data"]["trained_pairs"] = n_pairs
     manifest["data"]["query_tokens_max"] = max(
         (len(model.tokenizer(t.query, add_special_tokens=False)["input_ids"]) for t in train), default=0)
     state = _TrainState(d, manifest, progress, cancelled)
     n_steps_epoch = max(1, -(-len(dataset) // settings.batch_size))
-    epochs = settings.bi_encoder_epochs
     manifest["config"]["epochs_run"] = epochs
+    manifest["config"]["negatives_per_query"] = settings.bi_encoder_negatives
     args = SentenceTransformerTrainingArguments(
         output_dir=str(d / "trainer_tmp"),
         num_train_epochs=epochs,

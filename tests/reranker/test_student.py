@@ -97,7 +97,7 @@ def test_student_run_cuts_the_base_distils_from_it_and_saves_a_servable_shallowe
     from training.trainer import train_run
 
     models = tmp_path / "models"
-    st = TrainingSettings(base_model=str(tiny_dir), batch_size=8, max_length=64, min_triplets=5, min_steps=0,
+    st = TrainingSettings(model_kind="cross-encoder", base_model=str(tiny_dir), batch_size=8, max_length=64, min_triplets=5, min_steps=0,
                           student_layers=1, distill_weight=0.7)
     run = train_run(models, "student-1", split_by_query(_triplets(), 0.25, seed=13), st)
     assert run["state"] == "succeeded" and run["config"]["student_layers"] == 1
@@ -116,7 +116,8 @@ def test_student_without_a_deeper_teacher_trains_on_the_mined_labels(tmp_path, t
     from training.settings import TrainingSettings
     from training.trainer import train_run
 
-    st = TrainingSettings(base_model=str(tiny_dir), batch_size=8, max_length=64, min_triplets=5, min_steps=0, student_layers=2)
+    st = TrainingSettings(model_kind="cross-encoder", base_model=str(tiny_dir), batch_size=8, max_length=64,
+                          min_triplets=5, min_steps=0, student_layers=2)
     run = train_run(tmp_path / "models", "s2", split_by_query(_triplets(), 0.25, seed=13), st)
     assert run["student"]["teacher"] is None and run["student"]["distilled"] is False
     assert run["student"]["student_layers"] == 2
