@@ -18,9 +18,13 @@ class TrainingSettings(BaseModel):
         "(MultipleNegativesRankingLoss, hard negatives) and served as a reranker of the fused head by cosine; it starts "
         "from a model that already ranks. cross-encoder: a sequence classifier (CrossEncoderTrainer), from the release, "
         "base_model, the agro pretrain base or a fresh MiniLM head. Measured on the docstring collections' test halves "
-        "(bench_learning): see bi_encoder_alpha.",
+        "(bench_learning), feedback on half the questions lifted the other half's MRR@10 over the best of BM25, dense "
+        "and fused by up to +28% with bi-encoder runs, and by -2% to +12% with cross-encoder runs.",
     )
-    bi_encoder_epochs: int = Field(2, ge=1, description="Epochs of a bi-encoder run (a cross-encoder uses epochs).")
+    bi_encoder_epochs: int = Field(
+        4, ge=1, description="Epochs of a bi-encoder run (a cross-encoder uses epochs). Measured on the docstring test "
+        "halves: 4 ranked better than 2 (httpx file / span MRR@10 0.777 / 0.596 vs 0.753 / 0.567; jinja 0.803 / 0.575 vs "
+        "0.763 / 0.532).")
     bi_encoder_learning_rate: float = Field(
         2e-5, gt=0, description="Learning rate of a bi-encoder run (a cross-encoder uses learning_rate).")
     bi_encoder_negatives: int = Field(
@@ -35,7 +39,8 @@ class TrainingSettings(BaseModel):
     bi_encoder_alpha: float = Field(
         0.8, ge=0, le=1,
         description="Blend weight an uncalibrated bi-encoder run is served and judged with (uncalibrated_alpha is the "
-        "cross-encoder's).",
+        "cross-encoder's). Measured on the docstring test halves (dense weight 0.5): 0.8 ranked best on jinja, 2-3% "
+        "below httpx's best (1.0) and 5% below boltons' best at span level (0.5); 0.5 lost 10-14% on httpx.",
     )
     base_model: str | None = Field(None, description="Base when no release exists (local dir or hub id).")
     loss: Literal["bce", "lambda", "mnrl"] = "bce"
