@@ -19,7 +19,8 @@ class TrainingSettings(BaseModel):
         "from a model that already ranks. cross-encoder: a sequence classifier (CrossEncoderTrainer), from the release, "
         "base_model, the agro pretrain base or a fresh MiniLM head. Measured on the docstring collections' test halves "
         "(bench_learning), feedback on half the questions lifted the other half's MRR@10 over the best of BM25, dense "
-        "and fused by up to +28% with bi-encoder runs, and by -2% to +12% with cross-encoder runs.",
+        "and fused by -1% to +22% with bi-encoder runs (+11% or more at both levels on httpx and jinja), and by -2% to "
+        "+12% with cross-encoder runs.",
     )
     bi_encoder_epochs: int = Field(
         4, ge=1, description="Epochs of a bi-encoder run (a cross-encoder uses epochs). Measured on the docstring test "
