@@ -400,18 +400,7 @@ class CrossEncoderScorer:
         return sum(p.numel() for p in self.model.parameters())
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "model_id": self.model_id,
-            "release_id": self.release_id,
-            "backend": self.backend,
-            "dtype": self.dtype,
-            "device": self.device,
-            "loaded_at": self.loaded_at,
-            "maxlen": self.maxlen,
-            "query_max_tokens": self.query_max_tokens,
-            "layers": self.layers,
-        }
+        return _describe(self)
 
 
 # ------------------------------------------------------------------------------------------------ bi-encoder
@@ -533,19 +522,7 @@ class BiEncoderScorer:
         return sum(p.numel() for p in self.embedder._model.parameters())
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "model_id": self.model_id,
-            "release_id": self.release_id,
-            "backend": self.backend,
-            "dtype": self.dtype,
-            "device": self.device,
-            "loaded_at": self.loaded_at,
-            "maxlen": self.maxlen,
-            "query_max_tokens": self.query_max_tokens,
-            "layers": self.layers,
-            "cached_vectors": len(self._cache),
-        }
+        return {**_describe(self), "cached_vectors": len(self._cache)}
 
 
 def load_scorer(ref: str | Path, **kwargs: Any):
@@ -554,6 +531,15 @@ def load_scorer(ref: str | Path, **kwargs: Any):
     if is_bi_encoder_dir(ref):
         return BiEncoderScorer.load(ref, **kwargs)
     return CrossEncoderScorer.load(ref, **kwargs)
+
+
+_DESCRIBED = ("kind", "model_id", "release_id", "backend", "dtype", "device", "loaded_at", "maxlen",
+              "query_max_tokens", "layers")
+
+
+def _describe(scorer: Any) -> dict[str, Any]:
+    """What ``reranker_admin info`` and the benches report of a loaded scorer of either kind."""
+    return {k: getattr(scorer, k) for k in _DESCRIBED}
 
 
 def _clean(text: str) -> str:

@@ -416,10 +416,7 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
     dataset, n_pairs = _datasets(train, settings.loss, settings.negatives_per_query,
                                  settings.max_length * _CHARS_PER_TOKEN)
     manifest["data"]["trained_pairs"] = n_pairs
-    # The longest question the model learns from: serving falls back to the fused order for queries far longer
-    # (RerankerSettings.long_query_factor), which it has never seen the like of.
-    manifest["data"]["query_tokens_max"] = max(
-        (len(model.tokenizer(t.query, add_special_tokens=False)["input_ids"]) for t in train), default=0)
+    manifest["data"]["query_tokens_max"] = _query_tokens_max(model.tokenizer, train)
     student_layers = getattr(settings, "student_layers", None)
     if student_layers is not None:
         dataset = _make_student(model, base, dataset, settings, manifest, cancelled)
@@ -428,24 +425,26 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
     epochs = planned_epochs(n_steps_epoch, settings, base.kind)
     manifest["config"]["epochs_run"] = epochs
     args = CrossEncoderTrainingArguments(
-        output_dir=str(d / "trainer_tmp"),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        warmup_steps=max(0, int(0.1 * n_steps_epoch * epochs)),
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=bf16,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=max(1, n_steps_epoch // 20),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+        **_trainer_args(d, settings, epochs, n_steps_epoch, bf16, settings.learning_rate))
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(settings.loss, model),
                                   callbacks=[state.callback()])
     return _train_and_save(trainer, state, lambda tmp: model.save_pretrained(str(tmp)))
+
+
+def _query_tokens_max(tokenizer: Any, train: Sequence[Triplet]) -> int:
+    """The longest training question in the model's tokens: serving keeps the fused order for queries far longer
+    (RerankerSettings.long_query_factor), which the model never learned from."""
+    return max((len(tokenizer(t.query, add_special_tokens=False)["input_ids"]) for t in train), default=0)
+
+
+def _trainer_args(d: Path, settings: Any, epochs: int, n_steps_epoch: int, bf16: bool, lr: float) -> dict[str, Any]:
+    """The Hugging Face trainer arguments both kinds of run share (CPU, no checkpoints, no stdout progress)."""
+    return dict(
+        output_dir=str(d / "trainer_tmp"), num_train_epochs=epochs, per_device_train_batch_size=settings.batch_size,
+        learning_rate=lr, warmup_steps=max(0, int(0.1 * n_steps_epoch * epochs)), seed=settings.seed,
+        data_seed=settings.seed, bf16=bf16, use_cpu=True, report_to="none", save_strategy="no",
+        logging_steps=max(1, n_steps_epoch // 20), disable_tqdm=True, dataloader_num_workers=0,
+    )
 
 
 class _TrainState:
@@ -562,27 +561,13 @@ def _fit_bi_encoder(d: Path, base: BaseModel, train: list[Triplet], settings: An
         logger.info("run %s: bi-encoder trains on %d of its triplets (AGRO_TRAINING_BI_ENCODER_MAX_STEPS %d)",
                     manifest["run_id"], most, settings.bi_encoder_max_steps)
     manifest["data"]["trained_pairs"] = n_pairs
-    manifest["data"]["query_tokens_max"] = max(
-        (len(model.tokenizer(t.query, add_special_tokens=False)["input_ids"]) for t in train), default=0)
+    manifest["data"]["query_tokens_max"] = _query_tokens_max(model.tokenizer, train)
     state = _TrainState(d, manifest, progress, cancelled)
     n_steps_epoch = max(1, -(-len(dataset) // settings.batch_size))
     manifest["config"]["epochs_run"] = epochs
     manifest["config"]["negatives_per_query"] = settings.bi_encoder_negatives
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(d / "trainer_tmp"),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.bi_encoder_learning_rate,
-        warmup_steps=max(0, int(0.1 * n_steps_epoch * epochs)),
-        seed=settings.seed,
-        data_seed=settings.seed,
-        bf16=bf16,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=max(1, n_steps_epoch // 20),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **_trainer_args(d, settings, epochs, n_steps_epoch, bf16, settings.bi_encoder_learning_rate),
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a query's second positive is no negative of its first
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
