@@ -73,14 +73,20 @@ class Engine:
         self._score_cache = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
-    def start_background(self) -> None:
-        """Load the embedding model and the reranker in the background (the MCP handshake must not wait)."""
+    def start_background(self, warm: bool = False) -> None:
+        """Load the embedding model and the reranker in the background (the MCP handshake must not wait).
+
+        ``warm`` (a long-running server): each bi-encoder release that loads embeds the indexed chunks in the
+        background (``AGRO_RERANKER_PREWARM``). A one-shot command leaves it off: it would only compete with its search.
+        """
         # transformers resolves its names lazily and that is not thread-safe: two loader threads importing at once
         # failed with "cannot import name 'AutoConfig'". Resolve them here, once, before the threads start.
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
         if self._embedder_thread is None:
             self._embedder_thread = threading.Thread(target=self._load_embedder, name="agro-embedder", daemon=True)
             self._embedder_thread.start()
+        if warm:
+            self.reranker.set_warm_source(self._chunk_texts)
         self.reranker.start()
 
     def _load_embedder(self) -> None:
@@ -163,6 +169,25 @@ class Engine:
                     self._reranker = RerankerManager(self.settings.reranker, self.home / "models", sync=sync)
                     self._score_cache = ScoreCache(self.settings.reranker.cache_size)
         return self._reranker
+
+    def _chunk_texts(self):
+        """Every indexed chunk's located text (what a reranker sees), corpus by corpus: a new bi-encoder release
+        embeds these ahead of the searches that rank them."""
+        from retrieval.types import located_text
+
+        try:
+            corpora = self.corpora()
+        except Exception as exc:  # noqa: BLE001 - warming is optional; the searches embed on demand
+            logger.warning("reranker warming: cannot list the corpora: %s", exc)
+            return
+        for corpus in corpora:
+            try:
+                chunks = self.generation(corpus).chunks
+            except Exception as exc:  # noqa: BLE001 - a corpus removed or broken meanwhile: warm the others
+                logger.warning("reranker warming: skipping corpus %s: %s", corpus, exc)
+                continue
+            for c in chunks:
+                yield located_text(c.path, c.symbol, c.text)
 
     def close(self) -> None:
         if self._reranker is not None:

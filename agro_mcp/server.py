@@ -50,7 +50,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
     @asynccontextmanager
     async def lifespan(_server: MCPServer) -> AsyncIterator[Engine]:
         eng = engine or Engine(settings)
-        eng.start_background()
+        eng.start_background(warm=True)
         try:
             yield eng
         finally:

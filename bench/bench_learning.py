@@ -164,7 +164,8 @@ def main(argv=None) -> int:
                    "bench gets it as models/base/current, as if the user had run agro pretrain once; the test half "
                    "is also scored with the base alone (no feedback)")
     p.add_argument("--blend-grid", action="store_true",
-                   help="also score the test half with the candidate at a grid of (alpha, dense weight)")
+                   help="also score the test half (with --bootstrap: each corpus's queries, pooled) with the candidate at a "
+                   "grid of (alpha, dense weight)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -235,8 +236,17 @@ def main(argv=None) -> int:
                         rows.setdefault(cfg, {}).setdefault(level, []).extend(level_rows)
                         if cfg == ("fused+candidate" if promoted else "fused"):
                             rows.setdefault("served", {}).setdefault(level, []).extend(level_rows)
+                if args.blend_grid and cand.is_dir():
+                    per_corpus[c]["blend_grid"] = blend_grid(eng, qs, cand)
+                    per_corpus[c]["queries"] = len(qs)
             eng.close()
         figures["bootstrap_runs"] = per_corpus
+        grids = [(r["queries"], r["blend_grid"]) for r in per_corpus.values() if r.get("blend_grid")]
+        if grids:  # query-weighted means over the corpora: the pooled MRR@10 at each (alpha, dense weight)
+            total = sum(n for n, _ in grids)
+            figures["bootstrap_blend_grid"] = {
+                key: {lv: round(sum(n * g[key].get(lv, 0.0) for n, g in grids) / total, 4) for lv in grids[0][1][key]}
+                for key in grids[0][1]}
         figures["bootstrap_all_queries"] = {
             cfg: {level: _pooled(level_rows) for level, level_rows in by_level.items()} for cfg, by_level in rows.items()
         }

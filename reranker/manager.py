@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -123,6 +123,11 @@ class RerankerManager:
         self.settings = settings
         self.models_dir = Path(models_dir)
         self._sync = sync  # brings models/current in line with a shared registry (team backend) before a check
+        self._warm_texts: Callable[[], Iterable[str]] | None = None  # see set_warm_source
+        self._warm_cancel: threading.Event | None = None
+        self._warm_thread: threading.Thread | None = None
+        self._warm: dict[str, Any] | None = None
+        self._warm_lock = threading.Lock()  # one warming thread at a time
         self._loaded: LoadedReranker | None = None
         self._lock = threading.Lock()  # guards the fields below
         self._check_lock = threading.Lock()  # one resolution + load at a time
@@ -145,8 +150,10 @@ class RerankerManager:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the background thread (waits for a load in progress to finish)."""
+        """Stop the background threads (waits for a load in progress to finish)."""
         self._stop.set()
+        with self._warm_lock:
+            self._stop_warm()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -320,7 +327,70 @@ class RerankerManager:
             "reranker %s loaded in %.1fs (was %s)", new.model_id, time.perf_counter() - t0,
             old.model_id if old else "none",
         )
+        self._start_warm(new)
         return {"action": "loaded", "model": new.model_id, "previous": old.model_id if old else None, "error": None}
+
+    # --------------------------------------------------------------------------------------------- warming
+
+    def set_warm_source(self, texts: Callable[[], Iterable[str]] | None) -> None:
+        """Where a bi-encoder that loads from now on finds the texts to embed ahead of use (the indexed chunks'
+        located texts); None turns warming off. A model already serving starts warming at once."""
+        self._warm_texts = texts
+        with self._lock:
+            loaded, warmed = self._loaded, self._warm
+        if texts is not None and loaded is not None and (warmed or {}).get("model") != loaded.model_id:
+            self._start_warm(loaded)
+
+    def _stop_warm(self) -> None:
+        if self._warm_cancel is not None:
+            self._warm_cancel.set()
+        if self._warm_thread is not None:
+            self._warm_thread.join(timeout=30)
+            self._warm_thread = None
+
+    def _start_warm(self, loaded: LoadedReranker) -> None:
+        """Embed the indexed chunks with a newly loaded bi-encoder in the background (``settings.prewarm``), so the
+        first searches on a new release do not pay for every candidate they have not seen. Searches never wait for
+        it: a candidate not warmed yet is embedded by the search that ranks it, as without warming."""
+        with self._warm_lock:
+            self._stop_warm()
+            warm = getattr(loaded.scorer, "warm", None)
+            source = self._warm_texts
+            if not self.settings.prewarm or warm is None or source is None or self._stop.is_set():
+                return
+            self._spawn_warm(loaded, warm, source)
+
+    def _spawn_warm(self, loaded: LoadedReranker, warm: Callable[..., int], source: Callable[[], Iterable[str]]) -> None:
+        cancel = threading.Event()
+        state: dict[str, Any] = {"model": loaded.model_id, "state": "running", "embedded": 0, "started": time.time(),
+                                 "finished": None, "error": None}
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                state["embedded"] = warm(source(), batch=max(16, self.settings.batch), cancel=cancel,
+                                         progress=lambda n: state.__setitem__("embedded", n))
+                state["state"] = "cancelled" if cancel.is_set() else "done"
+            except Exception as exc:  # noqa: BLE001 - warming is an optimisation: searches embed on demand
+                state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+                logger.warning("reranker %s: warming the candidate cache failed: %s", loaded.model_id, exc)
+            state["finished"] = time.time()
+            logger.info("reranker %s: warming %s, %d chunks embedded in %.1fs", loaded.model_id, state["state"],
+                        state["embedded"], time.perf_counter() - t0)
+
+        with self._lock:
+            self._warm = state
+        self._warm_cancel = cancel
+        self._warm_thread = threading.Thread(target=run, name="agro-reranker-warm", daemon=True)
+        self._warm_thread.start()
+
+    def wait_warm(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Wait for the current warming to end (tests, benches); returns its state."""
+        t = self._warm_thread
+        if t is not None:
+            t.join(timeout)
+        with self._lock:
+            return dict(self._warm) if self._warm else None
 
     # ----------------------------------------------------------------------------------------------- info
 
@@ -329,6 +399,7 @@ class RerankerManager:
         with self._lock:
             loaded, cand = self._loaded, self._resolved
             last_check, last_error = self._last_check, self._last_error
+            warm = dict(self._warm) if self._warm else None
         scorer = loaded.scorer if loaded else None
         alpha, alpha_source = effective_alpha(loaded, s)
         dense_weight, dense_weight_source = effective_dense_weight(loaded, s)
@@ -363,4 +434,6 @@ class RerankerManager:
             "last_check": last_check,
             "last_error": last_error,
             "none_reason": self.none_reason,
+            "prewarm": s.prewarm,
+            "warm": warm,
         }

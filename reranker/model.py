@@ -483,9 +483,7 @@ class BiEncoderScorer:
         return scorer
 
     def _vectors(self, texts: list[str], batch: int, cancel: threading.Event | None) -> np.ndarray:
-        import hashlib
-
-        keys = [hashlib.blake2b(_clean(t).encode("utf-8", "replace"), digest_size=16).hexdigest() for t in texts]
+        keys = [self._key(t) for t in texts]
         out = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         with self._lock:
@@ -510,6 +508,51 @@ class BiEncoderScorer:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return out
+
+    def warm(self, texts: Any, batch: int = 32, cancel: threading.Event | None = None, duty: float = 0.5,
+             progress: Any = None) -> int:
+        """Embed candidate texts ahead of the searches that will rank them; returns how many were embedded.
+
+        ``texts`` is any iterable (read lazily); at most the cache's size are taken, so warming never evicts what it
+        warmed. Between batches the thread rests so it uses about ``duty`` of one caller's time, leaving the CPU to
+        searches. Stops quietly when ``cancel`` is set (a newer release loaded, the server is closing). ``progress``
+        is called with the running count after each batch.
+        """
+        done = 0
+        pending: list[str] = []
+
+        def flush() -> None:
+            nonlocal done
+            t0 = time.perf_counter()
+            with self._lock:
+                fresh = [t for t in pending if self._key(t) not in self._cache]
+            if fresh:
+                self._vectors(fresh, len(fresh), cancel)
+                done += len(fresh)
+                if progress is not None:
+                    progress(done)
+            pending.clear()
+            if 0 < duty < 1 and fresh and cancel is not None:
+                cancel.wait((time.perf_counter() - t0) * (1.0 / duty - 1.0))
+
+        try:
+            for n, text in enumerate(texts):
+                if n >= self._cache_size or (cancel is not None and cancel.is_set()):
+                    break
+                pending.append(text)
+                if len(pending) >= batch:
+                    flush()
+            if pending and not (cancel is not None and cancel.is_set()):
+                flush()
+        except ScoringCancelled:
+            pass
+        return done
+
+    @staticmethod
+    def _key(text: str) -> str:
+        import hashlib
+
+        return hashlib.blake2b(_clean(text).encode("utf-8", "replace"), digest_size=16).hexdigest()
 
     def score(self, query: str, texts: list[str], batch: int = 16, cancel: threading.Event | None = None) -> np.ndarray:
         """Cosine similarities, one per text, as float32 (texts cut at ``maxlen`` tokens like the index's)."""

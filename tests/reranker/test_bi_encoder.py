@@ -64,3 +64,23 @@ def test_a_cancelled_scoring_stops_with_scoring_cancelled(bi):
     stop.set()
     with pytest.raises(ScoringCancelled):
         bi.score("q", [f"def f{i}(): return {i}" for i in range(40)], batch=4, cancel=stop)
+
+
+def test_warming_embeds_texts_ahead_so_a_search_ranking_them_embeds_nothing(monkeypatch):
+    bi = load_scorer(minilm_path(), backend="fp32", maxlen=128)
+    seen = []
+    assert bi.warm(iter(TEXTS + TEXTS[:1]), batch=2, progress=seen.append) == 3  # the repeat is embedded once
+    assert seen == [2, 3] and bi.describe()["cached_vectors"] == 3
+    monkeypatch.setattr(bi.embedder, "encode_documents", lambda *a, **k: pytest.fail("a warmed text was re-embedded"))
+    assert int(np.argmax(bi.score("slugify a title", TEXTS))) == 1
+    assert bi.warm(TEXTS) == 0  # nothing new
+
+
+def test_warming_takes_no_more_than_the_cache_holds_and_stops_when_cancelled():
+    bi = load_scorer(minilm_path(), backend="fp32", maxlen=128)
+    bi._cache_size = 2
+    assert bi.warm(iter(TEXTS), batch=8) == 2 and bi.describe()["cached_vectors"] == 2
+    stop = threading.Event()
+    stop.set()
+    fresh = load_scorer(minilm_path(), backend="fp32", maxlen=128)
+    assert fresh.warm(iter(TEXTS), cancel=stop) == 0 and fresh.describe()["cached_vectors"] == 0

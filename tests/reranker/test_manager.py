@@ -176,3 +176,53 @@ def test_get_without_waiting_returns_at_once(models_dir, wait):
         assert m.none_reason == "reranker model is still loading"
     finally:
         m.close()
+
+
+def _bi_release(models_dir, release_id: str):
+    from retrieval.models import minilm_path
+
+    make_release(models_dir, release_id, minilm_path())
+    point_current(models_dir, release_id)
+
+
+def test_a_bi_encoder_release_warms_its_candidate_cache_from_the_warm_source_in_the_background(models_dir):
+    _bi_release(models_dir, "bi1")
+    texts = [h.chunk.text for h in hits(5)]
+    with RerankerManager(fast_settings(), models_dir) as m:
+        m.set_warm_source(lambda: iter(texts))
+        assert m.reload()["action"] == "loaded"
+        state = m.wait_warm(60)
+        assert state["model"] == "bi1" and state["state"] == "done" and state["embedded"] == 5
+        assert m.info()["warm"]["embedded"] == 5 and m.info()["prewarm"] is True
+        assert m.get().scorer.describe()["cached_vectors"] == 5
+
+
+def test_warming_is_off_without_a_source_with_prewarm_off_and_for_cross_encoders(models_dir):
+    _bi_release(models_dir, "bi1")
+    with RerankerManager(fast_settings(prewarm=False), models_dir) as m:
+        m.set_warm_source(lambda: iter(["def f(): pass"]))
+        m.reload()
+        assert m.wait_warm(5) is None and m.get().scorer.describe()["cached_vectors"] == 0
+    with RerankerManager(fast_settings(), models_dir) as m:  # no source: a one-shot command
+        m.reload()
+        assert m.wait_warm(5) is None
+    point_current(models_dir, "r1")
+    with RerankerManager(fast_settings(), models_dir) as m:
+        m.set_warm_source(lambda: iter(["def f(): pass"]))
+        m.reload()
+        assert m.get().model_id == "r1" and m.wait_warm(5) is None
+
+
+def test_a_source_set_after_the_load_warms_the_serving_model_and_a_failing_source_is_reported(models_dir):
+    _bi_release(models_dir, "bi1")
+
+    def broken():
+        yield "def ok(): pass"
+        raise OSError("index went away")
+
+    with RerankerManager(fast_settings(), models_dir) as m:
+        m.reload()
+        m.set_warm_source(broken)
+        state = m.wait_warm(60)
+        assert state["state"] == "failed" and "index went away" in state["error"]
+        assert m.get() is not None  # the model keeps serving
