@@ -14,7 +14,9 @@ temp dir): speed is the same as a trained model's; score agreement with an untra
 agreement figure that matters.
 
 Pipeline figures (need --model): --quality docstring_boltons runs training.evaluate.run_evaluation per backend
-(MRR@10 relative to fp32); --latency-corpus ID --latency-queries FILE times Engine.rank(rerank=True) per backend.
+(MRR@10 relative to fp32); --latency-corpus ID --latency-queries FILE times Engine.rank(rerank=True) per backend;
+with --warm and a bi-encoder --model (a bi-encoder release, or the embedding model's own folder: same speed) it times
+a new release's first searches cold and after the background warming of ``agro serve`` (AGRO_RERANKER_PREWARM).
 """
 
 from __future__ import annotations
@@ -208,6 +210,49 @@ def search_latency(
     return out
 
 
+def warm_latency(model_dir: str | Path, backend: str, home: Path, corpus: str, queries: list[str], *, topn: int = 50,
+                 maxlen: int = 256, k: int = 10, threads: int | None = None) -> dict[str, dict[str, float]]:
+    """A bi-encoder release's first searches, cold (each unseen candidate embedded by the search that ranks it) and
+    after the background warming ``agro serve`` runs (``AGRO_RERANKER_PREWARM``): p50/p95 ms of ``Engine.rank`` and
+    of its rerank stage, plus how long warming took for how many chunks. Each side loads the model afresh (an empty
+    vector cache); the score cache is off, so only the candidate vectors differ."""
+    from agro_mcp.engine import Engine
+    from retrieval.embed import load_embedder
+
+    base = pipeline_settings(home, model_dir, backend, topn=topn, maxlen=maxlen, threads=threads)
+    embedder = load_embedder(base.retrieval, batch=base.index.embed_batch)
+    out: dict[str, dict[str, float]] = {}
+    for side in ("cold", "warmed"):
+        eng = Engine(base, embedder=embedder)
+        try:
+            eng.reranker.start()
+            loaded = eng.reranker.get(wait=True)
+            if loaded is None or getattr(loaded.scorer, "kind", None) != "bi-encoder":
+                raise SystemExit(f"--warm needs a bi-encoder --model, got {getattr(loaded, 'model_id', None)}")
+            row: dict[str, float] = {}
+            if side == "warmed":
+                t0 = time.perf_counter()
+                eng.reranker.set_warm_source(eng._chunk_texts)
+                state = eng.reranker.wait_warm()
+                row.update(warm_sec=time.perf_counter() - t0, warmed_chunks=float(state["embedded"]))
+            totals, reranks = [], []
+            for q in queries:
+                res = eng.rank(q, corpus, k, rerank=True)
+                if not res.reranking_used:
+                    raise RuntimeError(f"reranker fell back on {q!r}: {res.fallback_reason}")
+                totals.append(res.timings["total"])
+                reranks.append(res.timings["rerank"])
+            pct = lambda xs, p: float(np.percentile(xs, p))
+            row.update(total_p50=pct(totals, 50), total_p95=pct(totals, 95), rerank_p50=pct(reranks, 50),
+                       rerank_p95=pct(reranks, 95), n=float(len(queries)))
+            out[side] = row
+            print(f"  {side}: " + ", ".join(f"{k2}={v:.1f}" for k2, v in row.items()), flush=True)
+        finally:
+            eng.close()
+            gc.collect()
+    return out
+
+
 def run_pipeline_figures(args) -> None:
     """MRR@10 vs fp32 on bench collections and Engine.rank latency with reranking, from the CLI flags."""
     if not args.model:
@@ -231,7 +276,14 @@ def run_pipeline_figures(args) -> None:
                       f"{r.get('rerank/file', float('nan')):8.4f} {r.get('rerank/span', float('nan')):8.4f} "
                       f"{r.get('rerank/file_rel', float('nan')):9.4f} {r.get('rerank/span_rel', float('nan')):9.4f} "
                       f"{r['rerank_p50_ms']:9.0f}")
-    if args.latency_corpus:
+    if args.latency_corpus and args.warm:
+        queries = [ln.strip() for ln in Path(args.latency_queries).read_text().splitlines() if ln.strip()]
+        be = args.latency_backends.split(",")[0]
+        print(f"bi-encoder first searches on corpus {args.latency_corpus}, cold vs warmed: {len(queries)} distinct "
+              f"queries, topn 50, maxlen {args.maxlen}, backend {be}", flush=True)
+        figures["warm"] = warm_latency(args.model, be, home, args.latency_corpus, queries, maxlen=args.maxlen,
+                                       threads=args.threads)
+    elif args.latency_corpus:
         queries = [ln.strip() for ln in Path(args.latency_queries).read_text().splitlines() if ln.strip()]
         backends = args.latency_backends.split(",")
         print(f"Engine.rank latency on corpus {args.latency_corpus}: {len(queries)} distinct queries, rerank=True, "
@@ -280,6 +332,9 @@ def main() -> None:
     ap.add_argument("--latency-queries", default=None, help="file with one query per line")
     ap.add_argument("--latency-backends", default="fp32,int8")
     ap.add_argument("--maxlen", type=int, default=256, help="reranker window for the pipeline figures")
+    ap.add_argument("--warm", action="store_true",
+                    help="with --latency-corpus and a bi-encoder --model: first searches cold vs after the background "
+                    "warming (backend: the first of --latency-backends)")
     ap.add_argument("--json-out", default=None, help="write the pipeline figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
