@@ -59,6 +59,7 @@ class Embedder:
             self.packed_linears = pack_bf16_linears(self._model)
         self.query_path = "lean" if self._lean is not None else "model"
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._coverage_cache: OrderedDict[str, float] = OrderedDict()
         self.set_query_windows(query_windows)
         name = Path(path).name if Path(path).exists() else path
         if Path(path).exists() and (Path(path) / "config.json").is_file():
@@ -113,6 +114,7 @@ class Embedder:
         with self._lock:
             self.query_windows = int(n)
             self._query_cache.clear()
+            self._coverage_cache.clear()
 
     def encode_query(self, text: str, cache: bool = True) -> np.ndarray:
         """One vector for a query of any length; repeated queries come from a small LRU cache."""
@@ -130,6 +132,20 @@ class Embedder:
             while len(self._query_cache) > QUERY_CACHE_SIZE:
                 self._query_cache.popitem(last=False)
         return vec
+
+    def query_coverage(self, text: str) -> float:
+        """Share of ``text``'s tokens that its query vector is computed from (1 when it fits the embedded windows)."""
+        with self._lock:
+            hit = self._coverage_cache.get(text)
+        if hit is not None:
+            return hit
+        n = len(self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+        c = 1.0 if n <= 0 else min(1.0, (self.max_tokens - 2) * self.query_windows / n)
+        with self._lock:
+            self._coverage_cache[text] = c
+            while len(self._coverage_cache) > QUERY_CACHE_SIZE:
+                self._coverage_cache.popitem(last=False)
+        return c
 
     def _encode_query(self, text: str) -> np.ndarray:
         """One vector for a query of any length.

@@ -208,7 +208,7 @@ class PgIndexBackend:
                mode: str = "fused", path_glob: str | None = None, language: str | None = None,
                query_vector: np.ndarray | None = None, use_query_cache: bool = True):
         """BM25, dense and RRF in one SQL statement (one round trip, one snapshot)."""
-        from retrieval.search import SearchResult
+        from retrieval.search import SearchResult, dense_fusion_weight
 
         timings: dict[str, float] = {}
         terms: list[str] = []
@@ -229,6 +229,7 @@ class PgIndexBackend:
             "k1": settings.bm25_k1,
             "b": settings.bm25_b,
             "rrf_k": settings.rrf_k,
+            "w_dense": dense_fusion_weight(embedder, query, settings) if mode == "fused" else 1.0,
             "k": k,
             "n_lex": settings.lexical_candidates if mode == "fused" else k,
             "n_dense": settings.dense_candidates if mode == "fused" else k,
@@ -276,7 +277,8 @@ class PgIndexBackend:
             if generation != view.generation_id:
                 logger.debug("search of %s read generation %s (view had %s)", view.corpus, generation, view.generation_id)
         return SearchResult(hits=hits, timings=timings, query_terms=list(used_terms or []),
-                            candidates={"bm25": int(n_lex or 0), "dense": int(n_dense or 0)})
+                            candidates={"bm25": int(n_lex or 0), "dense": int(n_dense or 0)},
+                            dense_weight=params["w_dense"])
 
     # -- build ----------------------------------------------------------------------------------------------
     def build(
@@ -639,7 +641,7 @@ def _search_sql(mode: str, dim: int, filt: str, per_term: bool = False) -> str:
     elif mode == "dense":
         score = "1 - dr.dist"
     else:
-        score = "coalesce(1.0 / (%(rrf_k)s + lr.r), 0) + coalesce(1.0 / (%(rrf_k)s + dr.r), 0)"
+        score = "coalesce(1.0 / (%(rrf_k)s + lr.r), 0) + %(w_dense)s::float8 * coalesce(1.0 / (%(rrf_k)s + dr.r), 0)"
     parts.append(
         f"""fused AS (
             SELECT coalesce(lr.id, dr.id) AS id, ({score})::float8 AS score, lr.r AS bm25_rank, lr.score AS bm25_score,

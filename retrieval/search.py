@@ -16,7 +16,8 @@ from retrieval.settings import RetrievalSettings
 from retrieval.tokenize import code_tokens
 from retrieval.types import Hit
 
-__all__ = ["Mode", "SearchResult", "glob_to_regex", "query_terms", "rrf", "search", "top_k_indices"]
+__all__ = ["Mode", "SearchResult", "dense_fusion_weight", "glob_to_regex", "query_terms", "rrf", "search",
+           "top_k_indices"]
 
 Mode = Literal["bm25", "dense", "fused"]
 
@@ -27,6 +28,7 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)
     query_terms: list[str] = field(default_factory=list)
     candidates: dict[str, int] = field(default_factory=dict)
+    dense_weight: float = 1.0  # the dense side's weight in the fusion (dense_fusion_weight)
 
 
 @lru_cache(maxsize=256)
@@ -100,20 +102,38 @@ def top_k_indices(scores: np.ndarray, k: int, valid: np.ndarray | None = None) -
     return idx[part] if idx is not None else part
 
 
-def rrf(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: score(d) = sum over lists of 1 / (k + rank), rank 1-based.
+def rrf(rankings: list[list[int]], k: int = 60, weights: list[float] | None = None) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: score(d) = sum over lists of weight / (k + rank), rank 1-based (weights default 1).
 
     Returns (doc, score) by descending score; ties keep the order of first appearance.
     """
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for i, ranking in enumerate(rankings):
+        w = 1.0 if weights is None else float(weights[i])
         for rank, doc in enumerate(ranking, start=1):
-            scores[doc] = scores.get(doc, 0.0) + 1.0 / (k + rank)
+            scores[doc] = scores.get(doc, 0.0) + w / (k + rank)
     first_seen = {}
     for ranking in rankings:
         for pos, doc in enumerate(ranking):
             first_seen.setdefault(doc, (pos, len(first_seen)))
     return sorted(scores.items(), key=lambda kv: (-kv[1], first_seen[kv[0]]))
+
+
+def dense_fusion_weight(embedder, query: str, settings: RetrievalSettings) -> float:
+    """The dense side's weight in RRF for ``query`` (the lexical side's is 1).
+
+    ``settings.dense_fusion`` ``coverage``: the share of the query's tokens its vector was computed from, raised to
+    ``dense_fusion_exponent``; 1 for any query that fits the embedded windows. A pasted issue of 437 tokens is
+    embedded from its first 126, while BM25 reads all of it, so the dense side speaks for part of the question.
+    ``equal``: 1 always (plain RRF).
+    """
+    if settings.dense_fusion == "equal":
+        return 1.0
+    coverage = getattr(embedder, "query_coverage", None)
+    if coverage is None:
+        return 1.0
+    c = float(coverage(query))
+    return 1.0 if c >= 1.0 else c ** settings.dense_fusion_exponent
 
 
 def _filter_mask(gen: IndexGeneration, path_glob: str | None, language: str | None) -> np.ndarray | None:
@@ -190,6 +210,7 @@ def search(
     dense_order: np.ndarray = np.zeros(0, dtype=np.int64)
     bm25_scores = dense_scores = None
     terms: list[str] = []
+    w_dense = 1.0
 
     if mode in ("bm25", "fused"):
         t = time.perf_counter()
@@ -219,7 +240,8 @@ def search(
     elif mode == "dense":
         ranked = [(int(d), float(dense_scores[d])) for d in dense_order[:k]]
     else:
-        ranked = rrf([bm25_order.tolist(), dense_order.tolist()], settings.rrf_k)[:k]
+        w_dense = dense_fusion_weight(embedder, query, settings)
+        ranked = rrf([bm25_order.tolist(), dense_order.tolist()], settings.rrf_k, [1.0, w_dense])[:k]
     hits = []
     for d, s in ranked:
         hits.append(
@@ -235,4 +257,4 @@ def search(
         )
     timings["fusion"] = (time.perf_counter() - t) * 1000
     return SearchResult(hits=hits, timings=timings, query_terms=terms,
-                        candidates={"bm25": len(bm25_order), "dense": len(dense_order)})
+                        candidates={"bm25": len(bm25_order), "dense": len(dense_order)}, dense_weight=w_dense)

@@ -72,6 +72,14 @@ class RetrievalSettings(BaseModel):
     bm25_k1: float = Field(1.2, gt=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
     rrf_k: int = Field(60, ge=1)
+    dense_fusion: Literal["coverage", "equal"] = Field(
+        "equal",
+        description="Weight of the dense side in RRF (the lexical side's is 1). coverage: the share of the query's "
+        "tokens its vector is computed from (query_windows windows of embed_max_tokens), to the power "
+        "dense_fusion_exponent: 1 for every query that fits, less for a pasted issue, whose tail only BM25 reads. "
+        "equal: plain RRF.",
+    )
+    dense_fusion_exponent: float = Field(1.0, ge=0, le=4, description="Exponent of the coverage weight.")
     lexical_candidates: int = Field(100, ge=1)
     dense_candidates: int = Field(100, ge=1)
     max_query_chars: int = Field(20_000, ge=100, description="Queries longer than this are rejected.")

@@ -51,6 +51,20 @@ def test_pg_ranking_matches_embedded_for_every_mode(pg, sample_repo, tmp_path, e
             assert np.allclose([h.score for h in b.hits], [h.score for h in a.hits], rtol=1e-4, atol=1e-5), (q, mode)
 
 
+def test_pg_fuses_a_query_longer_than_the_embedding_window_with_the_same_dense_weight_as_embedded(
+        pg, sample_repo, tmp_path, embedder):
+    emb = EmbeddedIndexBackend(tmp_path / "home")
+    _build(emb, sample_repo, embedder)
+    _build(pg, sample_repo, embedder)
+    rs = RetrievalSettings(dense_fusion="coverage")
+    q = " ".join(["the OAuth token is validated before the pool hands out a connection"] * 30)  # ~400 tokens
+    a = search(emb.load_current("sample"), embedder, q, 8, rs, "fused")
+    b = search(pg.load_current("sample"), embedder, q, 8, rs, "fused")
+    assert 0 < a.dense_weight < 0.5 and b.dense_weight == pytest.approx(a.dense_weight)
+    assert [h.chunk.doc_id for h in b.hits] == [h.chunk.doc_id for h in a.hits]
+    assert np.allclose([h.score for h in b.hits], [h.score for h in a.hits], rtol=1e-4, atol=1e-5)
+
+
 def test_pg_bm25_scores_equal_embedded_for_long_queries_keeping_rarest_terms(pg, sample_repo, tmp_path, embedder):
     emb = EmbeddedIndexBackend(tmp_path / "home")
     _build(emb, sample_repo, embedder)

@@ -39,6 +39,64 @@ def test_rrf_hand_computed_example():
     assert fused[2] == pytest.approx(1 / 62)
 
 
+def test_weighted_rrf_scales_each_lists_votes_by_its_weight():
+    fused = dict(rrf([[1, 2, 3], [3, 1]], k=60, weights=[1.0, 0.25]))
+    assert fused[1] == pytest.approx(1 / 61 + 0.25 / 62)
+    assert fused[3] == pytest.approx(1 / 63 + 0.25 / 61)
+    assert [d for d, _ in rrf([[1, 2], [2, 1]], k=60, weights=[1.0, 0.5])] == [1, 2]  # the heavier list wins a tie
+    assert rrf([[1, 2], [2, 1]], k=60, weights=[1.0, 1.0]) == rrf([[1, 2], [2, 1]], k=60)
+
+
+class _Coverage:
+    def __init__(self, c):
+        self.c = c
+
+    def query_coverage(self, query):
+        return self.c
+
+
+def test_dense_fusion_weight_is_the_querys_embedded_share_for_long_queries_and_one_otherwise():
+    from retrieval.search import dense_fusion_weight
+    from retrieval.settings import RetrievalSettings
+
+    rs = RetrievalSettings(dense_fusion="coverage")
+    assert dense_fusion_weight(_Coverage(1.0), "short", rs) == 1.0
+    assert dense_fusion_weight(_Coverage(0.25), "long", rs) == pytest.approx(0.25)
+    assert dense_fusion_weight(_Coverage(0.25), "long", RetrievalSettings(dense_fusion="coverage", dense_fusion_exponent=0.5)) == \
+        pytest.approx(0.5)
+    assert dense_fusion_weight(_Coverage(0.25), "long", RetrievalSettings(dense_fusion="equal")) == 1.0
+    assert dense_fusion_weight(object(), "q", rs) == 1.0  # an embedder that cannot tell keeps plain RRF
+
+
+def test_query_coverage_counts_the_tokens_inside_the_embedded_windows(embedder):
+    window = embedder.max_tokens - 2
+    assert embedder.query_coverage("retry a flaky call") == 1.0
+    long = "word " * (window * 4)
+    n = len(embedder.tokenizer(long, add_special_tokens=False)["input_ids"])
+    assert embedder.query_coverage(long) == pytest.approx(window * embedder.query_windows / n)
+    assert embedder.query_coverage("") == 1.0
+
+
+def test_a_long_query_gives_the_dense_side_less_say_in_the_fusion(tmp_path, sample_repo, embedder):
+    from retrieval.backend import EmbeddedIndexBackend
+    from retrieval.search import search
+    from retrieval.settings import IndexSettings, RetrievalSettings
+
+    be = EmbeddedIndexBackend(tmp_path / "home")
+    be.build(sample_repo, "sample", IndexSettings(), RetrievalSettings(), embedder)
+    gen = be.load_current("sample")
+    long = " ".join(["where is the OAuth token validated"] * 60)
+    short = search(gen, embedder, "where is the OAuth token validated", 5, RetrievalSettings(), "fused")
+    got = search(gen, embedder, long, 20, RetrievalSettings(dense_fusion="coverage"), "fused")
+    plain = search(gen, embedder, long, 20, RetrievalSettings(dense_fusion="equal"), "fused")
+    assert short.dense_weight == 1.0 and plain.dense_weight == 1.0
+    w = embedder.query_coverage(long)
+    assert got.dense_weight == pytest.approx(w) and 0 < w < 0.5
+    for h in got.hits:
+        want = (1 / (60 + h.bm25_rank) if h.bm25_rank else 0) + (w / (60 + h.dense_rank) if h.dense_rank else 0)
+        assert h.fused_score == pytest.approx(want)
+
+
 def test_top_k_indices_orders_by_score_then_index_and_respects_mask():
     scores = np.array([0.1, 0.9, 0.5, 0.9, 0.0])
     assert top_k_indices(scores, 3).tolist() == [1, 3, 2]
