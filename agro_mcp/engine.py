@@ -170,9 +170,9 @@ class Engine:
                     self._score_cache = ScoreCache(self.settings.reranker.cache_size)
         return self._reranker
 
-    def _chunk_texts(self):
-        """Every indexed chunk's located text (what a reranker sees), corpus by corpus: a new bi-encoder release
-        embeds these ahead of the searches that rank them."""
+    def _chunk_texts(self, limit: int = 20_000):
+        """The indexed chunks' located texts (what a reranker sees), corpus by corpus, at most ``limit`` in all (a
+        bi-encoder's vector cache): a new bi-encoder release embeds these ahead of the searches that rank them."""
         from retrieval.types import located_text
 
         try:
@@ -181,11 +181,14 @@ class Engine:
             logger.warning("reranker warming: cannot list the corpora: %s", exc)
             return
         for corpus in corpora:
+            if limit <= 0:
+                return
             try:
-                chunks = self.generation(corpus).chunks
+                chunks = self.generation(corpus).some_chunks(limit)
             except Exception as exc:  # noqa: BLE001 - a corpus removed or broken meanwhile: warm the others
                 logger.warning("reranker warming: skipping corpus %s: %s", corpus, exc)
                 continue
+            limit -= len(chunks)
             for c in chunks:
                 yield located_text(c.path, c.symbol, c.text)
 

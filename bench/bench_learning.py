@@ -160,6 +160,8 @@ def main(argv=None) -> int:
                    help="AGRO_TRAINING_CALIBRATION_MIN_QUERIES (default: the setting's)")
     p.add_argument("--backend", default="auto", help="reranker backend for scoring (auto = bf16 on native-bf16 CPUs)")
     p.add_argument("--max-corpora", type=int, default=0, help="bootstrap only the first N corpora (0 = all)")
+    p.add_argument("--shard", default=None, help="I/N: bootstrap only every N-th corpus from the I-th (0-based), to "
+                   "split a multi-corpus collection over N processes (each pools its own; merge per corpus)")
     p.add_argument("--base", help="a pre-trained base (models/base/<id> of `agro pretrain`): every fresh home of the "
                    "bench gets it as models/base/current, as if the user had run agro pretrain once; the test half "
                    "is also scored with the base alone (no feedback)")
@@ -213,6 +215,9 @@ def main(argv=None) -> int:
         per_corpus = {}
         rows: dict[str, dict[str, list[dict]]] = {}
         corpora = sorted(bench.roots)[: args.max_corpora or None]
+        if args.shard:
+            i, n = (int(x) for x in args.shard.split("/"))
+            corpora = corpora[i::n]
         for c in corpora:
             home = base_home / "bootstrap" / c if len(bench.roots) > 1 else base_home / "bootstrap"
             _install_base(home, args.base)

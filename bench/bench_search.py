@@ -21,6 +21,9 @@ Sections (``--only``, comma-separated, run in this order):
                to the BM25 reference figures of ``../shared/bench/README.md``.
 * ``querywin`` long queries (the SWE-bench issue texts): dense and fused quality, and query embedding time, when a
                query is embedded as 1, 2, 4 or 8 windows (``AGRO_RETRIEVAL_QUERY_WINDOWS``).
+* ``fusion``   the dense side's weight in RRF (``AGRO_RETRIEVAL_DENSE_FUSION``): plain RRF against the coverage weight
+               (the share of the query its vector covers) at ``--fusion-exponents``, bm25 / dense / fused MRR@10 on
+               ``--fusion-collections`` (default the SWE-bench issues, the long queries it is for).
 * ``bm25libs`` our ``retrieval.lexical.BM25Index`` vs ``rank-bm25`` vs ``bm25s`` on the same tokenised chunks.
 
 Figures go to stdout as plain tables; progress and logs go to stderr. Everything is written under ``--home``
@@ -59,7 +62,7 @@ from retrieval.types import Chunk  # noqa: E402
 
 logger = logging.getLogger("bench_search")
 
-SECTIONS = ("build", "refresh", "latency", "quality", "querywin", "queryembed", "bm25libs")
+SECTIONS = ("build", "refresh", "latency", "quality", "querywin", "fusion", "queryembed", "bm25libs")
 COLLECTIONS = ("docstring_boltons", "docstring_httpx", "docstring_jinja", "swebench_lite_dev")
 MODES = ("bm25", "dense", "fused")
 
@@ -584,6 +587,41 @@ def section_querywin(ctx: Context) -> None:
                  f"{emb.dtype}, 1 query at a time"])
 
 
+# -------------------------------------------------------------------------------------------------- fusion
+
+
+def section_fusion(ctx: Context) -> None:
+    """RRF with the dense side weighted by query coverage (AGRO_RETRIEVAL_DENSE_FUSION) against plain RRF."""
+    from retrieval.search import dense_fusion_weight
+    from training.evaluate import load_bench, run_evaluation
+
+    args = ctx.args
+    emb = ctx.embedder()
+    variants = [("equal", RetrievalSettings(dense_fusion="equal"))] + [
+        (f"coverage^{e:g}", RetrievalSettings(dense_fusion="coverage", dense_fusion_exponent=e))
+        for e in args.fusion_exponents]
+    rows = []
+    notes = []
+    for coll in args.fusion_collections:
+        qs = load_bench(BENCH / coll).queries
+        weights = [dense_fusion_weight(emb, q.query, variants[1][1] if len(variants) > 1 else variants[0][1])
+                   for q in qs]
+        notes.append(f"{coll}: {sum(w < 1 for w in weights)} of {len(qs)} queries longer than the embedded window; "
+                     f"coverage weight median {statistics.median(weights):.2f}, min {min(weights):.2f}")
+        for i, (name, rs) in enumerate(variants):
+            configs = ("bm25", "dense", "fused") if i == 0 else ("fused",)
+            report = run_evaluation(BENCH / coll, ctx.home, IndexSettings(), rs, configs=configs, embedder=emb)
+            for lv in ("file", "span"):
+                for mode in configs:
+                    m = report.metrics[mode].get(lv)
+                    if m:
+                        rows.append((coll, lv, mode if mode != "fused" else f"fused, {name}", report.n_by_level[lv],
+                                     m["MRR@10"], m["Hit@1"], m["Hit@10"]))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    print_table("fusion: the dense side's weight in RRF (1 = plain RRF; coverage = share of the query embedded)",
+                ("collection", "level", "config", "n", "MRR@10", "Hit@1", "Hit@10"), rows, notes)
+
+
 # ------------------------------------------------------------------------------------------------ queryembed
 
 
@@ -749,6 +787,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank-bm25-queries", type=int, default=30, help="bm25libs: queries timed for rank-bm25 (slow)")
     p.add_argument("--collections", default=",".join(COLLECTIONS), help="quality: bench collections")
     p.add_argument("--query-windows", default="1,2,4,8", help="querywin: query window counts to compare")
+    p.add_argument("--fusion-collections", default="swebench_lite_dev", help="fusion: bench collections")
+    p.add_argument("--fusion-exponents", default="0.5,1,2", help="fusion: exponents of the coverage weight")
     p.add_argument("--seed", type=int, default=20240601)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -760,6 +800,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.bm25_sizes = [int(x) for x in args.bm25_sizes.split(",")]
     args.collections = [c.strip() for c in args.collections.split(",") if c.strip()]
     args.query_windows = [int(x) for x in args.query_windows.split(",")]
+    args.fusion_collections = [c.strip() for c in args.fusion_collections.split(",") if c.strip()]
+    args.fusion_exponents = [float(x) for x in args.fusion_exponents.split(",")]
     for c in args.collections:
         if c not in REFERENCE:
             p.error(f"--collections expects names among {COLLECTIONS}, but got {c!r}")
@@ -778,7 +820,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# sections: {', '.join(args.only)}; repo {ctx.repo}")
     sys.stdout.flush()
     funcs = {"build": section_build, "refresh": section_refresh, "latency": section_latency,
-             "quality": section_quality, "querywin": section_querywin, "queryembed": section_queryembed,
+             "quality": section_quality, "querywin": section_querywin, "fusion": section_fusion,
+             "queryembed": section_queryembed,
              "bm25libs": section_bm25libs}
     for name in SECTIONS:
         if name in args.only:

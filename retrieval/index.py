@@ -172,6 +172,10 @@ class IndexGeneration(GenerationManifest):
     def n_chunks(self) -> int:
         return len(self.chunks)
 
+    def some_chunks(self, limit: int) -> list[Chunk]:
+        """The first ``limit`` chunks (as the PostgreSQL view offers them, without loading the rest)."""
+        return self.chunks[:limit]
+
     def half_vectors(self):
         """The vectors as a float16 torch tensor (built on first use, then shared by every search of this
         generation): half the bytes to stream per dense scan, and a single-threaded kernel, where numpy's float32

@@ -141,6 +141,11 @@ class PgIndexView(GenerationManifest):
         """Every chunk of the corpus (the corpus bootstrap miner reads them all), in path and line order."""
         return self.backend.all_chunks(self.corpus)
 
+    def some_chunks(self, limit: int) -> list[Chunk]:
+        """The first ``limit`` chunks, read afresh (``chunks`` keeps all of them for the view's lifetime)."""
+        return self.__dict__["chunks"][:limit] if "chunks" in self.__dict__ else self.backend.all_chunks(
+            self.corpus, limit)
+
     def search(self, embedder, query: str, k: int, settings: RetrievalSettings, mode: str = "fused",
                path_glob: str | None = None, language: str | None = None,
                query_vector: np.ndarray | None = None, use_query_cache: bool = True):
@@ -182,11 +187,11 @@ class PgIndexBackend:
             raise NoIndexError(f"No index for corpus {corpus!r}.{hint} Build it with: agro index /path/to/repo --corpus {corpus}")
         return PgIndexView(self, corpus, row[0], row[1])
 
-    def all_chunks(self, corpus: str) -> list[Chunk]:
+    def all_chunks(self, corpus: str, limit: int | None = None) -> list[Chunk]:
         def q(conn):
             return conn.execute(
                 "SELECT path, start_line, end_line, language, symbol, text, hash FROM agro_chunks "
-                "WHERE corpus = %s ORDER BY path, start_line, id", (corpus,)
+                "WHERE corpus = %s ORDER BY path, start_line, id LIMIT %s", (corpus, limit)
             ).fetchall()
 
         return [Chunk(*r) for r in self.db.read(q, "all_chunks")]
