@@ -604,10 +604,10 @@ def section_fusion(ctx: Context) -> None:
     notes = []
     for coll in args.fusion_collections:
         qs = load_bench(BENCH / coll).queries
-        weights = [dense_fusion_weight(emb, q.query, variants[1][1] if len(variants) > 1 else variants[0][1])
-                   for q in qs]
+        weights = [dense_fusion_weight(emb, q.query, RetrievalSettings(dense_fusion="coverage",
+                                                                        dense_fusion_exponent=1.0)) for q in qs]
         notes.append(f"{coll}: {sum(w < 1 for w in weights)} of {len(qs)} queries longer than the embedded window; "
-                     f"coverage weight median {statistics.median(weights):.2f}, min {min(weights):.2f}")
+                     f"coverage (exponent 1) median {statistics.median(weights):.2f}, min {min(weights):.2f}")
         for i, (name, rs) in enumerate(variants):
             configs = ("bm25", "dense", "fused") if i == 0 else ("fused",)
             report = run_evaluation(BENCH / coll, ctx.home, IndexSettings(), rs, configs=configs, embedder=emb)
