@@ -154,6 +154,22 @@ def quality_vs_fp32(
     return out
 
 
+def _time_ranks(eng, corpus: str, queries: list[str], k: int, label: str) -> dict[str, float]:
+    """p50/p95 ms of ``Engine.rank(rerank=True)`` over ``queries`` (total, rerank stage, retrieval); a query the
+    reranker falls back on is an error, not a fast sample."""
+    totals, reranks = [], []
+    for q in queries:
+        res = eng.rank(q, corpus, k, rerank=True)
+        if not res.reranking_used:
+            raise RuntimeError(f"reranker fell back on {q!r} ({label}): {res.fallback_reason}")
+        totals.append(res.timings["total"])
+        reranks.append(res.timings["rerank"])
+    pct = lambda xs, p: float(np.percentile(xs, p))
+    return {"total_p50": pct(totals, 50), "total_p95": pct(totals, 95), "rerank_p50": pct(reranks, 50),
+            "rerank_p95": pct(reranks, 95), "retrieval_p50": pct([t - r for t, r in zip(totals, reranks)], 50),
+            "n": float(len(queries))}
+
+
 def search_latency(
     model_dir: str | Path,
     backends: list[str],
@@ -190,18 +206,7 @@ def search_latency(
             warm = eng.rank("warm up the reranker " + be, corpus, k, rerank=True)
             if not warm.reranking_used:
                 raise RuntimeError(f"reranker did not run on backend {be}: {warm.fallback_reason}")
-            totals, reranks = [], []
-            for q in queries:
-                res = eng.rank(q, corpus, k, rerank=True)
-                if not res.reranking_used:
-                    raise RuntimeError(f"reranker fell back on {q!r} ({be}): {res.fallback_reason}")
-                totals.append(res.timings["total"])
-                reranks.append(res.timings["rerank"])
-            pct = lambda xs, p: float(np.percentile(xs, p))
-            out[be] = {"total_p50": pct(totals, 50), "total_p95": pct(totals, 95),
-                       "rerank_p50": pct(reranks, 50), "rerank_p95": pct(reranks, 95),
-                       "retrieval_p50": pct([t - r for t, r in zip(totals, reranks)], 50),
-                       "n": len(queries), "n_chunks": len(warm.generation.chunks)}
+            out[be] = {**_time_ranks(eng, corpus, queries, k, be), "n_chunks": len(warm.generation.chunks)}
             print(f"  latency {be}: " + ", ".join(f"{k2}={v:.1f}" for k2, v in out[be].items()), flush=True)
         finally:
             eng.close()
@@ -235,16 +240,7 @@ def warm_latency(model_dir: str | Path, backend: str, home: Path, corpus: str, q
                 eng.reranker.set_warm_source(eng._chunk_texts)
                 state = eng.reranker.wait_warm()
                 row.update(warm_sec=time.perf_counter() - t0, warmed_chunks=float(state["embedded"]))
-            totals, reranks = [], []
-            for q in queries:
-                res = eng.rank(q, corpus, k, rerank=True)
-                if not res.reranking_used:
-                    raise RuntimeError(f"reranker fell back on {q!r}: {res.fallback_reason}")
-                totals.append(res.timings["total"])
-                reranks.append(res.timings["rerank"])
-            pct = lambda xs, p: float(np.percentile(xs, p))
-            row.update(total_p50=pct(totals, 50), total_p95=pct(totals, 95), rerank_p50=pct(reranks, 50),
-                       rerank_p95=pct(reranks, 95), n=float(len(queries)))
+            row.update(_time_ranks(eng, corpus, queries, k, side))
             out[side] = row
             print(f"  {side}: " + ", ".join(f"{k2}={v:.1f}" for k2, v in row.items()), flush=True)
         finally:
