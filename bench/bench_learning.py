@@ -90,12 +90,13 @@ def simulate_user(engine, corpus: str, queries, k: int) -> dict:
     return {"queries": len(queries), "used": n_used, "correct_location": n_loc}
 
 
-def _score_report(engine, queries, candidate: Path | None, label: str):
+def _score_report(engine, queries, candidate: Path | None, label: str, reranker_settings=None):
     from training.evaluate import format_table, run_evaluation
 
     s = engine.settings
     report = run_evaluation(queries, engine.home, s.index, s.retrieval, configs=("bm25", "dense", "fused"),
-                            candidate_model=str(candidate) if candidate else None, reranker_settings=s.reranker,
+                            candidate_model=str(candidate) if candidate else None,
+                            reranker_settings=reranker_settings or s.reranker,
                             embedder=engine.embedder(), k=50)
     logger.info("%s\n%s", label, format_table(report))
     return report
@@ -236,7 +237,13 @@ def main(argv=None) -> int:
             if qs:
                 report = _score_report(eng, qs, cand if cand.is_dir() else None, f"{c} (bootstrap alone)")
                 promoted = res.get("decision") == "promoted"
-                for cfg, by_level in report.per_query.items():
+                per_query = dict(report.per_query)
+                if cand.is_dir() and eng.settings.reranker.long_query_factor:
+                    # the same candidate with the long-query rule off: what it does to every question
+                    every = _score_report(eng, qs, cand, f"{c} (bootstrap alone, every query reranked)",
+                                          eng.settings.reranker.model_copy(update={"long_query_factor": 0}))
+                    per_query["fused+candidate, every query"] = every.per_query["fused+candidate"]
+                for cfg, by_level in per_query.items():
                     for level, level_rows in by_level.items():
                         rows.setdefault(cfg, {}).setdefault(level, []).extend(level_rows)
                         if cfg == ("fused+candidate" if promoted else "fused"):

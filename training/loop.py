@@ -137,10 +137,13 @@ def mine(
             gen = engine.generation(c)
             ctx.log("bootstrap: mining %s (%d chunks)", c, len(gen.chunks))
             got = mine_bootstrap(gen.chunks, fused_rank_fn(engine), c, cap=ts.bootstrap_cap,
+                                 usage_share=ts.bootstrap_usage_share,
                                  negatives_per_query=ts.negatives_per_query, seed=ts.seed,
                                  progress=lambda i, n: ctx.progress(0.2 * i / max(n, 1), f"mining {i}/{n}"),
                                  cancelled=ctx.cancelled)
             counts[f"bootstrap:{c}"] = len(got)
+            if ts.bootstrap_usage_share > 0:
+                counts[f"bootstrap_usage:{c}"] = sum(t.source == "corpus_usage" for t in got)
             triplets += got
     split = split_by_query(triplets, ts.heldout_fraction, ts.seed)
     split.info["sources"] = counts

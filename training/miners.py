@@ -27,6 +27,7 @@ __all__ = [
     "Triplet",
     "data_hash",
     "extract_doc_pair",
+    "extract_usage_pairs",
     "heldout_questions",
     "mine_bootstrap",
     "mine_feedback",
@@ -329,22 +330,88 @@ def _code_lines(code: str) -> int:
     return sum(1 for ln in code.splitlines() if ln.strip())
 
 
+# a name followed by "(": a call, or a class being instantiated
+_CALLED = re.compile(r"(?<![\w.])(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*)\s*\(")
+_DEF_HEAD = r"\b(?:def|class|function|func|fn|struct|interface|trait|type|enum)\s+{name}\b"
+_USAGE_MIN_NAME = 4
+_USAGE_BEFORE, _USAGE_AFTER = 3, 4
+
+
+def _call_snippet(text: str, name: str) -> str | None:
+    """The lines around the first call of ``name`` in ``text`` (dedented), or None if there is none."""
+    lines = text.splitlines()
+    pat = re.compile(rf"(?<![\w]){re.escape(name)}\s*\(")
+    for i, ln in enumerate(lines):
+        stripped = ln.lstrip()
+        if stripped.startswith(("#", "//", "*", "def ", "class ")) or not pat.search(ln):
+            continue
+        window = [w for w in lines[max(0, i - _USAGE_BEFORE): i + _USAGE_AFTER + 1] if w.strip()]
+        indent = min(len(w) - len(w.lstrip()) for w in window)
+        snippet = "\n".join(w[indent:] for w in window)
+        return snippet[:_MAX_QUERY_CHARS]
+    return None
+
+
+def extract_usage_pairs(chunks: Sequence[Any], seed: int = 13) -> list[tuple[str, Any]]:
+    """(a snippet of code that calls a function or class, the chunk that defines it) pairs, one per definition.
+
+    These questions look like what a user pastes (a few lines that use the API, an error site) rather than like
+    documentation: their answer is the definition, not the call site, which retrieval ranks first because it holds
+    the snippet verbatim. Only names defined by exactly one chunk of the corpus count (no guessing which of
+    several ``save`` methods a call means), at least 4 characters, not dunder; the call site is a seeded pick
+    among the chunks of other files that call it (the same file if no other does).
+    """
+    defs: dict[str, list[Any]] = {}
+    for c in chunks:
+        if not c.symbol:
+            continue
+        name = c.symbol.rsplit(".", 1)[-1]
+        if len(name) < _USAGE_MIN_NAME or name.startswith("__"):
+            continue
+        if re.search(_DEF_HEAD.format(name=re.escape(name)), c.text):
+            defs.setdefault(name, []).append(c)
+    unique = {n: cs[0] for n, cs in defs.items() if len(cs) == 1}
+    callers: dict[str, list[Any]] = {}
+    for c in chunks:
+        for name in {m.group(1) for m in _CALLED.finditer(c.text)} & unique.keys():
+            d = unique[name]
+            if c.path == d.path and c.start_line <= d.end_line and d.start_line <= c.end_line:
+                continue
+            callers.setdefault(name, []).append(c)
+    rng = random.Random(seed)
+    out: list[tuple[str, Any]] = []
+    for name in sorted(callers):
+        d = unique[name]
+        cs = callers[name]
+        others = [c for c in cs if c.path != d.path]
+        for c in rng.sample(others or cs, len(others or cs)):
+            snippet = _call_snippet(c.text, name)
+            if snippet is not None and _code_lines(snippet) >= 2 and len(snippet.split()) >= _MIN_WORDS:
+                out.append((snippet, d))
+                break
+    return out
+
+
 def mine_bootstrap(
     chunks: Sequence[Any],
     rank_fn: RankFn | None,
     corpus: str,
     *,
     cap: int = 3000,
+    usage_share: float = 0.0,
     negatives_per_query: int = 4,
     seed: int = 13,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> list[Triplet]:
-    """Corpus bootstrap: (docstring or leading comment, the code it documents with that text removed) pairs.
+    """Corpus bootstrap: (docstring or leading comment, the code it documents with that text removed) pairs, and
+    with ``usage_share`` > 0, (call-site snippet, the definition it calls) pairs (:func:`extract_usage_pairs`).
 
-    Pairs are deduplicated by query and by positive text, sampled down to ``cap`` with ``seed``, and given hard
-    negatives from ``rank_fn`` (fused retrieval for the query), skipping any chunk of the same file that overlaps
-    the positive. Without ``rank_fn``, negatives are random chunks of other files.
+    Pairs are deduplicated by query and by positive text, sampled down to ``cap`` with ``seed`` (usage pairs take
+    up to ``usage_share`` of it; either kind fills what the other lacks), and given hard negatives from
+    ``rank_fn`` (fused retrieval for the query), skipping any chunk of the same file that overlaps the positive.
+    Without ``rank_fn``, negatives are random chunks of other files. Docstring pairs have source
+    ``corpus_bootstrap``, usage pairs ``corpus_usage``.
     """
     pairs: list[tuple[str, str, Any]] = []
     seen_q: set[str] = set()
@@ -362,11 +429,23 @@ def mine_bootstrap(
         seen_code.add(ck)
         pairs.append((q, code, c))
     rng = random.Random(seed)
-    if len(pairs) > cap:
-        pairs = rng.sample(pairs, cap)
-    logger.info("bootstrap miner: %d (doc, code) pairs from %d chunks of %s", len(pairs), len(chunks), corpus)
+    usage: list[tuple[str, str, Any]] = []
+    if usage_share > 0:
+        for q, d in extract_usage_pairs(chunks, seed):
+            qk = " ".join(q.lower().split())
+            if qk not in seen_q:
+                seen_q.add(qk)
+                usage.append((q, d.text, d))
+    n_usage = min(len(usage), max(round(cap * usage_share), cap - len(pairs)))
+    n_doc = min(len(pairs), cap - n_usage)
+    pairs = [(q, code, c, "corpus_bootstrap") for q, code, c in
+             (rng.sample(pairs, n_doc) if len(pairs) > n_doc else pairs)]
+    pairs += [(q, code, c, "corpus_usage") for q, code, c in
+              (rng.sample(usage, n_usage) if len(usage) > n_usage else usage)]
+    logger.info("bootstrap miner: %d (doc, code) and %d (call site, definition) pairs from %d chunks of %s",
+                n_doc, n_usage, len(chunks), corpus)
     out: list[Triplet] = []
-    for i, (q, code, c) in enumerate(pairs, 1):
+    for i, (q, code, c, source) in enumerate(pairs, 1):
         if cancelled is not None and cancelled():
             break
         if rank_fn is not None:
@@ -377,7 +456,7 @@ def mine_bootstrap(
         negs = negs[:negatives_per_query]
         out.append(Triplet(q, located_text(c.path, c.symbol, code), c.doc_id, [_located(n) for n in negs],
                            [n.doc_id for n in negs],
-                           "corpus_bootstrap", corpus))
+                           source, corpus))
         if progress is not None:
             progress(i, len(pairs))
     return out

@@ -81,6 +81,11 @@ class TrainingSettings(BaseModel):
     heldout_fraction: float = Field(0.2, gt=0, lt=1)
     min_triplets: int = Field(20, ge=1)
     bootstrap_cap: int = Field(3000, ge=10)
+    bootstrap_usage_share: float = Field(
+        0.0, ge=0, le=1,
+        description="Share of the bootstrap cap given to (call-site snippet -> the definition it calls) pairs, "
+        "questions that look like pasted code rather than documentation; 0 = docstring pairs only.",
+    )
     max_train_pairs: int | None = Field(6000, ge=10, description="Cap on (query, text) training pairs per run.")
     pretrain_cap: int = Field(4000, ge=10, description="agro pretrain: (docstring, code) pairs mined from its corpus.")
     pretrain_max_pairs: int = Field(

@@ -11,6 +11,7 @@ from retrieval.types import Chunk
 from training.miners import (
     Triplet,
     extract_doc_pair,
+    extract_usage_pairs,
     heldout_questions,
     mine_bootstrap,
     mine_feedback,
@@ -165,6 +166,57 @@ def test_mine_bootstrap_dedups_caps_and_skips_the_positive_as_negative():
         assert t.positive_text.startswith(f"# {t.positive_doc_id.split(':')[0]}\n")
         assert t.positive_doc_id not in t.negative_doc_ids and len(t.negative_doc_ids) == 2
     assert len({t.query for t in got}) == 4
+
+
+def _sym_chunk(path, start, symbol, text):
+    return Chunk.make(path, start, start + text.count("\n"), "python", symbol, text)
+
+
+def _usage_corpus():
+    return [
+        _sym_chunk("pkg/geo.py", 1, "haversine",
+                   "def haversine(a, b):\n    d = a - b\n    return d * 2\n"),
+        _sym_chunk("pkg/geo.py", 10, "Route",
+                   "class Route:\n    def __init__(self, stops):\n        self.stops = stops\n"),
+        # "save" is defined twice: a call to it cannot be resolved, so it yields no pair
+        _sym_chunk("pkg/a.py", 1, "A.save", "    def save(self):\n        return 1\n"),
+        _sym_chunk("pkg/b.py", 1, "B.save", "    def save(self):\n        return 2\n"),
+        _sym_chunk("app/main.py", 1, "plan",
+                   "def plan(points):\n    # haversine(x) in a comment is not a call\n    route = Route(points)\n"
+                   "    total = 0\n    for a, b in zip(points, points[1:]):\n        total += geo.haversine(a, b)\n"
+                   "    obj.save()\n    return total\n"),
+        # a call inside the definition's own chunk does not count
+        _sym_chunk("pkg/geo.py", 20, "again", "def again(a):\n    x = haversine(a, a)\n    return x\n"),
+    ]
+
+
+def test_extract_usage_pairs_pair_a_call_site_with_the_unique_definition_it_calls():
+    got = {d.symbol: q for q, d in extract_usage_pairs(_usage_corpus())}
+    # haversine is called from app/main.py and from pkg/geo.py's own file: the other file's call site is chosen
+    assert set(got) == {"haversine", "Route"}
+    assert "total += geo.haversine(a, b)" in got["haversine"] and "x = haversine(a, a)" not in got["haversine"]
+    assert got["Route"].startswith("def plan(points):")  # the window starts up to 3 lines above the call
+    assert "route = Route(points)" in got["Route"] and not got["Route"].startswith(" ")
+
+
+def test_mine_bootstrap_gives_usage_pairs_their_share_and_fills_the_cap():
+    doc = 'def f{i}(x):\n    """Compute the frobnication of x for item {i}."""\n    y = x\n    return y * {i}\n'
+    chunks = _usage_corpus() + [_sym_chunk(f"m{i}.py", 1, f"f{i}", doc.format(i=i)) for i in range(6)]
+
+    def rank(q, corpus):  # like lexical retrieval: chunks holding the question's last line first
+        return [SimpleNamespace(chunk=c) for c in sorted(chunks, key=lambda c: q.splitlines()[-1] not in c.text)]
+
+    half = mine_bootstrap(chunks, rank, "c", cap=4, usage_share=0.5, negatives_per_query=2, seed=1)
+    assert sorted(t.source for t in half) == ["corpus_bootstrap"] * 2 + ["corpus_usage"] * 2
+    for t in half:
+        if t.source == "corpus_usage":
+            assert t.positive_doc_id in {"pkg/geo.py:1-4", "pkg/geo.py:10-13"}
+            assert "app/main.py:1-9" in t.negative_doc_ids  # the call site, which holds the snippet verbatim
+            assert t.positive_doc_id not in t.negative_doc_ids
+    # 6 docstring pairs, 2 usage pairs: a share of 0.75 of 8 cannot be met, so docstring pairs fill the cap
+    full = mine_bootstrap(chunks, rank, "c", cap=8, usage_share=0.75, negatives_per_query=2, seed=1)
+    assert sorted(t.source for t in full) == ["corpus_bootstrap"] * 6 + ["corpus_usage"] * 2
+    assert all(t.source == "corpus_bootstrap" for t in mine_bootstrap(chunks, rank, "c", cap=8, seed=1))
 
 
 def test_mine_golden_matches_spans_and_path_suffixes():
