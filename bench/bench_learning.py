@@ -133,6 +133,27 @@ def blend_grid(engine, queries, candidate: Path, alphas=(0.0, 0.2, 0.3, 0.5, 0.7
     return out
 
 
+def _finished_bootstrap(home: Path) -> tuple[str, dict] | None:
+    """The bootstrap run an earlier ``--home`` run of this script left in ``home`` (its id and a result with its
+    decision: promoted when ``models/current`` is its release), or None when there is none to reuse."""
+    runs = sorted((home / "models" / "runs").glob("*-bootstrap-*"))
+    done = [r for r in runs if (r / "model").is_dir() and (r / "run.json").is_file()]
+    if not done:
+        return None
+    run = done[-1]
+    meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    if meta.get("state") != "succeeded":
+        return None
+    decision = "refused"
+    try:
+        manifest = json.loads((home / "models" / "current" / "manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("run_id") == run.name:
+            decision = "promoted"
+    except (OSError, ValueError):
+        pass
+    return run.name, {"decision": decision, "blend": meta.get("blend"), "reused": True}
+
+
 def _pooled(rows: list[dict]) -> dict:
     """Macro means of per-query metric rows (several corpora pooled), with the number of queries."""
     from training.metrics import aggregate
@@ -169,6 +190,9 @@ def main(argv=None) -> int:
     p.add_argument("--blend-grid", action="store_true",
                    help="also score the test half (with --bootstrap: each corpus's queries, pooled) with the candidate at a "
                    "grid of (alpha, dense weight)")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --bootstrap and the --home of an earlier run: score each corpus's finished bootstrap "
+                   "run again (other AGRO_RERANKER_* settings) instead of indexing and training anew")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -221,12 +245,17 @@ def main(argv=None) -> int:
             corpora = corpora[i::n]
         for c in corpora:
             home = base_home / "bootstrap" / c if len(bench.roots) > 1 else base_home / "bootstrap"
-            _install_base(home, args.base)
+            reused = _finished_bootstrap(home) if args.reuse else None
+            if reused is None:
+                _install_base(home, args.base)
             eng = Engine(_settings(home, args))
-            eng.index(bench.roots[c], c)
             t0 = time.time()
-            run_id, res = run_job(eng.store, home, "bootstrap",
-                                  lambda ctx, c=c: run_bootstrap(eng, ctx, c, promote=True))
+            if reused is not None:  # indexed and bootstrapped by an earlier run of this script: score it again
+                run_id, res = reused
+            else:
+                eng.index(bench.roots[c], c)
+                run_id, res = run_job(eng.store, home, "bootstrap",
+                                      lambda ctx, c=c: run_bootstrap(eng, ctx, c, promote=True))
             gate = res.get("gate") or {}
             per_corpus[c] = {"run_id": run_id, "decision": res.get("decision"), "gate": gate.get("reasons"),
                              "mined": res.get("mined"), "alpha": (res.get("blend") or {}).get("alpha"),
@@ -243,6 +272,10 @@ def main(argv=None) -> int:
                     every = _score_report(eng, qs, cand, f"{c} (bootstrap alone, every query reranked)",
                                           eng.settings.reranker.model_copy(update={"long_query_factor": 0}))
                     per_query["fused+candidate, every query"] = every.per_query["fused+candidate"]
+                    # and with long queries read in windows instead of kept in the fused order
+                    win = _score_report(eng, qs, cand, f"{c} (bootstrap alone, long queries in windows)",
+                                        eng.settings.reranker.model_copy(update={"long_query_mode": "windows"}))
+                    per_query["fused+candidate, long queries in windows"] = win.per_query["fused+candidate"]
                 for cfg, by_level in per_query.items():
                     for level, level_rows in by_level.items():
                         rows.setdefault(cfg, {}).setdefault(level, []).extend(level_rows)

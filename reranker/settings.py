@@ -41,6 +41,17 @@ class RerankerSettings(BaseModel):
         "SWE-bench issue texts (159-2,226 tokens) from 0.640 to 0.433 (cross-encoders); bi-encoder bootstrap releases "
         "from 0.679 to 0.562 on 20 of the corpora (0.654 with this rule).",
     )
+    long_query_mode: Literal["fused", "windows"] = Field(
+        "fused",
+        description="What a query past the long-query limit gets: fused = the fused order is kept; windows = the "
+        "query is cut into windows of query_max_tokens tokens and each candidate keeps its best window's score "
+        "(costs one pass over the candidates per window).",
+    )
+    long_query_windows: int = Field(
+        4, ge=1,
+        description="Most windows a long query is read in (long_query_mode windows): the first, and the ones whose "
+        "words best single out candidates.",
+    )
     backend: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto",
         description="auto: bf16 when the CPU has native bf16 (AMX or avx512_bf16), else int8 when it has VNNI "

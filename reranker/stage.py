@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ class RerankOutcome(NamedTuple):
     ms: float
     cached: int
     kept_fused: bool = False  # fused order by design (a query too long for the release), not a failure
+    windows: int = 0  # a long query read in this many windows (long_query_mode "windows"); 0 = read whole
 
 
 def minmax(values: Sequence[float]) -> np.ndarray:
@@ -90,8 +92,11 @@ class _Fallback(Exception):
 
 
 def _score_with_deadline(
-    loaded: LoadedReranker, query: str, texts: list[str], batch: int, timeout_ms: int | None
+    loaded: LoadedReranker, query: str, texts: list[str], batch: int, timeout_ms: int | None,
+    report_ms: int | None = None,
 ) -> np.ndarray:
+    """Score on a worker thread for at most ``timeout_ms``; a timeout is reported as ``report_ms`` (the whole
+    stage's budget, of which ``timeout_ms`` is what is left)."""
     if timeout_ms is None:
         return loaded.scorer.score(query, texts, batch)
     cancel = threading.Event()
@@ -112,10 +117,76 @@ def _score_with_deadline(
     threading.Thread(target=work, name="agro-rerank-score", daemon=True).start()
     if not done.wait(timeout_ms / 1000.0):
         cancel.set()
-        raise _Fallback(f"reranker timed out after {timeout_ms} ms")
+        raise _Fallback(f"reranker timed out after {report_ms or timeout_ms} ms")
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["scores"]  # type: ignore[return-value]
+
+
+
+def _head_scores(query: str, hashes: list[str], texts: list[str], loaded: LoadedReranker,
+                 settings: RerankerSettings, cache: ScoreCache | None, t0: float) -> tuple[np.ndarray, int]:
+    """The model's score of ``query`` against each head text (cached ones looked up), and how many were cached.
+    ``settings.timeout_ms`` counts from ``t0``, the start of the whole rerank."""
+    key = loaded.cache_key
+    scores: list[float | None] = cache.get_many(key, query, hashes) if cache is not None else [None] * len(hashes)
+    missing = [i for i, s in enumerate(scores) if s is None]
+    if missing:
+        left = None
+        if settings.timeout_ms is not None:
+            left = int(settings.timeout_ms - (time.perf_counter() - t0) * 1000.0)
+            if left <= 0:
+                raise _Fallback(f"reranker timed out after {settings.timeout_ms} ms")
+        new = _score_with_deadline(loaded, query, [texts[i] for i in missing], settings.batch, left,
+                                   settings.timeout_ms)
+        if len(new) != len(missing):
+            raise _Fallback(f"reranker returned {len(new)} scores for {len(missing)} candidates")
+        for i, s in zip(missing, new):
+            scores[i] = float(s)
+        if settings.timeout_ms is not None and (time.perf_counter() - t0) * 1000.0 > settings.timeout_ms:
+            raise _Fallback(f"reranker timed out after {settings.timeout_ms} ms")
+        if cache is not None:
+            cache.put_many(key, query, [(hashes[i], scores[i]) for i in missing])
+    return np.asarray(scores, dtype=np.float64), len(hashes) - len(missing)
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
+
+
+def query_windows(query: str, loaded: LoadedReranker, settings: RerankerSettings, texts: Sequence[str]) -> list[str]:
+    """A long query cut into windows of the scorer's query share (``query_max_tokens`` tokens), at most
+    ``settings.long_query_windows`` of them: the first (where a title or summary sits) and the ones whose words
+    best single out candidates (each word weighs ``log(n / df)`` over the ``n`` head texts that hold it, so a word
+    in no candidate or in all of them adds nothing), kept in query order. Empty when the scorer has no tokenizer
+    that gives offsets."""
+    tok = getattr(loaded.scorer, "tokenizer", None)
+    size = int(getattr(loaded.scorer, "query_max_tokens", settings.query_max_tokens) or settings.query_max_tokens)
+    size = max(8, min(size, settings.query_max_tokens))
+    if tok is None or settings.long_query_windows <= 0:
+        return []
+    try:
+        offsets = tok(query, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except Exception:  # noqa: BLE001 - a slow (python) tokenizer without offsets: keep the fused order
+        return []
+    if not offsets:
+        return []
+    spans = [(offsets[i][0], offsets[min(i + size, len(offsets)) - 1][1]) for i in range(0, len(offsets), size)]
+    wins = [query[a:b].strip() for a, b in spans]
+    wins = [w for w in wins if w]
+    cap = settings.long_query_windows
+    if len(wins) <= cap:
+        return wins
+    n = len(texts)
+    df: dict[str, int] = {}
+    for t in texts:
+        for w in {m.group(0).lower() for m in _WORD.finditer(t)}:
+            df[w] = df.get(w, 0) + 1
+
+    def weight(win: str) -> float:
+        return sum(math.log(n / df[w]) for w in {m.group(0).lower() for m in _WORD.finditer(win)} if w in df)
+
+    rest = sorted(range(1, len(wins)), key=lambda i: (-weight(wins[i]), i))[: cap - 1]
+    return [wins[i] for i in sorted([0, *rest])]
 
 
 def query_token_limit(loaded: LoadedReranker, settings: RerankerSettings) -> int | None:
@@ -139,7 +210,8 @@ def long_query_reason(query: str, loaded: LoadedReranker, settings: RerankerSett
         return None
     return (f"query has {n} tokens, over {limit}: release {loaded.model_id} learned from questions of at most "
             f"{loaded.manifest['data']['query_tokens_max']} tokens, so the fused order is kept "
-            "(AGRO_RERANKER_LONG_QUERY_FACTOR=0 reranks every query)")
+            "(AGRO_RERANKER_LONG_QUERY_MODE=windows reads it in windows; AGRO_RERANKER_LONG_QUERY_FACTOR=0 reranks every "
+            "query as it is)")
 
 
 def rerank(
@@ -182,31 +254,28 @@ def rerank(
     if not hits:
         return RerankOutcome([], False, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, 0)
     too_long = long_query_reason(query, loaded, settings)
-    if too_long:
+    if too_long and settings.long_query_mode != "windows":
         return fallback(too_long, loaded.model_id)._replace(kept_fused=True)
 
     n_head = len(hits) if settings.topn == 0 else min(settings.topn, len(hits))
     head, tail = hits[:n_head], hits[n_head:]
+    texts_all = [located_text(h.chunk.path, h.chunk.symbol, h.chunk.text) for h in head]
+    windows: list[str] | None = None
+    if too_long:
+        windows = query_windows(query, loaded, settings, texts_all) if settings.long_query_mode == "windows" else None
+        if not windows:
+            return fallback(too_long, loaded.model_id)._replace(kept_fused=True)
     cached = 0
     try:
         # The model scores the located text (path and symbol header), so a cached score belongs to that location.
         hashes = [f"{h.chunk.hash}\x1f{h.chunk.path}\x1f{h.chunk.symbol or ''}" for h in head]
-        key = loaded.cache_key
-        scores: list[float | None] = cache.get_many(key, query, hashes) if cache is not None else [None] * n_head
-        missing = [i for i, s in enumerate(scores) if s is None]
-        cached = n_head - len(missing)
-        if missing:
-            texts = [located_text(head[i].chunk.path, head[i].chunk.symbol, head[i].chunk.text) for i in missing]
-            new = _score_with_deadline(loaded, query, texts, settings.batch, settings.timeout_ms)
-            if len(new) != len(missing):
-                raise _Fallback(f"reranker returned {len(new)} scores for {len(missing)} candidates")
-            for i, s in zip(missing, new):
-                scores[i] = float(s)
-            if settings.timeout_ms is not None and (time.perf_counter() - t0) * 1000.0 > settings.timeout_ms:
-                raise _Fallback(f"reranker timed out after {settings.timeout_ms} ms")
-            if cache is not None:
-                cache.put_many(key, query, [(hashes[i], scores[i]) for i in missing])
-        if not all(math.isfinite(s) for s in scores):  # type: ignore[arg-type]
+        best: np.ndarray | None = None
+        for q in windows or [query]:
+            got, n_cached = _head_scores(q, hashes, texts_all, loaded, settings, cache, t0)
+            cached += n_cached
+            best = got if best is None else np.maximum(best, got)  # a window that matches the chunk decides
+        scores = [float(x) for x in best]  # type: ignore[union-attr]
+        if not all(math.isfinite(s) for s in scores):
             raise _Fallback("reranker returned non-finite scores")
     except _Fallback as exc:
         logger.warning("rerank fell back to fused order (model %s): %s", loaded.model_id, exc.reason)
@@ -225,4 +294,5 @@ def rerank(
     if tail:
         t_scores = tail_scores([h.fused_score for h in tail], float(final.min()))
         out.extend(dataclasses.replace(h, score=float(s), rerank_score=None) for h, s in zip(tail, t_scores))
-    return RerankOutcome(out, True, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, cached)
+    return RerankOutcome(out, True, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, cached,
+                         windows=len(windows) if windows else 0)

@@ -258,3 +258,75 @@ def test_a_query_far_longer_than_any_training_question_keeps_the_fused_order(tin
     # evaluations score such a query in the order it is served in (fused), instead of failing
     ranked, ms = make_rerank_fn(rel, st)(long_q, hits)
     assert [h.doc_id for h in ranked] == [h.doc_id for h in hits] and ms >= 0.0
+
+
+class KeywordScorer(TableScorer):
+    """Scores a text 5 when its keyword (the table's value for it) is in the query, else 0; keeps each query it
+    was asked, and has the MiniLM tokenizer, so the stage can cut a long query into windows."""
+
+    def __init__(self, table, query_max_tokens=16):
+        super().__init__(table)
+        from transformers import AutoTokenizer
+
+        from retrieval.models import minilm_path
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+        self.query_max_tokens = query_max_tokens
+        self.queries: list[str] = []
+
+    def score(self, query, texts, batch=16, cancel=None):
+        self.calls += 1
+        self.queries.append(query)
+        return np.array([5.0 if self.table[t.split("\n", 1)[1]] in query else 0.0 for t in texts], dtype=np.float32)
+
+
+def _long_query(*tail: str) -> str:
+    filler = "the client retries the request when the pool is exhausted and then it logs a warning. "
+    return filler * 2 + " ".join(f"{filler} {w}." for w in tail)
+
+
+def test_a_long_query_in_windows_mode_is_read_window_by_window_and_each_candidate_keeps_its_best_window():
+    hits = hits_from([0.3, 0.2, 0.1])
+    scorer = KeywordScorer({"t0": "nothing-matches", "t1": "nothing-matches", "t2": "frobnicate"})
+    rel = LoadedReranker(scorer=scorer, model_id="r", manifest={"data": {"query_tokens_max": 10}})
+    q = _long_query("frobnicate")  # the only word that singles out t2 sits far past the first window
+    kept = rerank(q, hits, rel, RerankerSettings(query_max_tokens=16), None)
+    assert kept.kept_fused and not kept.used and kept.windows == 0
+    assert "AGRO_RERANKER_LONG_QUERY_MODE=windows" in kept.fallback_reason
+    st = RerankerSettings(query_max_tokens=16, long_query_mode="windows", long_query_windows=50, alpha=1.0)
+    out = rerank(q, hits, rel, st, None)
+    assert out.used and out.fallback_reason is None and out.windows == len(scorer.queries) > 3
+    assert out.hits[0].doc_id == "f2.py:1-2" and out.hits[0].rerank_score == 5.0
+    n_tokens = [len(scorer.tokenizer(w, add_special_tokens=False)["input_ids"]) for w in scorer.queries]
+    assert max(n_tokens) <= 16
+    assert sum(n_tokens) >= len(scorer.tokenizer(q, add_special_tokens=False)["input_ids"]) - len(n_tokens)
+
+
+def test_windows_past_the_cap_keep_the_first_and_those_whose_words_single_out_candidates():
+    from reranker.stage import query_windows
+
+    scorer = KeywordScorer({}, query_max_tokens=16)
+    rel = LoadedReranker(scorer=scorer, model_id="r")
+    q = _long_query("zebulon", "quixotic", "marmalade")
+    # "the" is in every candidate, so it singles out none; the filler's other words are in none of them
+    texts = ["def zebulon(): the", "quixotic = 1 # the", "def other(): return the"]
+    wins = query_windows(q, rel, RerankerSettings(query_max_tokens=16, long_query_windows=3), texts)
+    assert len(wins) == 3 and wins[0].startswith("the client retries")
+    assert any("zebulon" in w for w in wins) and any("quixotic" in w for w in wins)
+    assert not any("marmalade" in w for w in wins)  # a word in no candidate singles out none of them
+    every = query_windows(q, rel, RerankerSettings(query_max_tokens=16, long_query_windows=99), texts)
+    assert any("marmalade" in w for w in every)
+    picked = [every.index(w, 1) if i else 0 for i, w in enumerate(wins)]
+    assert picked == sorted(picked)  # kept in query order
+
+
+def test_windows_mode_with_a_scorer_without_a_tokenizer_keeps_the_fused_order():
+    hits = hits_from([0.3, 0.2, 0.1])
+    rel = LoadedReranker(scorer=TableScorer({"t0": 0.0, "t1": 0.0, "t2": 9.0}), model_id="r",
+                         manifest={"data": {"query_tokens_max": 10}})
+    st = RerankerSettings(query_max_tokens=16, long_query_mode="windows")
+    # no tokenizer: the query's length is unknown, so it is reranked as it is
+    assert rerank(_long_query("x"), hits, rel, st, None).used
+    from reranker.stage import query_windows
+
+    assert query_windows(_long_query("x"), rel, st, ["a"]) == []
