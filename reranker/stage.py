@@ -123,7 +123,6 @@ def _score_with_deadline(
     return box["scores"]  # type: ignore[return-value]
 
 
-
 def _head_scores(query: str, hashes: list[str], texts: list[str], loaded: LoadedReranker,
                  settings: RerankerSettings, cache: ScoreCache | None, t0: float) -> tuple[np.ndarray, int]:
     """The model's score of ``query`` against each head text (cached ones looked up), and how many were cached.
