@@ -44,8 +44,13 @@ class RerankerSettings(BaseModel):
     long_query_mode: Literal["fused", "windows"] = Field(
         "fused",
         description="What a query past the long-query limit gets: fused = the fused order is kept; windows = the "
-        "query is cut into windows of query_max_tokens tokens and each candidate keeps its best window's score "
-        "(costs one pass over the candidates per window).",
+        "query is cut into windows of query_max_tokens tokens, each candidate is scored against each window and "
+        "the scores are pooled (long_query_pool; costs one pass over the candidates per window).",
+    )
+    long_query_pool: Literal["mean", "max"] = Field(
+        "mean",
+        description="How a candidate's window scores are pooled: mean (what the whole query says) or max (its best "
+        "window decides).",
     )
     long_query_windows: int = Field(
         4, ge=1,

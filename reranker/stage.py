@@ -268,12 +268,13 @@ def rerank(
     try:
         # The model scores the located text (path and symbol header), so a cached score belongs to that location.
         hashes = [f"{h.chunk.hash}\x1f{h.chunk.path}\x1f{h.chunk.symbol or ''}" for h in head]
-        best: np.ndarray | None = None
+        per_window = []
         for q in windows or [query]:
             got, n_cached = _head_scores(q, hashes, texts_all, loaded, settings, cache, t0)
             cached += n_cached
-            best = got if best is None else np.maximum(best, got)  # a window that matches the chunk decides
-        scores = [float(x) for x in best]  # type: ignore[union-attr]
+            per_window.append(got)
+        pooled = np.max(per_window, axis=0) if settings.long_query_pool == "max" else np.mean(per_window, axis=0)
+        scores = [float(x) for x in pooled]
         if not all(math.isfinite(s) for s in scores):
             raise _Fallback("reranker returned non-finite scores")
     except _Fallback as exc:

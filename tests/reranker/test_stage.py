@@ -285,7 +285,7 @@ def _long_query(*tail: str) -> str:
     return filler * 2 + " ".join(f"{filler} {w}." for w in tail)
 
 
-def test_a_long_query_in_windows_mode_is_read_window_by_window_and_each_candidate_keeps_its_best_window():
+def test_a_long_query_in_windows_mode_is_read_window_by_window_and_the_window_scores_are_pooled():
     hits = hits_from([0.3, 0.2, 0.1])
     scorer = KeywordScorer({"t0": "nothing-matches", "t1": "nothing-matches", "t2": "frobnicate"})
     rel = LoadedReranker(scorer=scorer, model_id="r", manifest={"data": {"query_tokens_max": 10}})
@@ -293,10 +293,13 @@ def test_a_long_query_in_windows_mode_is_read_window_by_window_and_each_candidat
     kept = rerank(q, hits, rel, RerankerSettings(query_max_tokens=16), None)
     assert kept.kept_fused and not kept.used and kept.windows == 0
     assert "AGRO_RERANKER_LONG_QUERY_MODE=windows" in kept.fallback_reason
-    st = RerankerSettings(query_max_tokens=16, long_query_mode="windows", long_query_windows=50, alpha=1.0)
+    st = RerankerSettings(query_max_tokens=16, long_query_mode="windows", long_query_windows=50, alpha=1.0,
+                          long_query_pool="max")
     out = rerank(q, hits, rel, st, None)
     assert out.used and out.fallback_reason is None and out.windows == len(scorer.queries) > 3
-    assert out.hits[0].doc_id == "f2.py:1-2" and out.hits[0].rerank_score == 5.0
+    assert out.hits[0].doc_id == "f2.py:1-2" and out.hits[0].rerank_score == 5.0  # its best window decides
+    mean = rerank(q, hits, rel, st.model_copy(update={"long_query_pool": "mean"}), ScoreCache(100))
+    assert mean.hits[0].doc_id == "f2.py:1-2" and mean.hits[0].rerank_score == pytest.approx(5.0 / out.windows)
     n_tokens = [len(scorer.tokenizer(w, add_special_tokens=False)["input_ids"]) for w in scorer.queries]
     assert max(n_tokens) <= 16
     assert sum(n_tokens) >= len(scorer.tokenizer(q, add_special_tokens=False)["input_ids"]) - len(n_tokens)
