@@ -48,7 +48,7 @@ class RerankerSettings(BaseModel):
         "the scores are pooled (long_query_pool; costs one pass over the candidates per window).",
     )
     long_query_pool: Literal["mean", "max"] = Field(
-        "mean",
+        "max",
         description="How a candidate's window scores are pooled: mean (what the whole query says) or max (its best "
         "window decides).",
     )
