@@ -123,10 +123,11 @@ def _score_with_deadline(
     return box["scores"]  # type: ignore[return-value]
 
 
-def _head_scores(query: str, hashes: list[str], texts: list[str], loaded: LoadedReranker,
+def _head_scores(query: str, head: list[Hit], hashes: list[str], loaded: LoadedReranker,
                  settings: RerankerSettings, cache: ScoreCache | None, t0: float) -> tuple[np.ndarray, int]:
-    """The model's score of ``query`` against each head text (cached ones looked up), and how many were cached.
-    ``settings.timeout_ms`` counts from ``t0``, the start of the whole rerank."""
+    """The model's score of ``query`` against each head hit's located text (cached ones looked up, only the
+    others built and scored), and how many were cached. ``settings.timeout_ms`` counts from ``t0``, the start of
+    the whole rerank."""
     key = loaded.cache_key
     scores: list[float | None] = cache.get_many(key, query, hashes) if cache is not None else [None] * len(hashes)
     missing = [i for i, s in enumerate(scores) if s is None]
@@ -136,8 +137,8 @@ def _head_scores(query: str, hashes: list[str], texts: list[str], loaded: Loaded
             left = int(settings.timeout_ms - (time.perf_counter() - t0) * 1000.0)
             if left <= 0:
                 raise _Fallback(f"reranker timed out after {settings.timeout_ms} ms")
-        new = _score_with_deadline(loaded, query, [texts[i] for i in missing], settings.batch, left,
-                                   settings.timeout_ms)
+        texts = [located_text(head[i].chunk.path, head[i].chunk.symbol, head[i].chunk.text) for i in missing]
+        new = _score_with_deadline(loaded, query, texts, settings.batch, left, settings.timeout_ms)
         if len(new) != len(missing):
             raise _Fallback(f"reranker returned {len(new)} scores for {len(missing)} candidates")
         for i, s in zip(missing, new):
@@ -159,9 +160,8 @@ def query_windows(query: str, loaded: LoadedReranker, settings: RerankerSettings
     in no candidate or in all of them adds nothing), kept in query order. Empty when the scorer has no tokenizer
     that gives offsets."""
     tok = getattr(loaded.scorer, "tokenizer", None)
-    size = int(getattr(loaded.scorer, "query_max_tokens", settings.query_max_tokens) or settings.query_max_tokens)
-    size = max(8, min(size, settings.query_max_tokens))
-    if tok is None or settings.long_query_windows <= 0:
+    size = settings.query_max_tokens
+    if tok is None:
         return []
     try:
         offsets = tok(query, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -252,16 +252,13 @@ def rerank(
         loaded = manager_or_loaded
     if not hits:
         return RerankOutcome([], False, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, 0)
-    too_long = long_query_reason(query, loaded, settings)
-    if too_long and settings.long_query_mode != "windows":
-        return fallback(too_long, loaded.model_id)._replace(kept_fused=True)
-
     n_head = len(hits) if settings.topn == 0 else min(settings.topn, len(hits))
     head, tail = hits[:n_head], hits[n_head:]
-    texts_all = [located_text(h.chunk.path, h.chunk.symbol, h.chunk.text) for h in head]
-    windows: list[str] | None = None
+    windows: list[str] = []
+    too_long = long_query_reason(query, loaded, settings)
     if too_long:
-        windows = query_windows(query, loaded, settings, texts_all) if settings.long_query_mode == "windows" else None
+        if settings.long_query_mode == "windows":
+            windows = query_windows(query, loaded, settings, [h.chunk.text for h in head])
         if not windows:
             return fallback(too_long, loaded.model_id)._replace(kept_fused=True)
     cached = 0
@@ -270,7 +267,7 @@ def rerank(
         hashes = [f"{h.chunk.hash}\x1f{h.chunk.path}\x1f{h.chunk.symbol or ''}" for h in head]
         per_window = []
         for q in windows or [query]:
-            got, n_cached = _head_scores(q, hashes, texts_all, loaded, settings, cache, t0)
+            got, n_cached = _head_scores(q, head, hashes, loaded, settings, cache, t0)
             cached += n_cached
             per_window.append(got)
         pooled = np.max(per_window, axis=0) if settings.long_query_pool == "max" else np.mean(per_window, axis=0)
@@ -295,4 +292,4 @@ def rerank(
         t_scores = tail_scores([h.fused_score for h in tail], float(final.min()))
         out.extend(dataclasses.replace(h, score=float(s), rerank_score=None) for h, s in zip(tail, t_scores))
     return RerankOutcome(out, True, loaded.model_id, None, (time.perf_counter() - t0) * 1000.0, cached,
-                         windows=len(windows) if windows else 0)
+                         windows=len(windows))
