@@ -17,13 +17,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reranker.settings import RerankerSettings
+from retrieval.errors import AgroUserError
 from retrieval.settings import IndexSettings, RetrievalSettings
 from training.settings import TrainingSettings
 
 __all__ = ["ServerSettings", "Settings", "load_settings", "ConfigError", "ENV_SECTIONS"]
 
 
-class ConfigError(ValueError):
+class ConfigError(AgroUserError, ValueError):
     """A setting has a bad value; the message names it and says what is expected."""
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from retrieval.errors import AgroUserError
+
 __all__ = [
     "Database",
     "DatabaseError",
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(AgroUserError, RuntimeError):
     """A database operation failed; the message says why and what to do."""
 
 

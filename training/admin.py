@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import AgroUserError
 from training.jobs import TRAINING_LOCK, JobBusyError, start_job
 from training.promote import PromotionError, current_release, list_releases, rollback
 from training.trainer import TrainingError, load_run, run_dir
@@ -30,7 +31,7 @@ _REAP_EVERY = 20
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class AdminError(ValueError):
+class AdminError(AgroUserError, ValueError):
     """A bad admin request; the message says how to fix it."""
 
 

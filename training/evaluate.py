@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from retrieval.atomic import write_text_atomic
+from retrieval.errors import AgroUserError
 from retrieval.types import Hit, parse_doc_id
 from training.golden import GoldenItem, load_golden
 from training.metrics import (
@@ -66,7 +67,7 @@ CI_MAX_N = 200  # below this many queries, MRR@10 gets a bootstrap confidence in
 RUN_TOP_K = 100
 
 
-class EvalError(ValueError):
+class EvalError(AgroUserError, ValueError):
     """The evaluation cannot run as asked (empty set, unknown config, missing corpus or reranker)."""
 
 

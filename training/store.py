@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrieval.errors import AgroUserError
 from retrieval.types import Hit
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ _BUSY_TIMEOUT_MS = 30_000
 _PAGE = 500
 
 
-class StoreError(RuntimeError):
+class StoreError(AgroUserError, RuntimeError):
     """The store cannot do what was asked; the message says why and what to do."""
 
 
