@@ -47,13 +47,17 @@ class ServerSettings(AgroSettings):
     home: Path = Field(
         default_factory=lambda: Path.home() / ".agro", description="Data home: database, indexes, models, exports."
     )
-    default_corpus: str | None = Field(None, description="Corpus used when a call names none.")
+    default_corpus: str | None = Field(
+        None, description="Corpus used when a call names none (otherwise: the only indexed corpus)."
+    )
     admin_enabled: bool = Field(True, description="0 disables reranker_admin actions that change state.")
     admin_wait_timeout_sec: float = Field(
-        600.0, gt=0, description="Longest a reranker_admin call with wait=true stays open for its job."
+        600.0, gt=0, description="Longest a reranker_admin wait=true call stays open; then it returns the job's status."
     )
     log_level: str = Field("INFO", description="Log level (logs go to stderr only).")
-    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for rag_answer.")
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint for rag_answer, e.g. http://127.0.0.1:8080/v1."
+    )
     llm_model: str | None = Field(None, description="Model name for that endpoint (both must be set to use it).")
     llm_api_key: str | None = Field(None, repr=False, description="Sent as a bearer token; never logged or returned.")
     llm_timeout_sec: float = Field(60.0, gt=0, description="Timeout of the endpoint or sampling request, in seconds.")
@@ -61,7 +65,10 @@ class ServerSettings(AgroSettings):
     backend: Literal["embedded", "postgres"] = Field(
         "embedded", description="Where indexes and events live: files + SQLite in AGRO_HOME, or PostgreSQL."
     )
-    database_url: str | None = Field(None, repr=False, description="PostgreSQL URL for AGRO_BACKEND=postgres.")
+    database_url: str | None = Field(
+        None, repr=False,
+        description="PostgreSQL URL for AGRO_BACKEND=postgres; never logged (password redacted in errors).",
+    )
     db_pool_size: int = Field(8, ge=1, le=256, description="PostgreSQL connections per server process.")
 
     @field_validator("home", mode="after")

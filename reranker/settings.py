@@ -20,13 +20,15 @@ class RerankerSettings(AgroSettings):
 
     enabled: bool = Field(True, description="Rerank by default (rag_search(rerank=false) skips it per call).")
     model_path: str | None = Field(
-        None, description="Local folder or hub id; overrides the promoted release at AGRO_HOME/models/current."
+        None,
+        description="Local folder or hub id (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2); overrides models/current."
     )
     alpha: float = Field(
         0.7, ge=0, le=1, description="Weight of the reranker score in the blend; unset = the release's own weight."
     )
     dense_weight: float = Field(
-        0.5, ge=0, le=1, description="Share of the dense cosine in the retrieval side of the blend (unset = the release's)."
+        0.5, ge=0, le=1,
+        description="Share of the dense cosine in the retrieval side of the blend (unset = the release's)."
     )
     topn: int = Field(50, ge=0, description="Fused candidates reranked (0 = all).")
     batch: int = Field(16, ge=1, description="Pairs per forward pass (sorted by length, padded per batch).")

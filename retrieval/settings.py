@@ -168,7 +168,7 @@ class RetrievalSettings(AgroSettings):
         "auto", description="Bi-encoder: 'auto' (the offline all-MiniLM-L6-v2 wheel), a local folder or a hub id."
     )
     embed_dtype: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "auto", description="Bi-encoder precision; auto = bf16 only on CPUs with native bf16, else fp32."
+        "auto", description="fp32, bf16, int8 (dynamic quantisation); auto = bf16 on native-bf16 CPUs, else fp32."
     )
     embed_max_tokens: int = Field(128, ge=16, le=512, description="Tokens per chunk for the bi-encoder.")
     query_windows: int = Field(
@@ -197,7 +197,9 @@ class RetrievalSettings(AgroSettings):
     hnsw_ef_search: int = Field(
         0, ge=0, le=1000, description="postgres: HNSW candidate list per dense search (0 = dense_candidates + 40)."
     )
-    hnsw_m: int = Field(16, ge=4, le=100, description="postgres: links per HNSW node (pgvector m); applies at a full build.")
+    hnsw_m: int = Field(
+        16, ge=4, le=100, description="postgres: links per HNSW node (pgvector m); applies at a full build."
+    )
     hnsw_ef_construction: int = Field(
         256, ge=16, le=1000, description="postgres: HNSW build-time candidate list; applies at a full build."
     )

@@ -21,7 +21,7 @@ class TrainingSettings(AgroSettings):
     model_kind: Literal["bi-encoder", "cross-encoder"] = Field(
         "bi-encoder", description="What a run trains: the embedding model (bi-encoder) or a cross-encoder."
     )
-    bi_encoder_epochs: int = Field(4, ge=1, description="Epochs of a bi-encoder run.")
+    bi_encoder_epochs: int = Field(4, ge=1, description="Epochs of a bi-encoder run (a cross-encoder run uses epochs).")
     bi_encoder_learning_rate: float = Field(2e-5, gt=0, description="Learning rate of a bi-encoder run.")
     bi_encoder_negatives: int = Field(
         1, ge=0, description="Mined hard negatives per question in a bi-encoder run (plus the batch's other answers)."
@@ -32,8 +32,12 @@ class TrainingSettings(AgroSettings):
     bi_encoder_alpha: float = Field(
         0.8, ge=0, le=1, description="Blend weight an uncalibrated bi-encoder run is judged and served with."
     )
-    base_model: str | None = Field(None, description="Base model when no release of the run's kind exists.")
-    loss: Literal["bce", "lambda", "mnrl"] = Field("bce", description="Cross-encoder runs: the loss.")
+    base_model: str | None = Field(
+        None, description="Base when no release of the run's kind exists (default: embedding model / pretrain base)."
+    )
+    loss: Literal["bce", "lambda", "mnrl"] = Field(
+        "bce", description="Cross-encoder runs: bce, lambda or mnrl (bi-encoder runs always use MNRL)."
+    )
     epochs: int = Field(1, ge=1, description="Epochs of a cross-encoder run.")
     min_steps: int = Field(
         200, ge=0, description="Cross-encoder runs from a fresh head: fewest optimiser steps (0 = exactly epochs)."
@@ -57,7 +61,9 @@ class TrainingSettings(AgroSettings):
     seed: int = Field(13, description="Seed of the held-out split and of training.")
     negatives_per_query: int = Field(4, ge=1, description="Negatives per triplet.")
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of questions held out for evaluation.")
-    min_triplets: int = Field(20, ge=1, description="Fewer triplets refuse to train (the message says how to get more).")
+    min_triplets: int = Field(
+        20, ge=1, description="Fewer triplets refuse to train (the message says how to get more)."
+    )
     bootstrap_cap: int = Field(3000, ge=10, description="Cap on corpus-bootstrap pairs.")
     bootstrap_usage_share: float = Field(
         0.0, ge=0, le=1, description="Share of that cap given to (call site -> definition) pairs; 0 = docstrings only."
