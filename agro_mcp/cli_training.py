@@ -48,7 +48,7 @@ def _guard(fn):
 
 
 def cmd_feedback(args, settings) -> int:
-    from training.feedback import submit_feedback
+    from training.events.feedback import submit_feedback
 
     eng = _engine(settings)
     try:
@@ -64,7 +64,7 @@ def cmd_feedback(args, settings) -> int:
 
 
 def cmd_import_logs(args, settings) -> int:
-    from training.logs_io import import_logs
+    from training.events.logs_io import import_logs
 
     eng = _engine(settings)
     try:
@@ -76,9 +76,9 @@ def cmd_import_logs(args, settings) -> int:
 
 
 def cmd_export(args, settings) -> int:
-    from training.logs_io import export_queries, write_jsonl_atomic
+    from training.events.logs_io import export_queries, write_jsonl_atomic
     from training.loop import chunk_lookup
-    from training.miners import mine_feedback
+    from training.learning.miners import mine_feedback
 
     out = Path(args.out) if args.out else settings.server.home / "exports"
     eng = _engine(settings)
@@ -96,7 +96,7 @@ def cmd_export(args, settings) -> int:
 
 def cmd_golden_add(args, settings) -> int:
     from retrieval.types import parse_doc_id
-    from training.golden import add_golden
+    from training.evaluation.golden import add_golden
 
     spans = []
     for s in args.span or []:
@@ -115,13 +115,8 @@ def cmd_golden_add(args, settings) -> int:
 
 
 def cmd_evaluate(args, settings) -> int:
-    from training.evaluate import (
-        format_table,
-        make_rerank_fn,
-        run_evaluation,
-        save_report,
-        write_run_jsonl,
-    )
+    from training.evaluation.report import format_table, save_report, write_run_jsonl
+    from training.evaluation.run import make_rerank_fn, run_evaluation
 
     home = settings.server.home
     eng = _engine(settings)
@@ -144,7 +139,7 @@ def cmd_evaluate(args, settings) -> int:
                 echo(f"note: no reranker ({eng.reranker.none_reason}); scoring retrieval only", file=sys.stderr)
         candidate = None
         if args.candidate:
-            from training.trainer import run_dir
+            from training.learning.trainer import run_dir
 
             candidate = str(run_dir(home / "models", args.candidate) / "model")
         report = run_evaluation(args.dataset, home, settings.index, settings.retrieval, configs=configs,
@@ -190,7 +185,7 @@ def _history(eng, args) -> int:
 
 
 def _plot(eng, args) -> int:
-    from training.plot import plot_history
+    from training.evaluation.plot import plot_history
 
     out = Path(args.plot_out) if args.plot_out else eng.home / "exports" / "evals" / "history.png"
     try:
@@ -218,7 +213,7 @@ def _sources(args) -> tuple[list[str], Path | None]:
 
 
 def _run(settings, kind: str, fn, lock: str | None = "training"):
-    from training.jobs import run_job
+    from training.releases.jobs import run_job
 
     eng = _engine(settings)
     try:
@@ -230,7 +225,7 @@ def _run(settings, kind: str, fn, lock: str | None = "training"):
 
 def cmd_mine(args, settings) -> int:
     from training.loop import export_triplets, mine
-    from training.trainer import run_dir, write_split
+    from training.learning.trainer import run_dir, write_split
 
     sources, golden = _sources(args)
 
@@ -286,7 +281,7 @@ def cmd_bootstrap(args, settings) -> int:
 
 
 def cmd_pretrain(args, settings) -> int:
-    from training.pretrain import run_pretrain
+    from training.learning.pretrain import run_pretrain
 
     run_id, res = _run(settings, "pretrain",
                        lambda eng, ctx: run_pretrain(settings, ctx, args.source, cap=args.cap, max_pairs=args.max_pairs,
@@ -305,7 +300,7 @@ def cmd_pretrain(args, settings) -> int:
 
 
 def cmd_promote(args, settings) -> int:
-    from training.admin import _latest_trained
+    from training.releases.admin import _latest_trained
     from training.loop import promote_step
 
     home = settings.server.home
@@ -318,7 +313,7 @@ def cmd_promote(args, settings) -> int:
 
 
 def cmd_rollback(args, settings) -> int:
-    from training.promote import rollback
+    from training.releases.promote import rollback
 
     eng = _engine(settings)
     try:
@@ -330,7 +325,7 @@ def cmd_rollback(args, settings) -> int:
 
 
 def cmd_jobs(args, settings) -> int:
-    from training.admin import run_admin_action
+    from training.releases.admin import run_admin_action
 
     eng = _engine(settings)
     try:

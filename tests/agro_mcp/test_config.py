@@ -8,7 +8,7 @@ import pytest
 from agro_mcp.config import ENV_SECTIONS, SECTIONS, ConfigError, load_settings
 from retrieval.settings import IndexSettings
 from reranker.settings import RerankerSettings
-from training.store import EventStore
+from training.events.sqlite import SqliteEventStore
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -143,7 +143,7 @@ def test_off_machine_settings_in_an_indexed_corpus_file_are_ignored(tmp_path, ca
     home, corpus = tmp_path / "home", tmp_path / "corpus"
     home.mkdir()
     (corpus / "sub").mkdir(parents=True)
-    EventStore(home / "agro.db").register_corpus("corpus", corpus)
+    SqliteEventStore(home / "agro.db").register_corpus("corpus", corpus)
     (corpus / "sub" / "agro.toml").write_text(EVIL)
     with caplog.at_level(logging.WARNING, logger="agro_mcp.config"):
         s = load_settings(env={"AGRO_HOME": str(home), "AGRO_CONFIG": str(corpus / "sub" / "agro.toml")})

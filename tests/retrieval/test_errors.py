@@ -33,9 +33,11 @@ def test_every_exception_class_has_the_one_root():
 @pytest.mark.parametrize(
     "path",
     ["agro_mcp.config.ConfigError", "agro_mcp.engine.UserError", "retrieval.index.NoIndexError",
-     "retrieval.pgdb.DatabaseUnavailableError", "training.feedback.FeedbackError", "training.jobs.JobBusyError",
-     "training.promote.PromotionError", "training.trainer.TrainingError", "training.evaluate.EvalError",
-     "training.admin.AdminError", "training.golden.GoldenError", "training.store.StoreVersionError"],
+     "retrieval.pgdb.DatabaseUnavailableError", "training.events.feedback.FeedbackError",
+     "training.releases.jobs.JobBusyError", "training.releases.promote.PromotionError",
+     "training.learning.trainer.TrainingError", "training.evaluation.datasets.EvalError",
+     "training.releases.admin.AdminError", "training.evaluation.golden.GoldenError",
+     "training.events.records.StoreVersionError"],
 )
 def test_errors_a_caller_can_fix_are_user_errors_and_keep_their_old_bases(path):
     module, name = path.rsplit(".", 1)
