@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from retrieval.errors import AgroUserError
 from retrieval.types import Hit
 
 __all__ = [
@@ -52,7 +53,7 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 PAGE = 500  # rows per read when a store scans a table (tests lower it)
 
 
-class StoreError(RuntimeError):
+class StoreError(AgroUserError, RuntimeError):
     """The store cannot do what was asked; the message says why and what to do."""
 
 
