@@ -32,7 +32,11 @@ class ServerSettings(BaseModel):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".agro", description="Data home (AGRO_HOME).")
     default_corpus: str | None = Field(None, description="Corpus used when a call names none.")
-    admin_enabled: bool = True
+    admin_enabled: Literal["unattended"] | bool = Field(
+        True,
+        description="reranker_admin state changes: 1 on (irreversible ones ask the user), 0 off, 'unattended' "
+                    "never asks (scheduled jobs).",
+    )
     admin_wait_timeout_sec: float = Field(
         600.0, gt=0,
         description="Longest a reranker_admin call with wait=true (or action 'wait') stays open for its job.",

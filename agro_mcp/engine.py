@@ -7,6 +7,7 @@ It composes the library packages: index generations from ``retrieval``, the cros
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from retrieval.index import (
     stale_files,
     validate_corpus_id,
 )
+from retrieval.redact import clip, register_secret
+from retrieval.search import glob_to_regex
 from retrieval.search import search as retrieval_search
 from retrieval.types import Hit
 
@@ -51,6 +54,8 @@ class Engine:
     def __init__(self, settings: Settings, embedder=None) -> None:
         """``embedder`` may be passed in (already loaded) to share one model between engines."""
         self.settings = settings
+        register_secret(settings.server.llm_api_key)  # masked in every log line and message from here on
+        register_secret(settings.server.database_url)
         _single_threaded_blas()
         self.home = settings.server.home
         self.home.mkdir(parents=True, exist_ok=True)
@@ -314,6 +319,11 @@ class Engine:
                 f"The index of corpus {corpus!r} was built with embedding model {gen.embed_model!r}, but the "
                 f"server uses {embedder.model_id!r}. Rebuild it: agro index {gen.root} --corpus {corpus} --full"
             )
+        if path_glob:
+            try:
+                glob_to_regex(path_glob)
+            except re.error as exc:
+                raise UserError(f"path_glob {clip(path_glob)} is not a valid glob ({exc}); e.g. 'src/**/*.py'") from None
         rs = self.settings.reranker
         want_rerank = rs.enabled if rerank is None else bool(rerank)
         n_candidates = max(k, rs.topn if rs.topn > 0 else gen.n_chunks) if want_rerank else k
@@ -397,7 +407,7 @@ class Engine:
             return None
 
     # -- admin ----------------------------------------------------------------------------------------------
-    def admin(self, action: str, run_id: str | None = None, dataset: str | None = None) -> dict:
+    def admin(self, action: str, run_id: str | None = None, dataset: str | None = None, force: bool = False) -> dict:
         """``reranker_admin`` actions. Training actions live in ``training.jobs`` and are dispatched there."""
         if action == "info":
             info = dict(self.reranker.info())
@@ -411,7 +421,7 @@ class Engine:
             run_admin_action,  # training is optional for search-only use
         )
 
-        return run_admin_action(self, action, run_id=run_id, dataset=dataset)
+        return run_admin_action(self, action, run_id=run_id, dataset=dataset, force=force)
 
     def _latest_eval(self) -> dict | None:
         try:
@@ -422,8 +432,12 @@ class Engine:
 
     # -- indexing -----------------------------------------------------------------------------------------
     def index(self, path: str | Path, corpus: str | None = None, full: bool = False, progress=None):
-        root = Path(path).expanduser()
-        corpus = corpus or root.resolve().name
+        try:
+            root = Path(path).expanduser()
+            resolved = root.resolve()
+        except (ValueError, RuntimeError, OSError) as exc:  # NUL byte, ~unknownuser, a name too long
+            raise UserError(f"Cannot index {clip(str(path))}: {exc}. Pass an existing folder, e.g. ~/src/myrepo") from None
+        corpus = corpus or resolved.name
         try:
             validate_corpus_id(corpus)
         except ValueError as exc:
@@ -435,6 +449,8 @@ class Engine:
             )
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:  # e.g. ENAMETOOLONG, EACCES on the root itself
+            raise UserError(f"Cannot index {clip(str(path))}: {exc.strerror or exc}") from None
         self._stale.pop(corpus, None)
         return summary
 

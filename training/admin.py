@@ -74,7 +74,9 @@ def _latest_trained(models_dir: Path) -> str:
     raise AdminError("No succeeded training run to promote; start one with action 'train' (or `agro train`)")
 
 
-def run_admin_action(engine: Any, action: str, *, run_id: str | None = None, dataset: str | None = None) -> dict:
+def run_admin_action(
+    engine: Any, action: str, *, run_id: str | None = None, dataset: str | None = None, force: bool = False
+) -> dict:
     """Run one admin action against ``engine`` and return a JSON-ready dict.
 
     Raises:
@@ -200,7 +202,7 @@ def run_admin_action(engine: Any, action: str, *, run_id: str | None = None, dat
             raise AdminError(f"run {rid} is {run.get('state')!r}; only a succeeded run can be promoted")
 
         def do_promote(ctx):
-            out = loop.promote_step(engine, ctx, rid, reload=True)
+            out = loop.promote_step(engine, ctx, rid, force=force, reload=True)
             return {k: v for k, v in out.items() if k != "figures"}
 
         return started("promote", do_promote)

@@ -427,7 +427,7 @@ async def test_unreachable_endpoint_falls_back_to_context_with_the_reason(engine
         ({"question": "   "}, "query is empty"),
         ({"question": ""}, "question"),
         ({"question": QUESTION, "corpus": "nope"}, "Known corpora: demo"),
-        ({"question": QUESTION, "k": 0}, "greater than or equal to 1"),
+        ({"question": QUESTION, "k": 0}, "k must be between 1 and 50; got 0"),
     ],
 )
 async def test_bad_input_is_a_tool_error_that_says_how_to_fix_it(engine, args, message):
