@@ -9,6 +9,7 @@ message repeats more than ~200 characters of what the caller sent (:func:`retrie
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from mcp.server import MCPServer
@@ -31,6 +32,14 @@ class GuardedMCPServer(MCPServer):
     def add_tool(self, fn, name=None, *args: Any, **kwargs: Any) -> None:
         super().add_tool(fn, name, *args, **kwargs)
         _forbid_extra_arguments(self._tool_manager.get_tool(name or fn.__name__))
+
+    async def run_stdio_async(self) -> None:
+        """Serve over stdio with a reader that answers every request line (see :mod:`agro_mcp.stdio`)."""
+        from agro_mcp.stdio import stdio_transport
+
+        async with stdio_transport() as (read_stream, write_stream):
+            lowlevel = self._lowlevel_server
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context=None):
         try:
@@ -83,10 +92,19 @@ def _bounded(message: str, arguments: dict[str, Any], name: str) -> str:
         for form in (repr(value), repr(value)[1:-1], value):
             if form in message:
                 message = message.replace(form, clip(value))
+    # Whatever else came from the input (a corpus id derived from a long path, a resolved path): no long runs.
+    message = _LONG_RUN.sub(lambda m: _cut(m.group(0)), message)
     message = redact(message)
     if len(message) > MAX_ERROR_CHARS:
         message = message[:MAX_ERROR_CHARS] + "… (message cut)"
     return message
+
+
+_LONG_RUN = re.compile(r"\S{%d,}" % (CLIP_CHARS + 100))
+
+
+def _cut(run: str) -> str:
+    return f"{run[:CLIP_CHARS]}… ({len(run) - CLIP_CHARS} more characters)"
 
 
 def _bounds(tool: Any, field: str) -> tuple[Any, Any]:
