@@ -10,6 +10,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -405,6 +406,13 @@ class Engine:
             return self.generation(corpus).root
         except (UserError, ValueError):
             return None
+
+    def indexed_files(self, corpus: str) -> Collection[str]:
+        """Relative paths of the files in the corpus's current index (empty when it has none)."""
+        try:
+            return self.generation(corpus).files.keys()
+        except (UserError, ValueError):
+            return ()
 
     # -- admin ----------------------------------------------------------------------------------------------
     def admin(self, action: str, run_id: str | None = None, dataset: str | None = None, force: bool = False) -> dict:

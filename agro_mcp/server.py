@@ -210,7 +210,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         try:
             rec = submit(
                 eng.store, event_id, signal, doc_id=doc_id, rating=rating, path=path, start_line=start_line,
-                end_line=end_line, note=note, corpus_root=eng.corpus_root,
+                end_line=end_line, note=note, corpus_root=eng.corpus_root, indexed_files=eng.indexed_files,
             )
         except (FeedbackError, DatabaseError) as exc:
             raise ToolError(str(exc)) from None

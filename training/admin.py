@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from retrieval.redact import clip
 from training.jobs import TRAINING_LOCK, JobBusyError, start_job
 from training.promote import PromotionError, current_release, list_releases, rollback
 from training.trainer import TrainingError, load_run, run_dir
 
-__all__ = ["ACTIONS", "JOB_ACTIONS", "AdminError", "list_runs", "run_admin_action", "wait_for_job"]
+__all__ = ["ACTIONS", "JOB_ACTIONS", "AdminError", "list_runs", "resolve_dataset", "run_admin_action", "wait_for_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,67 @@ def list_runs(models_dir: Path, limit: int = 50) -> list[dict[str, Any]]:
                 pass
         out.append(row)
     return out
+
+
+DATASETS_DIR = "datasets"
+
+
+def _dataset_refusal(home: Path, dataset: str) -> AdminError:
+    return AdminError(
+        f"dataset expects 'golden' (the corpus's own golden.json; 'golden:<corpus>' for another corpus), 'heldout', "
+        f"or the name of a file or folder in {home / DATASETS_DIR}, but got {clip(dataset)}. Paths elsewhere are not "
+        "read from a tool call: copy the file there, or run it from a terminal: agro evaluate <path>"
+    )
+
+
+def resolve_dataset(engine: Any, dataset: str) -> Path:
+    """The file or folder a tool call's ``dataset`` names: the corpus's own golden.json or one in AGRO_HOME/datasets.
+
+    Raises:
+        AdminError: any other path, an unknown name, or a corpus without a golden.json.
+    """
+    home = Path(engine.home)
+    if dataset == "golden" or dataset.startswith("golden:"):
+        corpus = engine.resolve_corpus(dataset.partition(":")[2] or None)
+        root = engine.corpus_root(corpus)
+        path = Path(root) / "golden.json" if root is not None else None
+        if path is None or not path.is_file():
+            raise AdminError(f"corpus {corpus!r} has no golden.json at its root ({root}); add questions with "
+                             f"`agro golden add`, or put a dataset in {home / DATASETS_DIR}")
+        return path
+    folder = (home / DATASETS_DIR).resolve()
+    if not dataset or dataset.startswith(".") or any(sep in dataset for sep in ("/", "\\", "\x00")):
+        raise _dataset_refusal(home, dataset)
+    path = folder / dataset
+    try:
+        exists = path.exists() and path.resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        exists = False
+    if not exists:
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise AdminError(f"no dataset {clip(dataset)} in {folder} (there: {', '.join(names[:20]) or 'none'}); "
+                         "'golden' uses the corpus's own golden.json")
+    return path
+
+
+def _dataset_generations(engine: Any, path: Path) -> dict[str, Any] | None:
+    """For a golden file: the current generation of every corpus it asks about (none is ever indexed or re-rooted
+    from the dataset's folder); AdminError when it names a corpus that is not indexed."""
+    from training.golden import GoldenError, load_golden
+
+    golden = path / "golden.json" if path.is_dir() and not (path / "queries.jsonl").exists() else path
+    if not golden.is_file():
+        return None  # a bench collection in AGRO_HOME/datasets: its corpora are built from there
+    try:
+        repos = sorted({it.repo for it in load_golden(golden)})
+    except (GoldenError, OSError) as exc:
+        raise AdminError(str(exc)) from None
+    known = set(engine.corpora())
+    missing = [r for r in repos if r not in known]
+    if missing:
+        raise AdminError(f"the dataset asks about corpora that are not indexed: {', '.join(missing)}. Index them "
+                         "first: agro index /path/to/repo --corpus <id>")
+    return {r: engine.generation(r) for r in repos}
 
 
 def _job_dict(j: Any) -> dict[str, Any]:
@@ -144,8 +206,11 @@ def run_admin_action(
             raise AdminError(str(exc)) from None
         return {"run_id": rid, "state": "started", "note": f"poll with reranker_admin status run_id={rid}"}
 
-    if action == "mine":
+    if action in ("mine", "train"):
         sources, golden, corpus = loop.parse_sources(dataset)
+        if golden is not None:  # feedback + golden: the golden file must be the corpus's own or in AGRO_HOME
+            golden = resolve_dataset(engine, dataset)
+    if action == "mine":
 
         def do_mine(ctx):
             from training.trainer import write_split
@@ -157,7 +222,6 @@ def run_admin_action(
 
         return started("mine", do_mine, lock=None)
     if action == "train":
-        sources, golden, corpus = loop.parse_sources(dataset)
 
         def do_train(ctx):
             out = loop.run_loop(engine, ctx, sources, golden_path=golden, corpus=corpus, promote=False)
@@ -174,19 +238,19 @@ def run_admin_action(
             return started("evaluate", do_eval_run, lock=None)
         if dataset == "heldout":
             return run_admin_action(engine, "evaluate", run_id=_latest_trained(models_dir))
-        if dataset == "golden":
-            dataset = "golden.json"
         if not dataset:
-            raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset (golden.json or a bench folder)")
+            raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset ('golden' or a dataset name)")
+        dataset_path = resolve_dataset(engine, dataset)
+        generations = _dataset_generations(engine, dataset_path)
 
         def do_eval(ctx):
             from training.evaluate import run_evaluation, save_report
 
             fn, model = _current_rerank_fn(engine)
             configs = ("bm25", "dense", "fused") + (("fused+rerank",) if fn else ())
-            report = run_evaluation(dataset, home, engine.settings.index, engine.settings.retrieval,
+            report = run_evaluation(dataset_path, home, engine.settings.index, engine.settings.retrieval,
                                     configs=configs, rerank_fn=fn, model=model, embedder=engine.embedder(),
-                                    index_backend=engine.indexes,
+                                    index_backend=engine.indexes, generations=generations,
                                     progress=lambda i, n: ctx.progress(i / max(n, 1), f"{i}/{n}"))
             saved = save_report(report, store, home / "exports")
             return {"eval_id": saved.eval_id, "metrics": report.metrics}

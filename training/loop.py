@@ -89,8 +89,9 @@ def chunk_lookup(engine: Any):
 
 
 def parse_sources(dataset: str | None) -> tuple[list[str], Path | None, str | None]:
-    """``reranker_admin``'s ``dataset`` for mining: None/``feedback``, ``golden:<path>`` or a ``.json`` path
-    (feedback + golden), ``bootstrap[:<corpus>]``. Returns (sources, golden path, bootstrap corpus)."""
+    """``reranker_admin``'s ``dataset`` for mining: None/``feedback``, ``golden`` / ``golden:<corpus>`` or a dataset
+    name (feedback + golden; :func:`training.admin.resolve_dataset` finds the file), ``bootstrap[:<corpus>]``.
+    Returns (sources, golden path as given, bootstrap corpus)."""
     if not dataset or dataset == "feedback":
         return ["feedback"], None, None
     if dataset.startswith("bootstrap"):
