@@ -41,6 +41,9 @@ class ServerSettings(BaseModel):
         600.0, gt=0,
         description="Longest a reranker_admin call with wait=true (or action 'wait') stays open for its job.",
     )
+    events_retention_days: float = Field(
+        90.0, ge=0, description="Query events without feedback older than this are compacted away (0 keeps all)."
+    )
     log_level: str = "INFO"
     llm_base_url: str | None = None
     llm_model: str | None = None

@@ -351,7 +351,15 @@ def run_loop(
     promote: bool = True,
     reload: bool = False,
 ) -> dict[str, Any]:
-    """Mine, train, evaluate and (gate permitting) promote, once. Too few triplets ends with ``status`` 1."""
+    """Compact, mine, train, evaluate and (gate permitting) promote, once. Too few triplets ends with ``status`` 1.
+
+    Compaction applies the retention rules first (:func:`training.retention.compact`): old query events without
+    feedback and incomplete model folders go.
+    """
+    from training.retention import compact
+
+    compacted = compact(engine.store, Path(engine.home), engine.settings.server.events_retention_days)
+    ctx.log(f"compacted: {compacted['events']} old events without feedback, {len(compacted['folders'])} folders")
     split = mine(engine, ctx, sources, golden_path=golden_path, corpus=corpus)
     ts = engine.settings.training
     if len(split.train) < ts.min_triplets:

@@ -163,6 +163,12 @@ _MIGRATIONS: list[tuple[str, ...]] = [
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
+# A logged query is training data, not an archive: beyond this the reranker (512 tokens with the passage) never
+# reads it, and a pasted 20,000-character issue is not kept forever.
+MAX_LOGGED_QUERY_CHARS = 4000
+# Events deleted per transaction when compacting, so writers never wait long.
+COMPACT_BATCH = 5000
+
 
 # --------------------------------------------------------------------------------------------------- records
 @dataclass(frozen=True, slots=True)
@@ -301,12 +307,12 @@ def query_event_from_hits(
     source: str = "search",
 ) -> tuple[QueryEvent, list[ChunkText]]:
     """A new query event (fresh id, now) with its ranked results, and the texts of its hits: what every store's
-    ``log_query`` writes."""
+    ``log_query`` writes. The query is kept to its first :data:`MAX_LOGGED_QUERY_CHARS` characters."""
     event = QueryEvent(
         event_id=uuid.uuid4().hex,
         ts=time.time(),
         corpus=corpus,
-        query=query,
+        query=query[:MAX_LOGGED_QUERY_CHARS],
         k=k,
         reranker_model=reranker_model,
         reranking_used=reranking_used,
@@ -783,6 +789,40 @@ class EventStore:
             last = rows[-1]["rid"]
             for row in rows:
                 yield self._feedback_from_row(row)
+
+    def compact_events(self, older_than: float, vacuum: bool = False) -> dict[str, int]:
+        """Delete query events logged before ``older_than`` (a timestamp) that have no feedback, with their results
+        and the chunk texts no remaining event refers to. Events with feedback are training data: always kept.
+
+        Args:
+            vacuum: also return the freed pages to the file system (``VACUUM``; rewrites the file, so for
+                ``agro db compact`` rather than a running server).
+
+        Returns:
+            How many events and chunk texts were removed.
+        """
+        events = 0
+        while True:
+            with self._write() as conn:
+                ids = [(r[0],) for r in conn.execute(
+                    "SELECT event_id FROM query_events e WHERE ts < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM feedback f WHERE f.event_id = e.event_id) LIMIT ?", (older_than, COMPACT_BATCH))]
+                conn.executemany("DELETE FROM query_results WHERE event_id = ?", ids)
+                conn.executemany("DELETE FROM query_events WHERE event_id = ?", ids)
+            events += len(ids)
+            if len(ids) < COMPACT_BATCH:
+                break
+        with self._write() as conn:
+            texts = conn.execute(
+                "DELETE FROM chunk_texts WHERE hash NOT IN "
+                "(SELECT chunk_hash FROM query_results WHERE chunk_hash IS NOT NULL)"
+            ).rowcount
+        if vacuum:
+            conn = self._conn()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"events": events, "chunk_texts": texts}
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for `status` and tests)."""
