@@ -16,6 +16,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from tests.agro_mcp.stdio_helpers import RawPeer, index_with_cli, serve_env
+from tests.agro_mcp.test_server_safety import check_annotations
 from tests.conftest import write_repo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # each test starts `agro serve` (~20 s)
@@ -127,7 +128,7 @@ async def test_without_elicitation_what_cannot_be_undone_is_refused_with_the_cli
     assert rollback.is_error and "agro rollback" in _text(rollback)
     assert forced.is_error and "agro promote r1 --force" in _text(forced)
     assert gated.is_error and "confirm" not in _text(gated)  # gated promotion never asks; r1 simply does not exist
-    _check_annotations(tools)
+    check_annotations(tools)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])  # input_required rounds (2026-07-28) and mid-call requests
@@ -164,30 +165,6 @@ async def test_unattended_admin_skips_the_question(home):
     async with _client(home_dir, env={"AGRO_ADMIN_ENABLED": "unattended"}) as client:
         rollback = await client.call_tool("reranker_admin", {"action": "rollback"})
     assert rollback.is_error and "agro rollback" not in _text(rollback)  # it ran: there is nothing to roll back
-
-
-def _check_annotations(tools: dict) -> None:
-    """Titles and all four hints on every tool, extra arguments refused, every string bounded, typed admin output."""
-    for tool in tools.values():
-        ann = tool.annotations
-        assert tool.title and None not in (ann.read_only_hint, ann.destructive_hint, ann.idempotent_hint,
-                                           ann.open_world_hint)
-        assert tool.input_schema["additionalProperties"] is False
-        for prop in tool.input_schema["properties"].values():
-            string_arms = [a for a in prop.get("anyOf", [prop]) if a.get("type") == "string"]
-            assert all("maxLength" in a or "enum" in a for a in string_arms), (tool.name, prop)
-    assert tools["rag_search"].annotations.read_only_hint and not tools["rag_search"].annotations.destructive_hint
-    assert tools["reranker_admin"].annotations.destructive_hint and tools["rag_index"].annotations.destructive_hint
-    actions = set()
-    for arm in _arms(tools["reranker_admin"].output_schema):
-        action = arm["properties"]["action"]
-        actions |= {action["const"]} if "const" in action else set(action.get("enum", ()))
-    assert {"info", "status", "rollback", "runs", "logs", "train", "wait"} <= actions
-
-
-def _arms(schema: dict) -> list[dict]:
-    defs = schema.get("$defs", {})
-    return [defs[arm["$ref"].rsplit("/", 1)[1]] if "$ref" in arm else arm for arm in schema["oneOf"]]
 
 
 # -- secrets never in output (finding 4), over the real process -----------------------------------------------------

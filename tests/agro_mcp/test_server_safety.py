@@ -94,3 +94,38 @@ async def test_correct_location_accepts_only_indexed_files_and_says_the_same_whe
     assert "not an indexed file" in _text(existing) and "lines" not in _text(existing)
     assert not ok.is_error, _text(ok)
     assert [f.path for f in eng.store.feedback_for_event(ev)] == ["utils/retry.py"]
+
+
+async def test_tools_carry_titles_honest_annotations_bounded_strings_and_typed_admin_results(engine):
+    eng, _ = engine
+    async with Client(create_server(eng.settings, eng)) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        results = {a: await client.call_tool("reranker_admin", {"action": a}) for a in ("info", "status", "runs")}
+    check_annotations(tools)
+    for action, result in results.items():
+        assert not result.is_error and result.structured_content["action"] == action
+    assert results["runs"].structured_content["runs"] == [] and "jobs" in results["status"].structured_content
+
+
+def check_annotations(tools: dict) -> None:
+    """Titles and all four hints on every tool, extra arguments refused, every string bounded, typed admin output."""
+    for tool in tools.values():
+        ann = tool.annotations
+        assert tool.title and None not in (ann.read_only_hint, ann.destructive_hint, ann.idempotent_hint,
+                                           ann.open_world_hint)
+        assert tool.input_schema["additionalProperties"] is False
+        for prop in tool.input_schema["properties"].values():
+            string_arms = [a for a in prop.get("anyOf", [prop]) if a.get("type") == "string"]
+            assert all("maxLength" in a or "enum" in a for a in string_arms), (tool.name, prop)
+    assert tools["rag_search"].annotations.read_only_hint and not tools["rag_search"].annotations.destructive_hint
+    assert tools["reranker_admin"].annotations.destructive_hint and tools["rag_index"].annotations.destructive_hint
+    actions = set()
+    for arm in _arms(tools["reranker_admin"].output_schema):
+        action = arm["properties"]["action"]
+        actions |= {action["const"]} if "const" in action else set(action.get("enum", ()))
+    assert {"info", "status", "rollback", "runs", "logs", "train", "wait"} <= actions
+
+
+def _arms(schema: dict) -> list[dict]:
+    defs = schema.get("$defs", {})
+    return [defs[arm["$ref"].rsplit("/", 1)[1]] if "$ref" in arm else arm for arm in schema["oneOf"]]
