@@ -61,7 +61,7 @@ def admin_confirmation(action: str, force: bool, run_id: str | None, ctx: Contex
     if not eng.settings.server.admin_enabled or _unattended(ctx):
         return _GO  # disabled: the tool body refuses; unattended: no one to ask
     if action == "rollback":
-        from training.promote import current_release
+        from training.releases.promote import current_release
 
         cur = current_release(eng.home / "models")
         parent = (cur or {}).get("parent")

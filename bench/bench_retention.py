@@ -8,7 +8,7 @@ Usage (from the repository root, venv active)::
 Each search is written through the store API (``query_event_from_hits`` + ``insert_event``, what ``log_query``
 does, with its timestamp spread uniformly over ``--days``): a query of 30-200 characters, 10 ranked hits drawn
 from a pool of ``--chunks`` chunks of real code (this repository's Python files, 40-line windows), and feedback on
-``--feedback`` of the searches. Then ``training.retention.compact`` runs with ``--retention-days`` and ``VACUUM``
+``--feedback`` of the searches. Then ``training.releases.retention.compact`` runs with ``--retention-days`` and ``VACUUM``
 (what ``agro db compact`` does). Sizes are of ``agro.db`` + its WAL after a checkpoint. Figures go to stdout.
 """
 
@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from retrieval.types import Chunk, Hit  # noqa: E402
-from training.retention import DAY_SEC, compact  # noqa: E402
-from training.store import open_event_store, query_event_from_hits  # noqa: E402
+from training.releases.retention import DAY_SEC, compact  # noqa: E402
+from training.events.records import query_event_from_hits  # noqa: E402
+from training.events.store import open_event_store  # noqa: E402
 
 WORDS = ("where is the token validated retry backoff connection pool cache eviction parse config load index "
          "search rank feedback http server route handler error timeout write read lock file path user auth").split()
