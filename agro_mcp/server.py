@@ -290,7 +290,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
                 if not wait:
                     return admin_result(action, out)
                 rid = out["run_id"]
-            done = await wait_for_job(eng, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
+            done = await wait_for_job(eng.workspace, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
                                       on_progress=notify)
             return admin_result("wait" if action == "wait" else action, done)
         except (UserError, DatabaseError, AdminError, EvalError, JobBusyError, PromotionError, TrainingError) as exc:

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reranker.manager import RerankerManager
+from reranker.path import RankingPath
 from retrieval.redact import clip
 from training.learning.trainer import TrainingError, load_run, run_dir
 from training.releases.jobs import TRAINING_LOCK, JobBusyError, start_job
 from training.releases.promote import PromotionError, current_release, list_releases, rollback
+from training.workspace import Workspace
 
 __all__ = ["ACTIONS", "JOB_ACTIONS", "AdminError", "list_runs", "resolve_dataset", "run_admin_action", "wait_for_job"]
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("status", "mine", "train", "evaluate", "promote", "rollback", "runs", "eval_latest", "logs", "cancel")
 # Actions that start a background job (their result carries its run_id), so a caller may wait for it.
 JOB_ACTIONS = ("mine", "train", "evaluate", "promote")
 # How often wait_for_job reads the job's record, and how many reads between checks for a dead job process.
@@ -63,6 +66,45 @@ def list_runs(models_dir: Path, limit: int = 50) -> list[dict[str, Any]]:
     return out
 
 
+def _job_dict(j: Any) -> dict[str, Any]:
+    return {"run_id": j.run_id, "kind": j.kind, "state": j.state, "progress": round(j.progress, 3),
+            "message": j.message, "error": j.error, "result": j.result, "pid": j.pid}
+
+
+def _latest_trained(models_dir: Path) -> str:
+    for r in list_runs(models_dir):
+        if r.get("state") == "succeeded":
+            return r["run_id"]
+    raise AdminError("No succeeded training run to promote; start one with action 'train' (or `agro train`)")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One admin call: the workspace it acts on and its arguments (``run_id`` already checked to be well-formed)."""
+
+    ws: Workspace
+    run_id: str | None
+    dataset: str | None
+    force: bool = False
+
+    @property
+    def home(self) -> Path:
+        return Path(self.ws.home)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def started(self, kind: str, fn: Callable[[Any], Any], lock: str | None = TRAINING_LOCK) -> dict:
+        """Start ``fn(ctx)`` as a background job; ``{"run_id", "state": "started", "note"}``."""
+        try:
+            rid = start_job(self.ws.store, self.home, kind, fn, params={"run_id": self.run_id, "dataset": self.dataset},
+                            lock_name=lock)
+        except JobBusyError as exc:
+            raise AdminError(str(exc)) from None
+        return {"run_id": rid, "state": "started", "note": f"poll with reranker_admin status run_id={rid}"}
+
+
 DATASETS_DIR = "datasets"
 
 
@@ -74,18 +116,30 @@ def _dataset_refusal(home: Path, dataset: str) -> AdminError:
     )
 
 
-def resolve_dataset(engine: Any, dataset: str) -> Path:
+def _only_corpus(ws: Workspace, corpus: str | None) -> str:
+    known = ws.corpora()
+    if corpus:
+        if corpus not in known:
+            raise AdminError(f"Unknown corpus {clip(corpus)}. Known corpora: {', '.join(known) or 'none yet'}")
+        return corpus
+    if len(known) != 1:
+        raise AdminError(f"dataset 'golden' needs the corpus when several (or none) are indexed: 'golden:<corpus>' "
+                         f"with one of {', '.join(known) or 'none yet'}")
+    return known[0]
+
+
+def resolve_dataset(ws: Workspace, dataset: str) -> Path:
     """The file or folder a tool call's ``dataset`` names: the corpus's own golden.json or one in AGRO_HOME/datasets.
 
     Raises:
         AdminError: any other path, an unknown name, or a corpus without a golden.json.
     """
-    home = Path(engine.home)
+    home = Path(ws.home)
     if dataset == "golden" or dataset.startswith("golden:"):
-        corpus = engine.resolve_corpus(dataset.partition(":")[2] or None)
-        root = engine.corpus_root(corpus)
-        path = Path(root) / "golden.json" if root is not None else None
-        if path is None or not path.is_file():
+        corpus = _only_corpus(ws, dataset.partition(":")[2] or None)
+        root = Path(ws.generation(corpus).root)
+        path = root / "golden.json"
+        if not path.is_file():
             raise AdminError(f"corpus {corpus!r} has no golden.json at its root ({root}); add questions with "
                              f"`agro golden add`, or put a dataset in {home / DATASETS_DIR}")
         return path
@@ -104,7 +158,7 @@ def resolve_dataset(engine: Any, dataset: str) -> Path:
     return path
 
 
-def _dataset_generations(engine: Any, path: Path) -> dict[str, Any] | None:
+def _dataset_generations(ws: Workspace, path: Path) -> dict[str, Any] | None:
     """For a golden file: the current generation of every corpus it asks about (none is ever indexed or re-rooted
     from the dataset's folder); AdminError when it names a corpus that is not indexed."""
     from training.evaluation.golden import GoldenError, load_golden
@@ -116,168 +170,199 @@ def _dataset_generations(engine: Any, path: Path) -> dict[str, Any] | None:
         repos = sorted({it.repo for it in load_golden(golden)})
     except (GoldenError, OSError) as exc:
         raise AdminError(str(exc)) from None
-    known = set(engine.corpora())
+    known = set(ws.corpora())
     missing = [r for r in repos if r not in known]
     if missing:
         raise AdminError(f"the dataset asks about corpora that are not indexed: {', '.join(missing)}. Index them "
                          "first: agro index /path/to/repo --corpus <id>")
-    return {r: engine.generation(r) for r in repos}
+    return {r: ws.generation(r) for r in repos}
 
 
-def _job_dict(j: Any) -> dict[str, Any]:
-    return {"run_id": j.run_id, "kind": j.kind, "state": j.state, "progress": round(j.progress, 3),
-            "message": j.message, "error": j.error, "result": j.result, "pid": j.pid}
+def _sources(r: _Request) -> tuple[list[str], Path | None, str | None]:
+    """Mining sources of ``r.dataset``; a golden file must be the corpus's own or one in AGRO_HOME/datasets."""
+    from training import loop
+
+    sources, golden, corpus = loop.parse_sources(r.dataset)
+    if golden is not None:
+        golden = resolve_dataset(r.ws, r.dataset or "")
+    return sources, golden, corpus
 
 
-def _latest_trained(models_dir: Path) -> str:
-    for r in list_runs(models_dir):
-        if r.get("state") == "succeeded":
-            return r["run_id"]
-    raise AdminError("No succeeded training run to promote; start one with action 'train' (or `agro train`)")
+def _status(r: _Request) -> dict:
+    from training.releases.jobs import job_lock
+
+    store = r.ws.store
+    store.reap_dead_jobs()
+    lock = job_lock(store, r.home, TRAINING_LOCK, "")
+    if r.run_id:
+        job = store.get_job(r.run_id)
+        if job is None:
+            raise AdminError(f"Unknown run_id {r.run_id!r}; list jobs with action 'status'")
+        return {"job": _job_dict(job)}
+    cur = current_release(r.models_dir)
+    return {
+        "jobs": [_job_dict(j) for j in store.list_jobs(limit=20)],
+        "training_lock": lock.holder() if lock.held_by_someone() else None,
+        "current_release": cur.get("id") if cur else None,
+    }
+
+
+def _runs(r: _Request) -> dict:
+    return {"runs": list_runs(r.models_dir), "releases": list_releases(r.models_dir)}
+
+
+def _eval_latest(r: _Request) -> dict:
+    latest = r.ws.store.latest_evaluation()
+    if latest is None:
+        raise AdminError("No evaluation yet: run action 'evaluate' (or `agro evaluate golden.json`)")
+    return latest
+
+
+def _logs(r: _Request) -> dict:
+    if not r.run_id:
+        raise AdminError("action 'logs' needs run_id (from 'status' or 'runs')")
+    return {"run_id": r.run_id, "lines": r.ws.store.job_logs(r.run_id)}
+
+
+def _cancel(r: _Request) -> dict:
+    if not r.run_id:
+        raise AdminError("action 'cancel' needs run_id (from 'status')")
+    job = r.ws.store.request_cancel(r.run_id)
+    if job is None:
+        raise AdminError(f"Unknown run_id {r.run_id!r}; list jobs with action 'status'")
+    return {"job": _job_dict(job), "note": "cancellation requested; the job stops at its next check"}
+
+
+def _rollback(r: _Request) -> dict:
+    try:
+        out = rollback(r.home, r.ws.store, registry=r.ws.releases)
+    except PromotionError as exc:
+        raise AdminError(str(exc)) from None
+    if r.ws.reload is not None:
+        r.ws.reload()
+    return out
+
+
+def _mine(r: _Request) -> dict:
+    from training import loop
+
+    sources, golden, corpus = _sources(r)
+
+    def do_mine(ctx):
+        from training.learning.trainer import write_split
+
+        split = loop.mine(r.ws, ctx, sources, golden_path=golden, corpus=corpus)
+        write_split(run_dir(r.models_dir, ctx.run_id), split)
+        loop.export_triplets(r.ws, split)
+        return {"train": len(split.train), "heldout": len(split.heldout), "sources": split.info.get("sources")}
+
+    return r.started("mine", do_mine, lock=None)
+
+
+def _train(r: _Request) -> dict:
+    from training import loop
+
+    sources, golden, corpus = _sources(r)
+
+    def do_train(ctx):
+        out = loop.run_loop(r.ws, ctx, sources, golden_path=golden, corpus=corpus, promote=False)
+        out.pop("table", None)
+        return out
+
+    return r.started("train", do_train)
+
+
+def _evaluate(r: _Request) -> dict:
+    from training import loop
+
+    run_id, dataset = r.run_id, r.dataset
+    if run_id:
+        def do_eval_run(ctx):
+            ev = loop.evaluate_run(r.ws, ctx, run_id)
+            return {"run_id": run_id, "decision": ev["decision"], "eval_id": ev.get("eval_id")}
+
+        return r.started("evaluate", do_eval_run, lock=None)
+    if dataset == "heldout":
+        return _evaluate(_Request(r.ws, _latest_trained(r.models_dir), None))
+    if not dataset:
+        raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset ('golden' or a dataset name)")
+    dataset_path = resolve_dataset(r.ws, dataset)
+    generations = _dataset_generations(r.ws, dataset_path)
+
+    def do_eval(ctx):
+        from training.evaluation.report import save_report
+        from training.evaluation.run import run_evaluation
+
+        ws = r.ws
+        path, model = _current_rerank_path(ws)
+        configs = ("bm25", "dense", "fused") + (("fused+rerank",) if path else ())
+        report = run_evaluation(dataset_path, r.home, ws.settings.index, ws.settings.retrieval,
+                                configs=configs, rerank_path=path, model=model, embedder=ws.embedder(),
+                                index_backend=ws.indexes, generations=generations,
+                                progress=lambda i, n: ctx.progress(i / max(n, 1), f"{i}/{n}"))
+        saved = save_report(report, ws.store, r.home / "exports")
+        return {"eval_id": saved.eval_id, "metrics": report.metrics}
+
+    return r.started("evaluate", do_eval, lock=None)
+
+
+def _promote(r: _Request) -> dict:
+    from training import loop
+
+    rid = r.run_id or _latest_trained(r.models_dir)
+    try:
+        run = load_run(r.models_dir, rid)
+    except TrainingError as exc:
+        raise AdminError(str(exc)) from None
+    if run.get("state") != "succeeded":
+        raise AdminError(f"run {rid} is {run.get('state')!r}; only a succeeded run can be promoted")
+
+    def do_promote(ctx):
+        out = loop.promote_step(r.ws, ctx, rid, force=r.force, reload=True)
+        return {k: v for k, v in out.items() if k != "figures"}
+
+    return r.started("promote", do_promote)
+
+
+# action -> handler; the order is the one error messages list them in.
+_HANDLERS: dict[str, Callable[[_Request], dict]] = {
+    "status": _status,
+    "mine": _mine,
+    "train": _train,
+    "evaluate": _evaluate,
+    "promote": _promote,
+    "rollback": _rollback,
+    "runs": _runs,
+    "eval_latest": _eval_latest,
+    "logs": _logs,
+    "cancel": _cancel,
+}
+ACTIONS = tuple(_HANDLERS)
 
 
 def run_admin_action(
-    engine: Any, action: str, *, run_id: str | None = None, dataset: str | None = None, force: bool = False
+    ws: Workspace, action: str, *, run_id: str | None = None, dataset: str | None = None, force: bool = False
 ) -> dict:
-    """Run one admin action against ``engine`` and return a JSON-ready dict.
+    """Run one admin action on ``ws`` and return a JSON-ready dict.
 
     Raises:
         AdminError: unknown action, missing run_id, a busy lock, or a failed rollback (message says what to do).
     """
-    from training import loop
-
-    home = Path(engine.home)
-    models_dir = home / "models"
-    store = engine.store
-    if action not in ACTIONS:
+    handler = _HANDLERS.get(action)
+    if handler is None:
         raise AdminError(f"action expects one of info, reload, {', '.join(ACTIONS)}, but got {action!r}")
     if run_id is not None:
         try:
-            run_dir(models_dir, run_id)
+            run_dir(Path(ws.home) / "models", run_id)
         except TrainingError as exc:
             raise AdminError(str(exc)) from None
-
-    if action == "status":
-        store.reap_dead_jobs()
-        from training.releases.jobs import job_lock
-
-        lock = job_lock(store, home, TRAINING_LOCK, "")
-        if run_id:
-            job = store.get_job(run_id)
-            if job is None:
-                raise AdminError(f"Unknown run_id {run_id!r}; list jobs with action 'status'")
-            return {"job": _job_dict(job)}
-        cur = current_release(models_dir)
-        return {
-            "jobs": [_job_dict(j) for j in store.list_jobs(limit=20)],
-            "training_lock": lock.holder() if lock.held_by_someone() else None,
-            "current_release": cur.get("id") if cur else None,
-        }
-    if action == "runs":
-        return {"runs": list_runs(models_dir), "releases": list_releases(models_dir)}
-    if action == "eval_latest":
-        latest = store.latest_evaluation()
-        if latest is None:
-            raise AdminError("No evaluation yet: run action 'evaluate' (or `agro evaluate golden.json`)")
-        return latest
-    if action == "logs":
-        if not run_id:
-            raise AdminError("action 'logs' needs run_id (from 'status' or 'runs')")
-        return {"run_id": run_id, "lines": store.job_logs(run_id)}
-    if action == "cancel":
-        if not run_id:
-            raise AdminError("action 'cancel' needs run_id (from 'status')")
-        job = store.request_cancel(run_id)
-        if job is None:
-            raise AdminError(f"Unknown run_id {run_id!r}; list jobs with action 'status'")
-        return {"job": _job_dict(job), "note": "cancellation requested; the job stops at its next check"}
-    if action == "rollback":
-        try:
-            out = rollback(home, store, registry=engine.releases)
-        except PromotionError as exc:
-            raise AdminError(str(exc)) from None
-        engine.reranker.reload()
-        return out
-
-    def started(kind: str, fn, lock: str | None = TRAINING_LOCK) -> dict:
-        try:
-            rid = start_job(store, home, kind, fn, params={"run_id": run_id, "dataset": dataset}, lock_name=lock)
-        except JobBusyError as exc:
-            raise AdminError(str(exc)) from None
-        return {"run_id": rid, "state": "started", "note": f"poll with reranker_admin status run_id={rid}"}
-
-    if action in ("mine", "train"):
-        sources, golden, corpus = loop.parse_sources(dataset)
-        if golden is not None:  # feedback + golden: the golden file must be the corpus's own or in AGRO_HOME
-            golden = resolve_dataset(engine, dataset)
-    if action == "mine":
-
-        def do_mine(ctx):
-            from training.learning.trainer import write_split
-
-            split = loop.mine(engine, ctx, sources, golden_path=golden, corpus=corpus)
-            write_split(run_dir(models_dir, ctx.run_id), split)
-            loop.export_triplets(engine, split)
-            return {"train": len(split.train), "heldout": len(split.heldout), "sources": split.info.get("sources")}
-
-        return started("mine", do_mine, lock=None)
-    if action == "train":
-
-        def do_train(ctx):
-            out = loop.run_loop(engine, ctx, sources, golden_path=golden, corpus=corpus, promote=False)
-            out.pop("table", None)
-            return out
-
-        return started("train", do_train)
-    if action == "evaluate":
-        if run_id:
-            def do_eval_run(ctx):
-                ev = loop.evaluate_run(engine, ctx, run_id)
-                return {"run_id": run_id, "decision": ev["decision"], "eval_id": ev.get("eval_id")}
-
-            return started("evaluate", do_eval_run, lock=None)
-        if dataset == "heldout":
-            return run_admin_action(engine, "evaluate", run_id=_latest_trained(models_dir))
-        if not dataset:
-            raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset ('golden' or a dataset name)")
-        dataset_path = resolve_dataset(engine, dataset)
-        generations = _dataset_generations(engine, dataset_path)
-
-        def do_eval(ctx):
-            from training.evaluation.report import save_report
-            from training.evaluation.run import run_evaluation
-
-            fn, model = _current_rerank_fn(engine)
-            configs = ("bm25", "dense", "fused") + (("fused+rerank",) if fn else ())
-            report = run_evaluation(dataset_path, home, engine.settings.index, engine.settings.retrieval,
-                                    configs=configs, rerank_fn=fn, model=model, embedder=engine.embedder(),
-                                    index_backend=engine.indexes, generations=generations,
-                                    progress=lambda i, n: ctx.progress(i / max(n, 1), f"{i}/{n}"))
-            saved = save_report(report, store, home / "exports")
-            return {"eval_id": saved.eval_id, "metrics": report.metrics}
-
-        return started("evaluate", do_eval, lock=None)
-    if action == "promote":
-        rid = run_id or _latest_trained(models_dir)
-        try:
-            run = load_run(models_dir, rid)
-        except TrainingError as exc:
-            raise AdminError(str(exc)) from None
-        if run.get("state") != "succeeded":
-            raise AdminError(f"run {rid} is {run.get('state')!r}; only a succeeded run can be promoted")
-
-        def do_promote(ctx):
-            out = loop.promote_step(engine, ctx, rid, force=force, reload=True)
-            return {k: v for k, v in out.items() if k != "figures"}
-
-        return started("promote", do_promote)
-    raise AdminError(f"unhandled action {action!r}")  # pragma: no cover
+    return handler(_Request(ws, run_id, dataset, force))
 
 
 ProgressFn = Callable[[float, str | None], Awaitable[None]]
 
 
-async def wait_for_job(engine: Any, run_id: str | None, *, timeout: float, on_progress: ProgressFn | None = None,
+async def wait_for_job(ws: Workspace, run_id: str | None, *, timeout: float, on_progress: ProgressFn | None = None,
                        poll: float = WAIT_POLL_SEC) -> dict:
     """Wait until job ``run_id`` ends (succeeded, failed, cancelled) or ``timeout`` seconds pass; return its status.
 
@@ -298,10 +383,10 @@ async def wait_for_job(engine: Any, run_id: str | None, *, timeout: float, on_pr
 
     if not run_id:
         raise AdminError("action 'wait' needs run_id (returned by mine/train/evaluate/promote, or listed by 'status')")
-    store = engine.store
+    store = ws.store
 
     def status() -> dict:
-        return run_admin_action(engine, "status", run_id=run_id)
+        return run_admin_action(ws, "status", run_id=run_id)
 
     await anyio.to_thread.run_sync(status)  # validates run_id and says so when the job is unknown
     deadline = anyio.current_time() + timeout
@@ -329,10 +414,11 @@ async def wait_for_job(engine: Any, run_id: str | None, *, timeout: float, on_pr
     return out
 
 
-def _current_rerank_fn(engine: Any):
-    loaded = engine.reranker.get(wait=True) if engine.settings.reranker.enabled else None
+def _current_rerank_path(ws: Workspace) -> tuple[RankingPath | None, str | None]:
+    """The ranking path pinned to the model this process serves now (an evaluation must not switch models midway),
+    and its id; (None, None) when reranking is off or no model is loaded."""
+    stage = ws.path.reranker if ws.settings.reranker.enabled else None
+    loaded = stage.get(wait=True) if isinstance(stage, RerankerManager) else stage
     if loaded is None:
         return None, None
-    from training.evaluation.run import make_rerank_fn
-
-    return make_rerank_fn(loaded, engine.settings.reranker), loaded.model_id
+    return ws.path.with_reranker(loaded), loaded.model_id
