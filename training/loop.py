@@ -88,7 +88,7 @@ def chunk_lookup(ws: Workspace):
 
 def parse_sources(dataset: str | None) -> tuple[list[str], Path | None, str | None]:
     """``reranker_admin``'s ``dataset`` for mining: None/``feedback``, ``golden`` / ``golden:<corpus>`` or a dataset
-    name (feedback + golden; :func:`training.releases.admin.resolve_dataset` finds the file), ``bootstrap[:<corpus>]``.
+    name (feedback + golden; :func:`training.releases.datasets.resolve_dataset` finds the file), ``bootstrap[:<corpus>]``.
     Returns (sources, golden path as given, bootstrap corpus)."""
     if not dataset or dataset == "feedback":
         return ["feedback"], None, None

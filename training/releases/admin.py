@@ -16,13 +16,13 @@ from typing import Any
 
 from reranker.manager import RerankerManager
 from reranker.path import RankingPath
-from retrieval.redact import clip
 from training.learning.trainer import TrainingError, load_run, run_dir
 from training.releases.jobs import TRAINING_LOCK, JobBusyError, start_job
+from training.releases.datasets import DatasetError, dataset_generations, resolve_dataset
 from training.releases.promote import PromotionError, current_release, list_releases, rollback
 from training.workspace import Workspace
 
-__all__ = ["ACTIONS", "JOB_ACTIONS", "AdminError", "list_runs", "resolve_dataset", "run_admin_action", "wait_for_job"]
+__all__ = ["ACTIONS", "JOB_ACTIONS", "AdminError", "list_runs", "run_admin_action", "wait_for_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,77 +105,13 @@ class _Request:
         return {"run_id": rid, "state": "started", "note": f"poll with reranker_admin status run_id={rid}"}
 
 
-DATASETS_DIR = "datasets"
-
-
-def _dataset_refusal(home: Path, dataset: str) -> AdminError:
-    return AdminError(
-        f"dataset expects 'golden' (the corpus's own golden.json; 'golden:<corpus>' for another corpus), 'heldout', "
-        f"or the name of a file or folder in {home / DATASETS_DIR}, but got {clip(dataset)}. Paths elsewhere are not "
-        "read from a tool call: copy the file there, or run it from a terminal: agro evaluate <path>"
-    )
-
-
-def _only_corpus(ws: Workspace, corpus: str | None) -> str:
-    known = ws.corpora()
-    if corpus:
-        if corpus not in known:
-            raise AdminError(f"Unknown corpus {clip(corpus)}. Known corpora: {', '.join(known) or 'none yet'}")
-        return corpus
-    if len(known) != 1:
-        raise AdminError(f"dataset 'golden' needs the corpus when several (or none) are indexed: 'golden:<corpus>' "
-                         f"with one of {', '.join(known) or 'none yet'}")
-    return known[0]
-
-
-def resolve_dataset(ws: Workspace, dataset: str) -> Path:
-    """The file or folder a tool call's ``dataset`` names: the corpus's own golden.json or one in AGRO_HOME/datasets.
-
-    Raises:
-        AdminError: any other path, an unknown name, or a corpus without a golden.json.
-    """
-    home = Path(ws.home)
-    if dataset == "golden" or dataset.startswith("golden:"):
-        corpus = _only_corpus(ws, dataset.partition(":")[2] or None)
-        root = Path(ws.generation(corpus).root)
-        path = root / "golden.json"
-        if not path.is_file():
-            raise AdminError(f"corpus {corpus!r} has no golden.json at its root ({root}); add questions with "
-                             f"`agro golden add`, or put a dataset in {home / DATASETS_DIR}")
-        return path
-    folder = (home / DATASETS_DIR).resolve()
-    if not dataset or dataset.startswith(".") or any(sep in dataset for sep in ("/", "\\", "\x00")):
-        raise _dataset_refusal(home, dataset)
-    path = folder / dataset
+def _dataset(ws: Workspace, dataset: str) -> tuple[Path, dict[str, Any] | None]:
+    """The dataset's file or folder and, for a golden file, the generations of the corpora it asks about."""
     try:
-        exists = path.exists() and path.resolve().is_relative_to(folder)
-    except (OSError, ValueError):
-        exists = False
-    if not exists:
-        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        raise AdminError(f"no dataset {clip(dataset)} in {folder} (there: {', '.join(names[:20]) or 'none'}); "
-                         "'golden' uses the corpus's own golden.json")
-    return path
-
-
-def _dataset_generations(ws: Workspace, path: Path) -> dict[str, Any] | None:
-    """For a golden file: the current generation of every corpus it asks about (none is ever indexed or re-rooted
-    from the dataset's folder); AdminError when it names a corpus that is not indexed."""
-    from training.evaluation.golden import GoldenError, load_golden
-
-    golden = path / "golden.json" if path.is_dir() and not (path / "queries.jsonl").exists() else path
-    if not golden.is_file():
-        return None  # a bench collection in AGRO_HOME/datasets: its corpora are built from there
-    try:
-        repos = sorted({it.repo for it in load_golden(golden)})
-    except (GoldenError, OSError) as exc:
+        path = resolve_dataset(ws, dataset)
+        return path, dataset_generations(ws, path)
+    except DatasetError as exc:
         raise AdminError(str(exc)) from None
-    known = set(ws.corpora())
-    missing = [r for r in repos if r not in known]
-    if missing:
-        raise AdminError(f"the dataset asks about corpora that are not indexed: {', '.join(missing)}. Index them "
-                         "first: agro index /path/to/repo --corpus <id>")
-    return {r: ws.generation(r) for r in repos}
 
 
 def _sources(r: _Request) -> tuple[list[str], Path | None, str | None]:
@@ -184,7 +120,7 @@ def _sources(r: _Request) -> tuple[list[str], Path | None, str | None]:
 
     sources, golden, corpus = loop.parse_sources(r.dataset)
     if golden is not None:
-        golden = resolve_dataset(r.ws, r.dataset or "")
+        golden, _ = _dataset(r.ws, r.dataset or "")
     return sources, golden, corpus
 
 
@@ -286,8 +222,7 @@ def _evaluate(r: _Request) -> dict:
         return _evaluate(_Request(r.ws, _latest_trained(r.models_dir), None))
     if not dataset:
         raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset ('golden' or a dataset name)")
-    dataset_path = resolve_dataset(r.ws, dataset)
-    generations = _dataset_generations(r.ws, dataset_path)
+    dataset_path, generations = _dataset(r.ws, dataset)
 
     def do_eval(ctx):
         from training.evaluation.report import save_report
