@@ -282,6 +282,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
                 rid = out["run_id"]
             done = await wait_for_job(eng.workspace, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
                                       on_progress=notify)
+            return admin_result("wait" if action == "wait" else action, done)
         except AgroUserError as exc:
             raise _user_error(exc) from None
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import AgroUserError
 from retrieval.redact import clip
 from training.workspace import Workspace
 
 __all__ = ["DATASETS_DIR", "DatasetError", "dataset_generations", "resolve_dataset"]
 
 
-class DatasetError(ValueError):
+class DatasetError(AgroUserError, ValueError):
     """A dataset a tool call may not use; the message says which it may."""
 
 
