@@ -52,8 +52,7 @@ class ServerSettings(AgroSettings):
     )
     admin_enabled: Literal["unattended"] | bool = Field(
         True,
-        description="reranker_admin state changes: 1 on (irreversible ones ask the user), 0 off, 'unattended' "
-                    "never asks (scheduled jobs).",
+        description="reranker_admin state changes: 1 on (irreversible ones ask), 0 off, 'unattended' never asks.",
     )
     admin_wait_timeout_sec: float = Field(
         600.0, gt=0, description="Longest a reranker_admin wait=true call stays open; then it returns the job's status."
