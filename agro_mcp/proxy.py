@@ -47,6 +47,7 @@ class Proxy:
         self._in_flight: dict[object, str] = {}  # request id -> method, client requests awaiting a reply
         self._initialize: dict | None = None  # the client's initialize request, replayed after a reconnect
         self._initialized = False
+        self._modern = False  # the client's requests carry the per-request envelope (2026-07-28): no handshake
         self._replay_waiters: dict[str, threading.Event] = {}
         self._replays = 0
         self._readers: list[threading.Thread] = []
@@ -78,6 +79,8 @@ class Proxy:
                 request_id = msg["id"]
             if method == "initialize":
                 self._initialize = msg
+            elif request_id is not None:
+                self._modern = _has_modern_envelope(msg.get("params"))
             elif method == "notifications/initialized":
                 self._initialized = True
         for attempt in (1, 2):
@@ -91,6 +94,7 @@ class Proxy:
                 with self._lock:
                     self._in_flight[_key(request_id)] = method
             try:
+                logger.debug("to daemon: %s", line[:300])
                 conn.sendall(line)
                 return
             except OSError:
@@ -123,7 +127,7 @@ class Proxy:
         if not first:
             self.reconnects += 1
             logger.info("reconnected to the agro daemon (connection %d)", gen)
-            if replay and self._initialize is not None:
+            if replay and self._initialize is not None and not self._modern:
                 self._replay_handshake(conn)
         return conn
 
@@ -221,6 +225,11 @@ def _parse(line: bytes):
         return json.loads(line)
     except ValueError:
         return None  # forwarded as is: the daemon answers a malformed frame itself
+
+
+def _has_modern_envelope(params) -> bool:
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and any(k.endswith("/protocolVersion") for k in meta)
 
 
 def _key(request_id):

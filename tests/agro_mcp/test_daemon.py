@@ -257,21 +257,23 @@ async def test_cli_search_and_status_use_the_running_daemon(home):
 
 
 async def test_daemon_status_stop_and_idle_exit(home):
-    out = _agro(home, "daemon", "start", AGRO_DAEMON_IDLE_EXIT_SEC="3")
-    assert out.returncode == 0, out.stderr
+    out = _agro(home, "daemon", "status", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["running"] is False
+    assert _agro(home, "daemon", "start").returncode == 0
     st = json.loads(_agro(home, "daemon", "status", "--json").stdout)
     assert st["running"] and st["version"] and st["rss_mb"] > 0 and st["corpora"] == ["sample"]
     assert set(st["sessions"]) >= {"socket", "http"} and "embedder" in st["models"]
+    out = _agro(home, "daemon", "stop")
+    assert out.returncode == 0 and "stopped" in out.stderr
+    assert control(home, "status") is None and not _daemon_pids(home)
+    assert not socket_path(home).exists() and not (home / "daemon.json").exists()
+
+    assert _agro(home, "daemon", "start", AGRO_DAEMON_IDLE_EXIT_SEC="2").returncode == 0
     deadline = time.monotonic() + 60
     while control(home, "status") is not None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert control(home, "status") is None, "the idle daemon did not exit"
     assert not socket_path(home).exists() and not (home / "daemon.json").exists()
-    assert _agro(home, "daemon", "start").returncode == 0
-    assert control(home, "status") is not None
-    out = _agro(home, "daemon", "stop")
-    assert out.returncode == 0 and "stopped" in out.stderr
-    assert control(home, "status") is None and not _daemon_pids(home)
 
 
 async def test_inprocess_mode_keeps_a_self_contained_server(home):
