@@ -86,6 +86,7 @@ class Engine:
             self._embedder_thread = threading.Thread(target=self._load_embedder, name="agro-embedder", daemon=True)
             self._embedder_thread.start()
         if warm:
+            _responsive_gil()
             self.reranker.set_warm_source(self._chunk_texts)
         self.reranker.start()
 
@@ -463,6 +464,19 @@ class Engine:
             "skipped": m.get("skipped", {}),
             "embed_model": m["embed_model"],
         }
+
+
+def _responsive_gil(interval: float = 0.0005) -> None:
+    """A long-running server hands the GIL between threads every 0.5 ms instead of Python's 5 ms.
+
+    A query embedding is ~70 small torch calls (retrieval/lean.py), each releasing the GIL and taking it back. While
+    another thread runs Python (the background stale-file walk, another session's JSON, a warmer), each take-back
+    waits up to that thread's switch interval: ~70 x 5 ms, the ~250 ms p95 tail of warm searches. Measured here
+    (bench/bench_daemon.py notes): a concurrent directory walk doubled the median query embedding at 5 ms.
+    """
+    import sys
+
+    sys.setswitchinterval(min(sys.getswitchinterval(), interval))
 
 
 def _single_threaded_blas() -> None:
