@@ -167,7 +167,7 @@ async def test_kill9_fails_inflight_calls_clearly_and_the_next_call_restarts_the
         new_pid = control(home, "status")["pid"]
         assert new_pid != old_pid
     assert acknowledged
-    from training.store import open_event_store
+    from training.events.store import open_event_store
 
     store = open_event_store(home, "embedded", None)
     try:
