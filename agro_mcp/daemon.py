@@ -381,13 +381,14 @@ class Daemon:
         elif action == "drain":
             reply = await anyio.to_thread.run_sync(self.status)
             reply["draining"] = True
-            await self.begin_drain(str(request.get("reason") or "asked"))
         else:
             reply = {"error": f"unknown control action {action!r}; expected status, stop or drain"}
         try:
             await stream.send((json.dumps(reply, default=str) + "\n").encode())
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
+        if action == "drain":
+            await self.begin_drain(str(request.get("reason") or "asked"))
 
     async def begin_drain(self, reason: str) -> None:
         """Stop accepting, hand the home to a successor, and exit once the open sessions end."""
@@ -463,7 +464,8 @@ class Daemon:
         logger.info("agro daemon %s (pid %d) serving %s%s", self.version, os.getpid(), self.socket_path,
                     f" and {self.state.http_url}" if self.state.http_url else "")
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._serve_socket)
+            # Sessions live in their own task group: closing the listener (a drain) ends only the accept loop.
+            tg.start_soon(self._serve_socket, tg)
             if http_sock is not None:
                 tg.start_soon(self.serve_http, http_sock, token)
             tg.start_soon(self.watch_idle)
@@ -475,9 +477,9 @@ class Daemon:
                     await self._http_done.wait()
             tg.cancel_scope.cancel()
 
-    async def _serve_socket(self) -> None:
+    async def _serve_socket(self, sessions: anyio.abc.TaskGroup) -> None:
         try:
-            await self._listener.serve(self.handle_connection)
+            await self._listener.serve(self.handle_connection, task_group=sessions)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # closed by a drain; the open sessions go on
 

@@ -281,3 +281,24 @@ async def test_inprocess_mode_keeps_a_self_contained_server(home):
         res = await client.call_tool("rag_search", {"query": "exponential backoff with jitter", "k": 2})
         assert not res.is_error, _text(res)
     assert control(home, "status") is None  # no daemon was started
+
+
+async def test_a_draining_daemon_finishes_its_sessions_while_a_new_one_takes_new_sessions(home):
+    async with _proxy(home) as old_client:
+        res = await old_client.call_tool("rag_search", {"query": "connection pool", "k": 1})
+        assert not res.is_error, _text(res)
+        old_pid = control(home, "status")["pid"]
+        reply = control(home, "drain", reason="test")
+        assert reply["draining"] is True
+        async with _proxy(home) as new_client:  # a new session starts a new daemon beside the draining one
+            res = await new_client.call_tool("rag_search", {"query": "connection pool", "k": 1})
+            assert not res.is_error, _text(res)
+            new_pid = control(home, "status")["pid"]
+            assert new_pid != old_pid
+        res = await old_client.call_tool("rag_search", {"query": "exponential backoff", "k": 1})  # still served
+        assert not res.is_error, _text(res)
+    deadline = time.monotonic() + 30
+    while old_pid in _daemon_pids(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert old_pid not in _daemon_pids(home), "the drained daemon did not exit after its last session"
+    assert control(home, "status")["pid"] == new_pid
