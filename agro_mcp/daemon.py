@@ -19,6 +19,7 @@ import json
 import logging
 import logging.handlers
 import os
+import queue
 import secrets
 import signal
 import socket
@@ -78,9 +79,21 @@ class BackgroundPool:
         except OSError as exc:
             logger.warning("cannot lower the priority of background work: %s", exc)
 
-    def run(self, fn, *args, **kwargs):
-        """Run ``fn`` on the pool and wait for its result (the caller is a worker thread of one session)."""
-        return self._pool.submit(fn, *args, **kwargs).result()
+    def run(self, fn, *args, progress=None, **kwargs):
+        """Run ``fn`` on the pool and wait for its result (the caller is a worker thread of one session).
+
+        ``progress`` (passed to ``fn`` as ``progress=``) is called back in the caller's thread, where it may reach
+        the session's event loop (an MCP progress notification); the pool's threads cannot."""
+        if progress is None:
+            return self._pool.submit(fn, *args, **kwargs).result()
+        updates: queue.SimpleQueue = queue.SimpleQueue()
+        future = self._pool.submit(fn, *args, progress=lambda *a: updates.put(a), **kwargs)
+        while True:
+            try:
+                progress(*updates.get(timeout=0.1))
+            except queue.Empty:
+                if future.done() and updates.empty():
+                    return future.result()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -94,7 +107,7 @@ class DaemonEngine(Engine):
         self._pool = pool
 
     def index(self, path, corpus=None, full=False, progress=None):
-        return self._pool.run(super().index, path, corpus, full, progress)
+        return self._pool.run(super().index, path, corpus, full, progress=progress)
 
     def admin(self, action: str, run_id: str | None = None, dataset: str | None = None) -> dict:
         if action in _JOB_ACTIONS:

@@ -37,7 +37,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-BENCH = ROOT.parent / "shared" / "bench"
+# ../shared/bench next to the checkout (a worktree one level deeper finds it one level up)
+BENCH = next((p / "shared" / "bench" for p in ROOT.parents if (p / "shared" / "bench").is_dir()),
+             ROOT.parent / "shared" / "bench")
 
 import anyio  # noqa: E402
 from mcp import Client, StdioServerParameters  # noqa: E402
@@ -87,6 +89,8 @@ def load_queries(seed: int) -> list[str]:
             if line.strip():
                 qs.append(json.loads(line)["query"][:2000])
     qs = list(dict.fromkeys(q for q in qs if q.strip()))
+    if not qs:
+        raise SystemExit(f"no questions found in {BENCH}/docstring_*/queries.jsonl")
     random.Random(seed).shuffle(qs)
     return qs
 
