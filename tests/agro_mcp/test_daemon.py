@@ -302,3 +302,26 @@ async def test_a_draining_daemon_finishes_its_sessions_while_a_new_one_takes_new
         time.sleep(0.2)
     assert old_pid not in _daemon_pids(home), "the drained daemon did not exit after its last session"
     assert control(home, "status")["pid"] == new_pid
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])  # input_required (2026-07-28) and a server-to-client request
+async def test_rag_answer_samples_from_the_client_through_the_proxy(home, mode):
+    import re
+
+    import mcp_types as types
+
+    asked: list[str] = []
+
+    async def sampling(_ctx, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        prompt = params.messages[0].content.text
+        asked.append(prompt)
+        label = re.search(r"^\[1\] (\S+)", prompt, flags=re.M).group(1)
+        return types.CreateMessageResult(role="assistant", model="m",
+                                         content=types.TextContent(type="text", text=f"See {label}."))
+
+    params = StdioServerParameters(command=sys.executable, args=["-m", "agro_mcp", "serve"], env=_env(home))
+    async with Client(params, read_timeout_seconds=180, sampling_callback=sampling, mode=mode) as client:
+        res = await client.call_tool("rag_answer", {"question": "how are retries delayed with jitter", "k": 3})
+    assert not res.is_error, _text(res)
+    assert len(asked) == 1 and res.structured_content["mode"] == "sampling"
+    assert res.structured_content["citations"]
