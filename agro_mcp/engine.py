@@ -468,8 +468,11 @@ def _responsive_gil(interval: float = 0.0005) -> None:
 
     A query embedding is ~70 small torch calls (retrieval/lean.py), each releasing the GIL and taking it back. While
     another thread runs Python (the background stale-file walk, another session's JSON, a warmer), each take-back
-    waits up to that thread's switch interval: ~70 x 5 ms, the ~250 ms p95 tail of warm searches. Measured here
-    (bench/bench_daemon.py notes): a concurrent directory walk doubled the median query embedding at 5 ms.
+    waits up to that thread's switch interval: ~70 x 5 ms is the ~250 ms tail of warm searches. Measured with a
+    probe on 2 heavily shared cores (queries interleaved, a directory walk in a second thread on half of them):
+    the walk doubled the median query embedding (616 -> 1246 ms at 5 ms); 0.5 ms cut both medians by a fifth to a
+    quarter (456, 1024 ms). New input lengths are not the cause: a first-seen length cost 2.4 ms more CPU time than a
+    repeated one (14.6 vs 12.2 ms thread time, median over 39 lengths).
     """
     import sys
 
