@@ -109,12 +109,17 @@ def _watch(eng, args) -> int:
 
 
 def cmd_search(args, settings: Settings) -> int:
-    eng = _engine(settings)
-    try:
-        eng.start_background()
-        resp = eng.search(args.query, args.corpus, args.k, False if args.no_rerank else None, args.path_glob, args.language)
-    finally:
-        eng.close()
+    from agro_mcp.cli_daemon import daemon_search
+
+    resp = daemon_search(args, settings)  # warm, when a daemon runs
+    if resp is None:
+        eng = _engine(settings)
+        try:
+            eng.start_background()
+            resp = eng.search(args.query, args.corpus, args.k, False if args.no_rerank else None, args.path_glob,
+                              args.language)
+        finally:
+            eng.close()
     if args.json:
         print(resp.model_dump_json(indent=2))
     else:
@@ -123,16 +128,20 @@ def cmd_search(args, settings: Settings) -> int:
 
 
 def cmd_status(args, settings: Settings) -> int:
-    eng = _engine(settings)
-    try:
-        corpora = [args.corpus] if args.corpus else eng.corpora()
-        out = {"home": str(settings.server.home), "corpora": [eng.status(c) for c in corpora]}
-        if args.reranker:
-            eng.reranker.start()
-            eng.reranker.get(wait=60)
-            out["reranker"] = eng.reranker.info()
-    finally:
-        eng.close()
+    from agro_mcp.cli_daemon import daemon_status
+
+    out = daemon_status(args, settings)  # warm, when a daemon runs
+    if out is None:
+        eng = _engine(settings)
+        try:
+            corpora = [args.corpus] if args.corpus else eng.corpora()
+            out = {"home": str(settings.server.home), "corpora": [eng.status(c) for c in corpora]}
+            if args.reranker:
+                eng.reranker.start()
+                eng.reranker.get(wait=60)
+                out["reranker"] = eng.reranker.info()
+        finally:
+            eng.close()
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return 0
@@ -232,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("serve", help="run the MCP server over stdio")
+    s = sub.add_parser("serve", help="the MCP server over stdio (a proxy to the shared daemon; "
+                                     "AGRO_SERVE_MODE=inprocess: self-contained)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="index a repository and search it through the MCP server over stdio")
@@ -253,6 +263,9 @@ def _extend_parser(sub) -> None:
     except ImportError:  # pragma: no cover - only while those modules are absent
         return
     cli_training.register(sub)
+    from agro_mcp import cli_daemon
+
+    cli_daemon.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.retrieval.embed_model == "auto" or Path(settings.retrieval.embed_model).expanduser().exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local weights: never ask a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from agro_mcp.cli_daemon import route
+
+    routed = route(args, settings)  # the stdio proxy and the daemon's lifecycle: no engine imports
+    if routed is not None:
+        return routed
     try:
         return args.func(args, settings) or 0
     except AgroUserError as exc:

@@ -76,6 +76,16 @@ class ServerSettings(AgroSettings):
         description="PostgreSQL URL for AGRO_BACKEND=postgres; never logged (password redacted in errors).",
     )
     db_pool_size: int = Field(8, ge=1, le=256, description="PostgreSQL connections per server process.")
+    serve_mode: Literal["proxy", "inprocess"] = Field(
+        "proxy", description="agro serve: a thin proxy to the shared daemon, or a self-contained in-process server."
+    )
+    daemon_idle_exit_sec: float = Field(1800.0, ge=0, description="Daemon exits after this long with no session (0 = never).")
+    daemon_http_enabled: bool = Field(True, description="The daemon also serves MCP over Streamable HTTP.")
+    daemon_http_host: str = Field("127.0.0.1", description="Address of the daemon's HTTP endpoint (loopback by default).")
+    daemon_http_port: int = Field(8767, ge=0, le=65535, description="Port of the daemon's HTTP endpoint (0 = any free port).")
+    daemon_start_timeout_sec: float = Field(120.0, gt=0, description="How long agro serve waits for a daemon it starts.")
+    daemon_drain_timeout_sec: float = Field(600.0, ge=0, description="How long a draining daemon waits for open sessions.")
+    daemon_background_nice: int = Field(10, ge=0, le=19, description="Niceness of the daemon's index and training work.")
 
     @field_validator("home", mode="after")
     @classmethod

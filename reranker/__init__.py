@@ -1,36 +1,33 @@
 """Cross-encoder rerank stage: model resolution and hot-reload, CPU backends, the blend, a score cache.
 
-torch and transformers are imported only when a model is loaded.
+torch and transformers are imported only when a model is loaded. The names below resolve lazily, so importing
+``reranker.settings`` (the settings loader, the stdio proxy) does not import numpy or the model code.
 """
 
-from reranker.cache import ScoreCache
-from reranker.manager import NO_MODEL_REASON, LoadedReranker, RerankerManager
-from reranker.model import (
-    UNTRAINED_MARKER,
-    CrossEncoderScorer,
-    RerankerLoadError,
-    cpu_has_native_bf16,
-    cpu_has_vnni,
-    create_from_backbone,
-    cut_layers,
-)
-from reranker.settings import RerankerSettings
-from reranker.stage import RerankOutcome, blend_scores, rerank
+from importlib import import_module
 
-__all__ = [
-    "NO_MODEL_REASON",
-    "UNTRAINED_MARKER",
-    "CrossEncoderScorer",
-    "LoadedReranker",
-    "RerankOutcome",
-    "RerankerLoadError",
-    "RerankerManager",
-    "RerankerSettings",
-    "ScoreCache",
-    "blend_scores",
-    "cpu_has_native_bf16",
-    "cpu_has_vnni",
-    "create_from_backbone",
-    "cut_layers",
-    "rerank",
-]
+_WHERE = {
+    "ScoreCache": "reranker.cache",
+    "NO_MODEL_REASON": "reranker.manager",
+    "LoadedReranker": "reranker.manager",
+    "RerankerManager": "reranker.manager",
+    "UNTRAINED_MARKER": "reranker.model",
+    "CrossEncoderScorer": "reranker.model",
+    "RerankerLoadError": "reranker.model",
+    "cpu_has_native_bf16": "reranker.model",
+    "cpu_has_vnni": "reranker.model",
+    "create_from_backbone": "reranker.model",
+    "cut_layers": "reranker.model",
+    "RerankerSettings": "reranker.settings",
+    "RerankOutcome": "reranker.stage",
+    "blend_scores": "reranker.stage",
+    "rerank": "reranker.stage",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'reranker' has no attribute {name!r}")

@@ -13,6 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny-model training tests run the epochs they ask for; the min-steps rule has its own test (test_trainer.py).
 os.environ.setdefault("AGRO_TRAINING_MIN_STEPS", "0")
+# Daemons that `agro serve` (the proxy) starts in tmp homes: any free port (never the user's), and gone soon after
+# their last session.
+os.environ.setdefault("AGRO_DAEMON_HTTP_PORT", "0")
+os.environ.setdefault("AGRO_DAEMON_IDLE_EXIT_SEC", "60")
 
 SAMPLE_FILES: dict[str, str] = {
     "auth/oauth.py": '''
