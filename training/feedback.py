@@ -24,11 +24,13 @@ from pathlib import Path, PurePosixPath
 from retrieval.types import parse_doc_id
 from training.store import EventStore, FeedbackRecord, QueryEvent
 
-__all__ = ["FeedbackError", "MAX_NOTE_CHARS", "SIGNALS", "submit_feedback", "count_lines"]
+__all__ = ["FeedbackError", "FEEDBACK_SOURCES", "MAX_NOTE_CHARS", "SIGNALS", "submit_feedback", "count_lines"]
 
 logger = logging.getLogger(__name__)
 
 SIGNALS = ("click", "used", "thumbs_up", "thumbs_down", "rating", "correct_location")
+# Who gave the feedback: an assistant through MCP, a person (the web console, the CLI), or an import of old logs.
+FEEDBACK_SOURCES = ("assistant", "person", "import")
 MAX_NOTE_CHARS = 2000
 _NEEDS_DOC_ID = frozenset({"click", "used"})
 _MAX_LISTED_IDS = 10
@@ -131,6 +133,7 @@ def submit_feedback(
     note: str | None = None,
     corpus_root: Callable[[str], Path | None] | None = None,
     ts: float | None = None,
+    source: str = "assistant",
 ) -> FeedbackRecord:
     """Validate feedback against the event it names and store it durably.
 
@@ -145,6 +148,8 @@ def submit_feedback(
         corpus_root: Maps a corpus id to its root folder, to check ``correct_location`` on disk. Every live face
             must pass it; ``None`` skips the disk checks (offline imports only).
         ts: Timestamp to record (imports); defaults to now.
+        source: Who gave it, one of :data:`FEEDBACK_SOURCES` (``assistant`` for MCP, ``person`` for the console
+            and the CLI).
 
     Returns:
         The stored record; ``created`` is False for an exact repeat of earlier feedback.
@@ -154,6 +159,8 @@ def submit_feedback(
     """
     if signal not in SIGNALS:
         raise FeedbackError(f"signal expects one of {', '.join(SIGNALS)}, but got {signal!r}")
+    if source not in FEEDBACK_SOURCES:
+        raise FeedbackError(f"source expects one of {', '.join(FEEDBACK_SOURCES)}, but got {source!r}")
     event = store.get_event(event_id) if isinstance(event_id, str) and event_id else None
     if event is None:
         raise FeedbackError(
@@ -223,6 +230,7 @@ def submit_feedback(
         end_line=end_line,
         note=note,
         ts=ts,
+        source=source,
     )
     if record.created:
         logger.info("feedback %s %s on event %s (%s)", record.feedback_id, signal, event_id, doc_id or "whole answer")

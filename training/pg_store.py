@@ -170,6 +170,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
             acquired double precision NOT NULL,
             heartbeat double precision NOT NULL)""",
     ),
+    (  # 2: who gave each feedback (mirrors training.store._MIGRATIONS[1])
+        "ALTER TABLE agro_feedback ADD COLUMN source text NOT NULL DEFAULT 'assistant'",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -217,7 +220,7 @@ _INSERT_EVENT_SQL = f"""
         SELECT u.* FROM json_to_recordset(%(texts)s::json) AS u(hash text, text text, path text, language text, symbol text)
         WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT DO NOTHING)
     SELECT seq FROM e"""
-_FEEDBACK_COLS = "feedback_id, event_id, ts, signal, doc_id, rating, path, start_line, end_line, note"
+_FEEDBACK_COLS = "feedback_id, event_id, ts, signal, doc_id, rating, path, start_line, end_line, note, source"
 _JOB_COLS = (
     "run_id, kind, state, progress, message, params, created, updated, pid, host, result, error, cancel_requested"
 )
@@ -542,6 +545,7 @@ class PgEventStore:
         end_line: int | None = None,
         note: str | None = None,
         ts: float | None = None,
+        source: str = "assistant",
     ) -> FeedbackRecord:
         """Store one feedback signal, committed before return. An exact repeat returns the existing record.
 
@@ -558,6 +562,7 @@ class PgEventStore:
             start_line=start_line,
             end_line=end_line,
             note=note,
+            source=source,
         )
         return self._write(lambda conn: self._insert_feedback(conn, record), "add_feedback")
 
@@ -569,9 +574,9 @@ class PgEventStore:
         try:
             inserted = conn.execute(
                 f"INSERT INTO agro_feedback ({_FEEDBACK_COLS}, dedupe_key) "
-                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING RETURNING seq",
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING RETURNING seq",
                 (r.feedback_id, r.event_id, r.ts, r.signal, r.doc_id, r.rating, r.path, r.start_line,
-                 r.end_line, r.note, key),
+                 r.end_line, r.note, r.source, key),
             ).fetchone()
         except psycopg.errors.ForeignKeyViolation:
             # The transaction is aborted; raising rolls it back whole (as SQLite's does).
@@ -601,6 +606,7 @@ class PgEventStore:
             end_line=row["end_line"],
             note=row["note"],
             created=created,
+            source=row["source"],
         )
 
     def feedback_for_event(self, event_id: str) -> list[FeedbackRecord]:

@@ -159,6 +159,9 @@ _MIGRATIONS: list[tuple[str, ...]] = [
             acquired REAL NOT NULL,
             heartbeat REAL NOT NULL)""",
     ),
+    (  # 2: who gave each feedback: 'assistant' (an MCP client), 'person' (the console, the CLI) or 'import'
+        "ALTER TABLE feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'assistant'",
+    ),
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -229,6 +232,7 @@ class FeedbackRecord:
     end_line: int | None = None
     note: str | None = None
     created: bool = True
+    source: str = "assistant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -694,6 +698,7 @@ class EventStore:
         end_line: int | None = None,
         note: str | None = None,
         ts: float | None = None,
+        source: str = "assistant",
     ) -> FeedbackRecord:
         """Store one feedback signal, committed before return. An exact repeat returns the existing record.
 
@@ -710,6 +715,7 @@ class EventStore:
             start_line=start_line,
             end_line=end_line,
             note=note,
+            source=source,
         )
         with self._write() as conn:
             return self._insert_feedback(conn, record)
@@ -720,9 +726,9 @@ class EventStore:
         try:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO feedback (feedback_id, event_id, ts, signal, doc_id, rating, path, "
-                "start_line, end_line, note, dedupe_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "start_line, end_line, note, dedupe_key, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (r.feedback_id, r.event_id, r.ts, r.signal, r.doc_id, r.rating, r.path, r.start_line, r.end_line,
-                 r.note, key),
+                 r.note, key, r.source),
             )
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"Unknown event_id {r.event_id!r}: feedback must name a stored query event") from exc
@@ -745,6 +751,7 @@ class EventStore:
             end_line=row["end_line"],
             note=row["note"],
             created=created,
+            source=row["source"],
         )
 
     def feedback_for_event(self, event_id: str) -> list[FeedbackRecord]:
