@@ -20,7 +20,7 @@ from reranker.settings import RerankerSettings
 from retrieval.settings import IndexSettings, RetrievalSettings
 from training.settings import TrainingSettings
 
-__all__ = ["ServerSettings", "Settings", "load_settings", "ConfigError", "ENV_SECTIONS"]
+__all__ = ["ConsoleSettings", "ServerSettings", "Settings", "load_settings", "ConfigError", "ENV_SECTIONS"]
 
 
 class ConfigError(ValueError):
@@ -55,10 +55,33 @@ class ServerSettings(BaseModel):
         return v.expanduser().resolve()
 
 
+class ConsoleSettings(BaseModel):
+    """The web console (``agro console``, or mounted in the daemon): ``AGRO_CONSOLE_*``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address the console binds to; keep it on loopback.")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port (0 = any free port).")
+    editor_url: str = Field(
+        "vscode://file/{abs_path}:{line}",
+        description="'Open in editor' link of a hit; {abs_path}, {path} and {line} are filled in.",
+    )
+
+    @field_validator("editor_url")
+    @classmethod
+    def _editor_fields(cls, v: str) -> str:
+        try:
+            v.format(abs_path="/x", path="x", line=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"editor_url may use only {{abs_path}}, {{path}} and {{line}} ({exc})") from None
+        return v
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     server: ServerSettings = Field(default_factory=ServerSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     reranker: RerankerSettings = Field(default_factory=RerankerSettings)
@@ -72,6 +95,7 @@ ENV_SECTIONS: dict[str, str] = {
     "retrieval": "AGRO_RETRIEVAL_",
     "reranker": "AGRO_RERANKER_",
     "training": "AGRO_TRAINING_",
+    "console": "AGRO_CONSOLE_",
 }
 
 
