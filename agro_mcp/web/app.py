@@ -359,7 +359,7 @@ def _num(v: Any, digits: int = 3) -> str:
 
 
 def _headers() -> dict[str, str]:
-    return {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+    return {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
             "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
 
 

@@ -168,9 +168,9 @@ def evaluation_charts(store: Any, limit: int = 60) -> dict[str, Any]:
     """MRR@10 and Hit@5 per level over the stored evaluations (oldest first), one series per configuration, with
     a mark where the question set changes."""
     evals = list(reversed(store.list_evaluations(limit=limit)))
-    labels = [datetime.fromtimestamp(e["ts"], timezone.utc).strftime("%m-%d %H:%M") for e in evals]
-    names = [str(e["name"]) for e in evals]
-    families = [n.split("-", 1)[0] if n.startswith("heldout-") else n for n in names]
+    labels = [f"#{e['id']}" for e in evals]
+    names = [f"{e['name']}, {fmt_ts(e['ts'])}" for e in evals]
+    families = ["held-out" if str(e["name"]).startswith("heldout-") else str(e["name"]) for e in evals]
     marks = [(i, families[i]) for i in range(len(evals)) if i == 0 or families[i] != families[i - 1]]
     charts = []
     for metric in ("MRR@10", "Hit@5"):

@@ -155,10 +155,14 @@ def browser(chromium_available, request):
         close_browser(driver)
 
 
+def shot_path(name: str) -> Path:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    return SCREENSHOTS / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png")
+
+
 def shot(driver, name: str, full: bool = True) -> Path:
     """Save a screenshot of the page (the whole page height when ``full``)."""
-    SCREENSHOTS.mkdir(exist_ok=True)
-    path = SCREENSHOTS / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png")
+    path = shot_path(name)
     if full:
         height = driver.execute_script("return Math.max(document.body.scrollHeight, 600)")
         driver.set_window_size(1280, min(int(height) + 140, 4000))
