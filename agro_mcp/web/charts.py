@@ -5,6 +5,7 @@ Colours come from CSS classes (``s0``..``s7``) in ``console.css``; every label i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -117,8 +118,7 @@ def stacked_bars(title: str, x_labels: Sequence[str], series: Sequence[Series]) 
     """Stacked bars: one bar per x label, one segment per series (counts)."""
     n = len(x_labels)
     totals = [sum((s.values[i] or 0) for s in series) for i in range(n)]
-    y_hi = max(totals) if totals and max(totals) > 0 else 1
-    y_hi = y_hi * 1.1
+    y_hi = 4 * max(1, math.ceil(max(totals, default=0) * 1.05 / 4))  # counts: whole-number grid lines
     inner_w = _W - _PAD_L - _PAD_R
     inner_h = _H - _PAD_T - _PAD_B
     bw = inner_w / max(n, 1)

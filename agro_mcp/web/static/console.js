@@ -125,6 +125,10 @@
       tr.querySelector(".message").textContent = j.error || j.message || "";
       if (j.state !== "queued" && j.state !== "running") {
         var c = tr.querySelector("form"); if (c) c.remove();
+        var a = document.createElement("a");
+        a.href = window.location.pathname; a.textContent = "reload to see the result"; a.className = "reload";
+        tr.querySelector(".message").appendChild(document.createTextNode(" · "));
+        tr.querySelector(".message").appendChild(a);
       }
     });
     src.addEventListener("end", function () { src.close(); });

@@ -115,3 +115,25 @@ def test_a_post_without_the_csrf_token_is_refused(console, browser):
     assert browser.execute_async_script(script, event_id, doc) == [403, 403, 200]
     assert [f.signal for f in console.engine.store.feedback_for_event(event_id)] == ["thumbs_up"]
     shot(browser, "csrf")
+
+
+def test_corpora_shows_the_index_and_a_refresh_streams_to_its_end_without_a_reload(console, browser):
+    login(browser, console, "/corpora")
+    card = browser.find_element(By.CSS_SELECTOR, 'section.corpus[data-corpus="demo"]')
+    assert "6 / " in card.text and "stale files" in card.text
+    before = console.engine.generation("demo").generation_id
+    (console.repo / "utils" / "retry.py").write_text("def retry_forever():\n    return True\n")
+    browser.get(console.url("/corpora"))  # the stale count is computed, not remembered
+    card = browser.find_element(By.CSS_SELECTOR, 'section.corpus[data-corpus="demo"]')
+    assert "1 (added 0, changed 1, deleted 0)" in card.text
+    card.find_element(By.TAG_NAME, "button").click()
+    flash = wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, ".flash.ok")).text
+    run_id = flash.rsplit("(", 1)[1].rstrip(")")
+    browser.execute_script("window.__samePage = 1")
+    state = f'tr.job[data-job="{run_id}"] .state'
+    wait(browser, 120).until(lambda d: d.find_element(By.CSS_SELECTOR, state).text == "succeeded")
+    assert browser.execute_script("return window.__samePage") == 1
+    assert browser.find_element(By.CSS_SELECTOR, f'tr.job[data-job="{run_id}"] progress').get_attribute("value") == "1"
+    assert "reload to see the result" in browser.find_element(By.CSS_SELECTOR, f'tr.job[data-job="{run_id}"] .message').text
+    assert console.engine.generation("demo").generation_id != before
+    shot(browser, "corpora_after_refresh")

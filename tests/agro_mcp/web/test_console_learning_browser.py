@@ -147,3 +147,9 @@ def test_promote_and_roll_back_through_the_confirmation_step(learning_console, b
     decisions = [p["decision"] for p in store.list_promotions()]
     assert decisions[0] == "rollback" or "roll" in decisions[0]
     shot(browser, "releases_after_rollback")
+    browser.get(learning_console.url("/reranker"))  # the rollback reloaded the serving model
+    rows = dict(tuple(tr.find_elements(By.CSS_SELECTOR, "th, td")[i].text for i in (0, 1))
+                for tr in browser.find_elements(By.CSS_SELECTOR, "table.reranker tr"))
+    assert rows["release"] == first and rows["state"] == "loaded" and rows["kind"] == "cross-encoder"
+    assert rows["last error"] == "none" and "UTC" in rows["last reload"]
+    shot(browser, "reranker_panel")
