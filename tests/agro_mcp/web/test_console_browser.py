@@ -134,6 +134,7 @@ def test_corpora_shows_the_index_and_a_refresh_streams_to_its_end_without_a_relo
     wait(browser, 120).until(lambda d: d.find_element(By.CSS_SELECTOR, state).text == "succeeded")
     assert browser.execute_script("return window.__samePage") == 1
     assert browser.find_element(By.CSS_SELECTOR, f'tr.job[data-job="{run_id}"] progress').get_attribute("value") == "1"
-    assert "reload to see the result" in browser.find_element(By.CSS_SELECTOR, f'tr.job[data-job="{run_id}"] .message').text
+    message = browser.find_element(By.CSS_SELECTOR, f'tr.job[data-job="{run_id}"] .message').text
+    assert "reload to see the result" in message
     assert console.engine.generation("demo").generation_id != before
     shot(browser, "corpora_after_refresh")
