@@ -364,6 +364,8 @@ def _headers() -> dict[str, str]:
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if request.url.path.startswith("/api/"):  # answered to the page's script, which shows the message
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=_headers())
     body = (f"<!doctype html><meta charset=utf-8><title>{exc.status_code}</title>"
             f"<link rel=stylesheet href=/static/console.css><body class=refused><h1>{exc.status_code}</h1>"
             f"<p>{_escape(exc.detail)}</p><p><a href=/>back to the console</a></p></body>")

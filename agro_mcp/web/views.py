@@ -79,7 +79,7 @@ def feedback_view(store: Any, days: int = 30, now: float | None = None) -> dict[
     for fb in store.iter_feedback(since=since):
         day = datetime.fromtimestamp(fb.ts, timezone.utc).strftime("%m-%d")
         per_day[day][fb.signal] += 1
-        by_source[getattr(fb, "source", "assistant")][fb.signal] += 1
+        by_source[fb.source][fb.signal] += 1
         total += 1
     labels = [datetime.fromtimestamp(since + 86400 * (i + 1), timezone.utc).strftime("%m-%d") for i in range(days)]
     series = [Series(sig, [per_day[d][sig] for d in labels], f"s{i}") for i, sig in enumerate(SIGNAL_ORDER)]

@@ -91,6 +91,8 @@ def test_posts_need_the_csrf_token_and_the_console_origin(app_for):
     assert client.post("/learning/rollback", data={"confirm": "yes", "csrf": csrf}).status_code == 403  # no origin
     r = client.post("/learning/rollback", data={"confirm": "yes", "csrf": csrf}, headers=ok, follow_redirects=False)
     assert r.status_code == 303 and "err=" in r.headers["location"]  # accepted; nothing to roll back to
+    r = client.post("/api/feedback", data={"event_id": "nope", "signal": "click"}, headers=ok)
+    assert r.status_code == 403 and "CSRF" in r.json()["error"]  # the page's script shows why
     r = client.post("/api/feedback", data={"event_id": "nope", "signal": "click"},
                     headers={**ok, "X-CSRF-Token": csrf})
     assert r.status_code == 400 and "Unknown event_id" in r.json()["error"]
