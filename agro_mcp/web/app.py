@@ -132,7 +132,7 @@ class _Console:
 
     async def feedback(self, request: Request) -> Response:
         form = await self._checked_form(request)
-        from training.feedback import FeedbackError, submit_feedback
+        from training.events.feedback import FeedbackError, submit_feedback
 
         def num(name: str) -> int | None:
             raw = (form.get(name) or "").strip()
@@ -169,7 +169,7 @@ class _Console:
     async def refresh(self, request: Request) -> Response:
         form = await self._checked_form(request)
         corpus = form.get("corpus") or ""
-        from training.jobs import start_job
+        from training.releases.jobs import start_job
 
         engine = self.engine
 
@@ -198,7 +198,7 @@ class _Console:
         return self.render(request, "learning.html", datasets=_TRAIN_DATASETS, **data)
 
     async def run_page(self, request: Request) -> Response:
-        from training.trainer import TrainingError
+        from training.learning.trainer import TrainingError
 
         run_id = request.path_params["run_id"]
         try:
@@ -216,7 +216,7 @@ class _Console:
         return await self._admin_job(request, "train", dataset=dataset)
 
     async def _admin_job(self, request: Request, action: str, **kw: Any) -> Response:
-        from training.admin import AdminError
+        from training.releases.admin import AdminError
 
         try:
             out = await run_in_threadpool(lambda: self.engine.admin(action, **kw))
@@ -232,7 +232,7 @@ class _Console:
             raise HTTPException(400, "action expects promote or rollback")
         ctx: dict[str, Any] = {"action": action, "run_id": run_id}
         if action == "promote":
-            from training.trainer import TrainingError
+            from training.learning.trainer import TrainingError
 
             try:
                 data = await run_in_threadpool(views.run_view, self.engine, run_id)
@@ -252,8 +252,8 @@ class _Console:
             return await self._admin_job(request, "promote", run_id=run_id)
         # An override of the gate (the CLI's `agro promote RUN --force`): recorded as forced with its figures.
         from training import loop
-        from training.jobs import TRAINING_LOCK, JobBusyError, start_job
-        from training.trainer import TrainingError, load_run
+        from training.releases.jobs import TRAINING_LOCK, JobBusyError, start_job
+        from training.learning.trainer import TrainingError, load_run
 
         engine = self.engine
         models_dir = Path(engine.home) / "models"
@@ -279,7 +279,7 @@ class _Console:
         self._require_admin()
         if form.get("confirm") != "yes":
             return self._back(request, "/learning/confirm", action="rollback")
-        from training.admin import AdminError
+        from training.releases.admin import AdminError
 
         try:
             out = await run_in_threadpool(lambda: self.engine.admin("rollback"))
@@ -290,7 +290,7 @@ class _Console:
     async def cancel(self, request: Request) -> Response:
         await self._checked_form(request)
         self._require_admin()
-        from training.admin import AdminError
+        from training.releases.admin import AdminError
 
         run_id = request.path_params["run_id"]
         try:

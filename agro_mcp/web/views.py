@@ -98,7 +98,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def runs_view(models_dir: Path, limit: int = 50) -> list[dict[str, Any]]:
-    from training.admin import list_runs
+    from training.releases.admin import list_runs
 
     rows = list_runs(models_dir, limit=limit)
     for row in rows:
@@ -112,7 +112,7 @@ def runs_view(models_dir: Path, limit: int = 50) -> list[dict[str, Any]]:
 
 def run_view(engine: Any, run_id: str) -> dict[str, Any]:
     """One run: config, mined counts, the loss curve and the gate's table (from its evaluation)."""
-    from training.trainer import load_run, run_dir
+    from training.learning.trainer import load_run, run_dir
 
     models_dir = Path(engine.home) / "models"
     run = load_run(models_dir, run_id)
@@ -190,7 +190,7 @@ def evaluation_charts(store: Any, limit: int = 60) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- releases
 def releases_view(engine: Any) -> dict[str, Any]:
-    from training.promote import list_releases
+    from training.releases.promote import list_releases
 
     models_dir = Path(engine.home) / "models"
     releases = list_releases(models_dir)

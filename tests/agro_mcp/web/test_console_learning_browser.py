@@ -29,8 +29,8 @@ def job_cell(driver, run_id: str, selector: str):
 def succeeded_run(console) -> str:
     """A succeeded training run in the console's home: the newest one, or one trained here (as `agro train`)."""
     from training import loop
-    from training.admin import list_runs
-    from training.jobs import run_job
+    from training.releases.admin import list_runs
+    from training.releases.jobs import run_job
 
     models = Path(console.engine.home) / "models"
     for r in list_runs(models):
@@ -75,8 +75,8 @@ def test_a_training_job_started_in_the_page_shows_its_progress_without_a_reload(
 
 
 def test_the_evaluation_history_charts_each_configuration_per_level(learning_console, browser):
-    from training.admin import run_admin_action
-    from training.jobs import run_job
+    from training.releases.admin import run_admin_action
+    from training.releases.jobs import run_job
 
     golden = learning_console.repo / "golden.json"
     items, n = [], 0

@@ -39,7 +39,7 @@ def test_hits_link_to_the_editor_with_the_configured_pattern(tmp_path, embedder)
 
 def test_the_learning_page_counts_feedback_by_source_and_signal(tmp_path, embedder):
     from retrieval.types import Chunk, Hit
-    from training.feedback import submit_feedback
+    from training.events.feedback import submit_feedback
 
     engine, client = open_console(tmp_path, embedder)
     try:
