@@ -189,6 +189,7 @@ def cmd_console(args, settings: Settings) -> int:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(128)  # connections made as soon as the URL is printed wait in the backlog until uvicorn serves
     port = sock.getsockname()[1]
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("the console listens on %s, not loopback: anyone who can reach it and has the token can use it",

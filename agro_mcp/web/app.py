@@ -40,8 +40,8 @@ __all__ = ["create_console_app"]
 logger = logging.getLogger(__name__)
 
 _STATIC = Path(__file__).parent / "static"
-_TRAIN_DATASETS = (("feedback", "feedback"), ("bootstrap", "the corpus itself (bootstrap)"),
-                   ("golden.json", "feedback + golden.json"))
+# What a person may train from here: fixed choices, never a path (a golden file is for `agro train`).
+_TRAIN_DATASETS = (("feedback", "feedback"), ("bootstrap", "the corpus itself (bootstrap)"))
 _SSE_POLL_SEC = 0.5
 _SSE_KEEPALIVE_SEC = 15.0
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
