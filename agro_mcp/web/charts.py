@@ -24,11 +24,11 @@ class Series:
     cls: str = "s0"
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}"
+def _fmt(v: float, integer: bool = False) -> str:
+    return f"{v:.0f}" if integer or abs(v) >= 10 else f"{v:.2f}"
 
 
-def _frame(title: str, y_lo: float, y_hi: float, parts: list[str]) -> None:
+def _frame(title: str, y_lo: float, y_hi: float, parts: list[str], integer: bool = False) -> None:
     parts.append(f'<text class="ct" x="{_PAD_L}" y="16">{escape(title)}</text>')
     inner_h = _H - _PAD_T - _PAD_B
     for i in range(5):
@@ -124,7 +124,7 @@ def stacked_bars(title: str, x_labels: Sequence[str], series: Sequence[Series]) 
     bw = inner_w / max(n, 1)
     parts = [f'<svg class="chart" viewBox="0 0 {_W} {_H}" role="img" aria-label="{escape(title)}" '
              f'xmlns="http://www.w3.org/2000/svg">']
-    _frame(title, 0, y_hi, parts)
+    _frame(title, 0, y_hi, parts, integer=True)
     step = max(1, n // 8)
     for i, label in enumerate(x_labels):
         base = 0.0

@@ -74,19 +74,24 @@ def feedback_view(store: Any, days: int = 30, now: float | None = None) -> dict[
     now = time.time() if now is None else now
     since = now - days * 86400
     per_day: dict[str, Counter] = defaultdict(Counter)
+    per_day_source: dict[str, Counter] = defaultdict(Counter)
     by_source: dict[str, Counter] = defaultdict(Counter)
     total = 0
     for fb in store.iter_feedback(since=since):
         day = datetime.fromtimestamp(fb.ts, timezone.utc).strftime("%m-%d")
         per_day[day][fb.signal] += 1
+        per_day_source[day][fb.source] += 1
         by_source[fb.source][fb.signal] += 1
         total += 1
     labels = [datetime.fromtimestamp(since + 86400 * (i + 1), timezone.utc).strftime("%m-%d") for i in range(days)]
     series = [Series(sig, [per_day[d][sig] for d in labels], f"s{i}") for i, sig in enumerate(SIGNAL_ORDER)]
     sources = [(src, [by_source[src][sig] for sig in SIGNAL_ORDER], sum(by_source[src].values()))
                for src in SOURCE_ORDER if by_source.get(src)]
+    source_series = [Series(src, [per_day_source[d][src] for d in labels], f"s{i + 3}")
+                     for i, src in enumerate(SOURCE_ORDER)]
     return {"total": total, "days": days, "signals": SIGNAL_ORDER, "by_source": sources,
-            "chart": stacked_bars(f"Feedback per day (last {days} days), by signal", labels, series)}
+            "chart": stacked_bars(f"Feedback per day (last {days} days), by signal", labels, series),
+            "source_chart": stacked_bars("… and by source", labels, source_series)}
 
 
 # ------------------------------------------------------------------------------------------------- runs

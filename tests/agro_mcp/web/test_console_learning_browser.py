@@ -74,6 +74,24 @@ def test_a_training_job_started_in_the_page_shows_its_progress_without_a_reload(
     assert all(f"{src} {n}" in browser.find_element(By.CSS_SELECTOR, "table.kv").text for src, n in mined.items())
 
 
+def test_a_running_job_is_cancelled_from_the_page(learning_console, browser):
+    login(browser, learning_console, "/learning")
+    Select(browser.find_element(By.NAME, "dataset")).select_by_value("bootstrap")
+    browser.find_element(By.ID, "train").click()
+    flash = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".flash.ok")).text
+    run_id = flash.split("train job ")[1].split()[0]
+    job_cell(browser, run_id, "button.cancel").click()
+    WebDriverWait(browser, 30).until(lambda d: "cancellation of" in d.find_element(By.CSS_SELECTOR, ".flash").text)
+    browser.execute_script("window.__samePage = 1")
+    WebDriverWait(browser, 300).until(lambda d: job_cell(d, run_id, ".state").text in ("cancelled", "failed",
+                                                                                      "succeeded"))
+    assert job_cell(browser, run_id, ".state").text == "cancelled"
+    assert browser.execute_script("return window.__samePage") == 1
+    assert learning_console.engine.store.get_job(run_id).state == "cancelled"
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr.job[data-job="{run_id}"] button.cancel')
+    shot(browser, "job_cancelled")
+
+
 def test_the_evaluation_history_charts_each_configuration_per_level(learning_console, browser):
     from training.releases.admin import run_admin_action
     from training.releases.jobs import run_job

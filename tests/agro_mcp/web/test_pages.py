@@ -54,6 +54,8 @@ def test_the_learning_page_counts_feedback_by_source_and_signal(tmp_path, embedd
                 for m in re.findall(r"<tr><th>(assistant|person|import)</th>(.*?)</tr>", page, re.S)}
         # columns: click, used, thumbs_up, thumbs_down, rating, correct_location, all
         assert rows == {"assistant": [0, 1, 0, 0, 0, 0, 1], "person": [1, 0, 0, 1, 0, 0, 2]}
+        bars = re.findall(r'<rect class="s\d+"[^>]*><title>[^<]* (assistant|person|import): (\d+)</title>', page)
+        assert sorted(bars) == [("assistant", "1"), ("person", "2")]  # today's bar of the by-source chart
     finally:
         engine.close()
 
