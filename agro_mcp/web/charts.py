@@ -35,7 +35,7 @@ def _frame(title: str, y_lo: float, y_hi: float, parts: list[str], integer: bool
         v = y_lo + (y_hi - y_lo) * i / 4
         y = _PAD_T + inner_h * (1 - i / 4)
         parts.append(f'<line class="grid" x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="ax" x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(v)}</text>')
+        parts.append(f'<text class="ax" x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(v, integer)}</text>')
 
 
 def _legend(series: Sequence[Series], parts: list[str]) -> None:
