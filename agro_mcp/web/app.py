@@ -259,7 +259,7 @@ class _Console:
         models_dir = Path(engine.home) / "models"
 
         def do_promote(ctx) -> dict:
-            out = loop.promote_step(engine, ctx, run_id, force=True, reload=True)
+            out = loop.promote_step(engine.workspace, ctx, run_id, force=True, reload=True)
             return {k: v for k, v in out.items() if k != "figures"}
 
         def start() -> str:

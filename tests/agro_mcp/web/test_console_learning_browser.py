@@ -37,7 +37,7 @@ def succeeded_run(console) -> str:
         if r.get("state") == "succeeded":
             return r["run_id"]
     run_id, _ = run_job(console.engine.store, Path(console.engine.home), "train",
-                        lambda ctx: loop.run_loop(console.engine, ctx, ("bootstrap",), promote=False))
+                        lambda ctx: loop.run_loop(console.engine.workspace, ctx, ("bootstrap",), promote=False))
     return run_id
 
 
@@ -107,7 +107,7 @@ def test_the_evaluation_history_charts_each_configuration_per_level(learning_con
     golden.write_text(json.dumps(items))
     engine = learning_console.engine
     for _ in range(2):
-        out = run_admin_action(engine, "evaluate", dataset=str(golden))
+        out = run_admin_action(engine.workspace, "evaluate", dataset=str(golden))
         deadline = time.monotonic() + 300
         while engine.store.get_job(out["run_id"]).state in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(0.2)
