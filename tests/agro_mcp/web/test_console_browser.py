@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def wait(driver, timeout: float = 20):
-    return WebDriverWait(driver, timeout)
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    return WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException))
 
 
 def status_of(driver, hit) -> str:
