@@ -176,6 +176,48 @@ def cmd_serve(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_console(args, settings: Settings) -> int:
+    """Serve the web console alone on this process's Engine, and print the URL that carries the token once."""
+    import socket
+
+    import uvicorn
+
+    from agro_mcp.engine import Engine
+    from agro_mcp.web import create_console_app, load_or_create_token
+
+    cs = settings.console
+    host = args.host or cs.host
+    port = cs.port if args.port is None else args.port
+    token = load_or_create_token(settings.server.home)
+    if args.url:
+        echo(f"http://{_url_host(host)}:{port}/?token={token}")
+        return 0
+    engine = Engine(settings)
+    engine.indexes  # noqa: B018 - an unreachable backend stops here, not in the first page
+    engine.store  # noqa: B018
+    engine.start_background(warm=True)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)  # connections made as soon as the URL is printed wait in the backlog until uvicorn serves
+    port = sock.getsockname()[1]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("the console listens on %s, not loopback: anyone who can reach it and has the token can use it",
+                       host)
+    app = create_console_app(engine, cs.model_copy(update={"host": host, "port": port}), token)
+    echo(f"agro console: http://{_url_host(host)}:{port}/?token={token}", flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        engine.close()
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def cmd_demo(args, settings: Settings) -> int:
     """The main job: index a repository, then ask the MCP server (over stdio) and print the hits."""
     import anyio
@@ -244,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="the MCP server over stdio (a proxy to the shared daemon; "
                                      "AGRO_SERVE_MODE=inprocess: self-contained)")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("console", help="serve the web console (search, feedback, learning) on 127.0.0.1")
+    s.add_argument("--host", help="address to bind (default: $AGRO_CONSOLE_HOST or 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default: $AGRO_CONSOLE_PORT or 8765; 0 = any free port)")
+    s.add_argument("--url", action="store_true", help="only print the console's URL (with its token) and exit")
+    s.set_defaults(func=cmd_console)
 
     s = sub.add_parser("demo", help="index a repository and search it through the MCP server over stdio")
     s.add_argument("path", nargs="?", default=".")

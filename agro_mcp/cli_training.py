@@ -54,7 +54,8 @@ def cmd_feedback(args, settings) -> int:
     try:
         rec = submit_feedback(eng.store, args.event_id, args.signal, doc_id=args.doc_id, rating=args.rating,
                               path=args.path, start_line=args.start_line, end_line=args.end_line, note=args.note,
-                              corpus_root=eng.corpus_root, indexed_files=eng.indexed_files)
+                              corpus_root=eng.corpus_root, indexed_files=eng.indexed_files,
+                              source="person")
     finally:
         eng.close()
     state = "recorded" if rec.created else "already recorded"

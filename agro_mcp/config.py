@@ -27,7 +27,7 @@ from retrieval.settings import AgroSettings, IndexSettings, RetrievalSettings
 from training.settings import TrainingSettings
 
 __all__ = [
-    "ConfigError", "ENV_SECTIONS", "OFF_MACHINE", "SECTIONS", "ServerSettings", "Settings", "config_path",
+    "ConfigError", "ConsoleSettings", "ENV_SECTIONS", "OFF_MACHINE", "SECTIONS", "ServerSettings", "Settings", "config_path",
     "load_settings",
 ]
 
@@ -93,12 +93,36 @@ class ServerSettings(AgroSettings):
         return v.expanduser().resolve()
 
 
+class ConsoleSettings(AgroSettings):
+    """The web console (``agro console``, or mounted in the daemon): ``AGRO_CONSOLE_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="AGRO_CONSOLE_")
+    section: ClassVar[str] = "console"
+
+    host: str = Field("127.0.0.1", description="Address the console binds to; keep it on loopback.")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port (0 = any free port).")
+    editor_url: str = Field(
+        "vscode://file/{abs_path}:{line}",
+        description="'Open in editor' link of a hit; {abs_path}, {path} and {line} are filled in.",
+    )
+
+    @field_validator("editor_url")
+    @classmethod
+    def _editor_fields(cls, v: str) -> str:
+        try:
+            v.format(abs_path="/x", path="x", line=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"editor_url may use only {{abs_path}}, {{path}} and {{line}} ({exc})") from None
+        return v
+
+
 class Settings(BaseModel):
     """Every concern's settings, built once by ``load_settings`` and passed down."""
 
     model_config = ConfigDict(extra="forbid")
 
     server: ServerSettings = Field(default_factory=ServerSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     reranker: RerankerSettings = Field(default_factory=RerankerSettings)
@@ -107,7 +131,7 @@ class Settings(BaseModel):
 
 SECTIONS: dict[str, type[AgroSettings]] = {
     cls.section: cls
-    for cls in (ServerSettings, IndexSettings, RetrievalSettings, RerankerSettings, TrainingSettings)
+    for cls in (ServerSettings, IndexSettings, RetrievalSettings, RerankerSettings, TrainingSettings, ConsoleSettings)
 }
 # section -> environment prefix
 ENV_SECTIONS: dict[str, str] = {name: cls.model_config["env_prefix"] for name, cls in SECTIONS.items()}

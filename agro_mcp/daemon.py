@@ -118,20 +118,10 @@ class DaemonEngine(Engine):
 
 # -- files in the data home -----------------------------------------------------------------------------------
 def read_or_create_token(home: Path) -> str:
-    """The HTTP bearer token: created once (mode 0600), reused after, so client configs stay valid."""
-    path = token_path(home)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        os.chmod(path, 0o600)
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    return token
+    """The per-install token (``AGRO_HOME/daemon.token``, mode 0600) shared by the HTTP endpoint and the console."""
+    from agro_mcp.web.security import load_or_create_token
+
+    return load_or_create_token(home)
 
 
 def _write_private_json(path: Path, data: dict) -> None:

@@ -89,6 +89,7 @@ class StoreBase:
         end_line: int | None = None,
         note: str | None = None,
         ts: float | None = None,
+        source: str = "assistant",
     ) -> FeedbackRecord:
         """Store one feedback signal, committed before return. An exact repeat returns the existing record.
 
@@ -105,6 +106,7 @@ class StoreBase:
             start_line=start_line,
             end_line=end_line,
             note=note,
+            source=source,
         )
         return self._store_feedback(record)
 

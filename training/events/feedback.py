@@ -28,11 +28,13 @@ from retrieval.types import parse_doc_id
 from training.events.records import FeedbackRecord, QueryEvent
 from training.events.store import EventStore
 
-__all__ = ["FeedbackError", "MAX_NOTE_CHARS", "SIGNALS", "submit_feedback", "count_lines"]
+__all__ = ["FeedbackError", "FEEDBACK_SOURCES", "MAX_NOTE_CHARS", "SIGNALS", "submit_feedback", "count_lines"]
 
 logger = logging.getLogger(__name__)
 
 SIGNALS = ("click", "used", "thumbs_up", "thumbs_down", "rating", "correct_location")
+# Who gave the feedback: an assistant through MCP, a person (the web console, the CLI), or an import of old logs.
+FEEDBACK_SOURCES = ("assistant", "person", "import")
 MAX_NOTE_CHARS = 2000
 _NEEDS_DOC_ID = frozenset({"click", "used"})
 _MAX_LISTED_IDS = 10
@@ -146,6 +148,7 @@ def submit_feedback(
     corpus_root: Callable[[str], Path | None] | None = None,
     indexed_files: Callable[[str], Collection[str]] | None = None,
     ts: float | None = None,
+    source: str = "assistant",
 ) -> FeedbackRecord:
     """Validate feedback against the event it names and store it durably.
 
@@ -162,6 +165,8 @@ def submit_feedback(
         indexed_files: Maps a corpus id to the relative paths of its indexed files; a ``correct_location`` must
             name one of them. Every live face passes it.
         ts: Timestamp to record (imports); defaults to now.
+        source: Who gave it, one of :data:`FEEDBACK_SOURCES` (``assistant`` for MCP, ``person`` for the console
+            and the CLI).
 
     Returns:
         The stored record; ``created`` is False for an exact repeat of earlier feedback.
@@ -171,6 +176,8 @@ def submit_feedback(
     """
     if signal not in SIGNALS:
         raise FeedbackError(f"signal expects one of {', '.join(SIGNALS)}, but got {signal!r}")
+    if source not in FEEDBACK_SOURCES:
+        raise FeedbackError(f"source expects one of {', '.join(FEEDBACK_SOURCES)}, but got {source!r}")
     event = store.get_event(event_id) if isinstance(event_id, str) and event_id else None
     if event is None:
         raise FeedbackError(
@@ -240,6 +247,7 @@ def submit_feedback(
         end_line=end_line,
         note=note,
         ts=ts,
+        source=source,
     )
     if record.created:
         logger.info("feedback %s %s on event %s (%s)", record.feedback_id, signal, event_id, doc_id or "whole answer")

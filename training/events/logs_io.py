@@ -272,6 +272,7 @@ def _derived_feedback(parsed: _ParsedQuery, event_id: str) -> list[FeedbackRecor
                     path=path,
                     start_line=start,
                     end_line=end,
+                    source="import",
                 )
             )
     return out
@@ -316,7 +317,7 @@ def _import_feedback(store: EventStore, event_id: str, fields: dict[str, Any]) -
         # Our own exports name a hit by doc_id; a location beside it is derived from the results.
         fields.update(path=None, start_line=None, end_line=None)
     if signal not in _IMPORT_ONLY_SIGNALS:
-        return submit_feedback(store, event_id, signal, corpus_root=None, **fields)
+        return submit_feedback(store, event_id, signal, corpus_root=None, source="import", **fields)
     event = store.get_event(event_id)
     if event is None:
         raise FeedbackError(f"Unknown event_id {event_id!r}")
@@ -337,6 +338,7 @@ def _import_feedback(store: EventStore, event_id: str, fields: dict[str, Any]) -
         end_line=hit.end_line if hit else None,
         note=note,
         ts=fields["ts"],
+        source="import",
     )
 
 

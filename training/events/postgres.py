@@ -301,9 +301,9 @@ class PgEventStore(PgJobs, StoreBase):
         try:
             inserted = conn.execute(
                 f"INSERT INTO agro_feedback ({_FEEDBACK_COLS}, dedupe_key) "
-                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING RETURNING seq",
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING RETURNING seq",
                 (r.feedback_id, r.event_id, r.ts, r.signal, r.doc_id, r.rating, r.path, r.start_line,
-                 r.end_line, r.note, key),
+                 r.end_line, r.note, r.source, key),
             ).fetchone()
         except psycopg.errors.ForeignKeyViolation:
             # The transaction is aborted; raising rolls it back whole (as SQLite's does).

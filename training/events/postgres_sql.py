@@ -118,6 +118,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
             acquired double precision NOT NULL,
             heartbeat double precision NOT NULL)""",
     ),
+    (  # 2: who gave each feedback (mirrors training.events.sqlite_schema's migration 2)
+        "ALTER TABLE agro_feedback ADD COLUMN source text NOT NULL DEFAULT 'assistant'",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -165,7 +168,7 @@ _INSERT_EVENT_SQL = f"""
         SELECT u.* FROM json_to_recordset(%(texts)s::json) AS u(hash text, text text, path text, language text, symbol text)
         WHERE EXISTS (SELECT 1 FROM e) ON CONFLICT DO NOTHING)
     SELECT seq FROM e"""
-_FEEDBACK_COLS = "feedback_id, event_id, ts, signal, doc_id, rating, path, start_line, end_line, note"
+_FEEDBACK_COLS = "feedback_id, event_id, ts, signal, doc_id, rating, path, start_line, end_line, note, source"
 _JOB_COLS = (
     "run_id, kind, state, progress, message, params, created, updated, pid, host, result, error, cancel_requested"
 )

@@ -132,6 +132,7 @@ class FeedbackRecord:
     end_line: int | None = None
     note: str | None = None
     created: bool = True
+    source: str = "assistant"  # who gave it: assistant (MCP), person (console, CLI) or import
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +287,7 @@ def feedback_from_row(row: Row, created: bool = True) -> FeedbackRecord:
         end_line=row["end_line"],
         note=row["note"],
         created=created,
+        source=row["source"],
     )
 
 

@@ -337,9 +337,9 @@ class SqliteEventStore(SqliteJobs, StoreBase):
         try:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO feedback (feedback_id, event_id, ts, signal, doc_id, rating, path, "
-                "start_line, end_line, note, dedupe_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "start_line, end_line, note, dedupe_key, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (r.feedback_id, r.event_id, r.ts, r.signal, r.doc_id, r.rating, r.path, r.start_line, r.end_line,
-                 r.note, key),
+                 r.note, key, r.source),
             )
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"Unknown event_id {r.event_id!r}: feedback must name a stored query event") from exc

@@ -103,6 +103,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
             acquired REAL NOT NULL,
             heartbeat REAL NOT NULL)""",
     ),
+    (  # 2: who gave each feedback: 'assistant' (an MCP client), 'person' (the console, the CLI) or 'import'
+        "ALTER TABLE feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'assistant'",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

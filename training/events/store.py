@@ -86,6 +86,7 @@ class EventStore(Protocol):
         end_line: int | None = None,
         note: str | None = None,
         ts: float | None = None,
+        source: str = "assistant",
     ) -> FeedbackRecord:
         """Store one feedback signal, committed before return. An exact repeat returns the existing record."""
 

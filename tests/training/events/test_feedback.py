@@ -173,3 +173,12 @@ def test_count_lines_counts_a_last_line_without_newline(tmp_path: Path) -> None:
         p = tmp_path / f"f{i}"
         p.write_text(text)
         assert count_lines(p) == expected, text
+
+
+def test_feedback_records_who_gave_it(store, event_id, roots) -> None:
+    by_person = _submit(store, event_id, "thumbs_down", roots, doc_id="src/auth.py:1-10", source="person")
+    by_default = _submit(store, event_id, "used", roots, doc_id="src/auth.py:1-10")
+    stored = {f.feedback_id: f.source for f in store.feedback_for_event(event_id)}
+    assert stored == {by_person.feedback_id: "person", by_default.feedback_id: "assistant"}
+    with pytest.raises(FeedbackError, match="source expects one of assistant, person, import"):
+        _submit(store, event_id, "click", roots, doc_id="src/auth.py:1-10", source="robot")

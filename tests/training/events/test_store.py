@@ -245,3 +245,24 @@ def test_store_serves_worker_threads_and_a_closed_store_refuses_calls(store, sto
         store.counts()
     if store_backend == "postgres":
         assert not store.database.pool.closed  # the pool is shared with the index: close() leaves it open
+
+
+def test_a_version_1_database_migrates_and_its_old_feedback_reads_as_from_an_assistant(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    db = tmp_path / "agro.db"
+    monkeypatch.setattr(store_mod, "_MIGRATIONS", store_mod._MIGRATIONS[:1])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 1)
+    with SqliteEventStore(db) as old:
+        eid = _log(old, _hits(A))
+        old._conn().execute("BEGIN IMMEDIATE")
+        old._conn().execute(
+            "INSERT INTO feedback (feedback_id, event_id, ts, signal, doc_id, dedupe_key) VALUES ('f1', ?, 1.0, "
+            "'click', ?, 'k1')", (eid, A.doc_id))
+        old._conn().execute("COMMIT")
+    monkeypatch.undo()
+    with SqliteEventStore(db) as s:
+        assert s.schema_version() == store_mod.SCHEMA_VERSION >= 2
+        [old_fb] = s.feedback_for_event(eid)
+        assert old_fb.source == "assistant"
+        assert s.add_feedback(eid, "thumbs_up", source="person").source == "person"
+        assert [f.source for f in s.feedback_for_event(eid)] == ["assistant", "person"]
