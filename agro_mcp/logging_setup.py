@@ -15,12 +15,28 @@ __all__ = ["configure_logging", "quiet_third_party"]
 _NOISY = ("httpx", "sentence_transformers", "transformers", "filelock", "urllib3", "mcp", "huggingface_hub")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (a background thread may log after a test
+    has swapped and closed the stream it started with)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO") -> None:
     """One stderr handler on the root logger; third-party loggers at WARNING or above."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
