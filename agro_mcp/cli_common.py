@@ -31,14 +31,14 @@ def guard(fn):
     """Turn the training package's user-facing errors into ``agro: message`` on stderr and exit status 2."""
 
     def wrapped(args, settings) -> int:
-        from training.admin import AdminError
-        from training.evaluate import EvalError
-        from training.feedback import FeedbackError
-        from training.golden import GoldenError
-        from training.jobs import JobBusyError
-        from training.promote import PromotionError
-        from training.store import StoreError
-        from training.trainer import TrainingError
+        from training.releases.admin import AdminError
+        from training.evaluation.datasets import EvalError
+        from training.events.feedback import FeedbackError
+        from training.evaluation.golden import GoldenError
+        from training.releases.jobs import JobBusyError
+        from training.releases.promote import PromotionError
+        from training.events.records import StoreError
+        from training.learning.trainer import TrainingError
 
         try:
             return fn(args, settings) or 0
@@ -53,7 +53,7 @@ def guard(fn):
 def run_here(settings, kind: str, fn, lock: str | None = "training"):
     """Run ``fn(engine, ctx)`` as a recorded job in this process: ``(run_id, result)``. On a terminal its progress
     is drawn on stderr."""
-    from training.jobs import run_job
+    from training.releases.jobs import run_job
 
     eng = make_engine(settings)
     shown = None

@@ -17,7 +17,7 @@ SIGNALS = ["click", "used", "thumbs_up", "thumbs_down", "rating", "correct_locat
 
 
 def cmd_feedback(args, settings) -> int:
-    from training.feedback import submit_feedback
+    from training.events.feedback import submit_feedback
 
     eng = make_engine(settings)
     try:
@@ -33,7 +33,7 @@ def cmd_feedback(args, settings) -> int:
 
 
 def cmd_import_logs(args, settings) -> int:
-    from training.logs_io import import_logs
+    from training.events.logs_io import import_logs
 
     eng = make_engine(settings)
     try:
@@ -45,9 +45,9 @@ def cmd_import_logs(args, settings) -> int:
 
 
 def cmd_export(args, settings) -> int:
-    from training.logs_io import export_queries, write_jsonl_atomic
+    from training.events.logs_io import export_queries, write_jsonl_atomic
     from training.loop import chunk_lookup
-    from training.miners import mine_feedback
+    from training.learning.miners import mine_feedback
 
     out = Path(args.out) if args.out else settings.server.home / "exports"
     eng = make_engine(settings)
@@ -65,7 +65,7 @@ def cmd_export(args, settings) -> int:
 
 def cmd_golden_add(args, settings) -> int:
     from retrieval.types import parse_doc_id
-    from training.golden import add_golden
+    from training.evaluation.golden import add_golden
 
     spans = []
     for s in args.span or []:

@@ -18,7 +18,7 @@ def _dump(obj) -> None:
 
 
 def cmd_promote(args, settings) -> int:
-    from training.admin import _latest_trained
+    from training.releases.admin import _latest_trained
     from training.loop import promote_step
 
     home = settings.server.home
@@ -31,7 +31,7 @@ def cmd_promote(args, settings) -> int:
 
 
 def cmd_rollback(args, settings) -> int:
-    from training.promote import rollback
+    from training.releases.promote import rollback
 
     eng = make_engine(settings)
     try:
@@ -43,7 +43,7 @@ def cmd_rollback(args, settings) -> int:
 
 
 def cmd_jobs(args, settings) -> int:
-    from training.admin import run_admin_action
+    from training.releases.admin import run_admin_action
 
     eng = make_engine(settings)
     try:

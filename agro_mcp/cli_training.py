@@ -24,13 +24,8 @@ def _dump(obj) -> None:
 
 
 def cmd_evaluate(args, settings) -> int:
-    from training.evaluate import (
-        format_table,
-        make_rerank_fn,
-        run_evaluation,
-        save_report,
-        write_run_jsonl,
-    )
+    from training.evaluation.report import format_table, save_report, write_run_jsonl
+    from training.evaluation.run import make_rerank_fn, run_evaluation
 
     home = settings.server.home
     eng = make_engine(settings)
@@ -53,7 +48,7 @@ def cmd_evaluate(args, settings) -> int:
                 echo(f"note: no reranker ({eng.reranker.none_reason}); scoring retrieval only", file=sys.stderr)
         candidate = None
         if args.candidate:
-            from training.trainer import run_dir
+            from training.learning.trainer import run_dir
 
             candidate = str(run_dir(home / "models", args.candidate) / "model")
         report = run_evaluation(args.dataset, home, settings.index, settings.retrieval, configs=configs,
@@ -99,7 +94,7 @@ def _history(eng, args) -> int:
 
 
 def _plot(eng, args) -> int:
-    from training.plot import plot_history
+    from training.evaluation.plot import plot_history
 
     out = Path(args.plot_out) if args.plot_out else eng.home / "exports" / "evals" / "history.png"
     try:
@@ -128,7 +123,7 @@ def _sources(args) -> tuple[list[str], Path | None]:
 
 def cmd_mine(args, settings) -> int:
     from training.loop import export_triplets, mine
-    from training.trainer import run_dir, write_split
+    from training.learning.trainer import run_dir, write_split
 
     sources, golden = _sources(args)
 
@@ -184,7 +179,7 @@ def cmd_bootstrap(args, settings) -> int:
 
 
 def cmd_pretrain(args, settings) -> int:
-    from training.pretrain import run_pretrain
+    from training.learning.pretrain import run_pretrain
 
     run_id, res = run_here(settings, "pretrain",
                        lambda eng, ctx: run_pretrain(settings, ctx, args.source, cap=args.cap, max_pairs=args.max_pairs,
