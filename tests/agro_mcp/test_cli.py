@@ -121,3 +121,48 @@ def test_index_and_search_leave_nothing_on_stderr_a_user_cannot_act_on(tmp_path)
             assert noise not in stderr, f"{noise!r} on stderr:\n{stderr}"
         for line in stderr.splitlines():
             assert " INFO " in line, f"not an INFO line: {line!r}"
+
+
+def _agro_env(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGRO_", "HF_HUB_DISABLE"))}
+    env.update(AGRO_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(REPO_ROOT))
+    return env
+
+
+@pytest.mark.slow
+def test_a_job_draws_its_progress_on_a_terminal_and_not_into_a_pipe(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    env = _agro_env(tmp_path)
+    repo = write_repo(tmp_path / "sample")
+    cmd = [sys.executable, "-m", "agro_mcp", "--log-level", "WARNING"]
+    subprocess.run([*cmd, "index", str(repo)], env=env, check=True, capture_output=True, timeout=600)
+
+    piped = subprocess.run([*cmd, "bootstrap"], env=env, capture_output=True, text=True, timeout=600)
+    assert "bootstrap [" not in piped.stderr and "\r" not in piped.stderr
+    assert "run " in piped.stdout  # the result still reaches stdout
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([*cmd, "bootstrap"], env=env, stdout=subprocess.PIPE, stderr=follower)
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        proc.communicate(timeout=600)
+    finally:
+        os.close(leader)
+    text = drawn.decode(errors="replace")
+    assert "bootstrap [" in text and "mining" in text and "\r" in text
