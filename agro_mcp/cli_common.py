@@ -51,17 +51,18 @@ def guard(fn):
 
 
 def run_here(settings, kind: str, fn, lock: str | None = "training"):
-    """Run ``fn(engine, ctx)`` as a recorded job in this process: ``(run_id, result)``. On a terminal its progress
-    is drawn on stderr."""
+    """Run ``fn(workspace, ctx)`` as a recorded job in this process: ``(run_id, result)``. On a terminal its
+    progress is drawn on stderr."""
     from training.releases.jobs import run_job
 
     eng = make_engine(settings)
+    ws = eng.workspace
     shown = None
 
     def job(ctx):
         nonlocal shown
         shown = JobProgress(ctx)
-        return fn(eng, shown)
+        return fn(ws, shown)
 
     try:
         run_id, result = run_job(eng.store, settings.server.home, kind, job, lock_name=lock)

@@ -23,7 +23,7 @@ def cmd_promote(args, settings) -> int:
 
     home = settings.server.home
     rid = args.run_id or _latest_trained(home / "models")
-    run_id, res = run_here(settings, "promote", lambda eng, ctx: promote_step(eng, ctx, rid, force=args.force))
+    run_id, res = run_here(settings, "promote", lambda ws, ctx: promote_step(ws, ctx, rid, force=args.force))
     echo(("PROMOTED as " + str(res["release"])) if res["decision"] == "promoted" else "REFUSED")
     for r in res.get("reasons", []):
         echo(f"  {r}")
@@ -48,16 +48,16 @@ def cmd_jobs(args, settings) -> int:
     eng = make_engine(settings)
     try:
         if args.cancel:
-            res = run_admin_action(eng, "cancel", run_id=args.cancel)
+            res = run_admin_action(eng.workspace, "cancel", run_id=args.cancel)
         elif args.logs:
-            res = run_admin_action(eng, "logs", run_id=args.logs)
+            res = run_admin_action(eng.workspace, "logs", run_id=args.logs)
             if not args.json:
                 echo("\n".join(res["lines"]) or "(no log lines)")
                 return 0
         elif args.runs:
-            res = run_admin_action(eng, "runs")
+            res = run_admin_action(eng.workspace, "runs")
         else:
-            res = run_admin_action(eng, "status")
+            res = run_admin_action(eng.workspace, "status")
     finally:
         eng.close()
     if args.json or args.cancel or args.runs:

@@ -25,7 +25,7 @@ def _dump(obj) -> None:
 
 def cmd_evaluate(args, settings) -> int:
     from training.evaluation.report import format_table, save_report, write_run_jsonl
-    from training.evaluation.run import make_rerank_fn, run_evaluation
+    from training.evaluation.run import run_evaluation
 
     home = settings.server.home
     eng = make_engine(settings)
@@ -36,13 +36,13 @@ def cmd_evaluate(args, settings) -> int:
             return _plot(eng, args)
         if not args.dataset:
             raise CommandFailed("evaluate needs a dataset: golden.json or a bench collection folder (or --plot alone)")
-        rerank_fn = model = None
+        rerank_path = model = None
         configs = ["bm25", "dense", "fused"]
         if not args.no_rerank and settings.reranker.enabled:
             eng.reranker.start()
             loaded = eng.reranker.get(wait=True)
             if loaded is not None:
-                rerank_fn, model = make_rerank_fn(loaded, settings.reranker), loaded.model_id
+                rerank_path, model = eng.ranking_path.with_reranker(loaded), loaded.model_id
                 configs.append("fused+rerank")
             else:
                 echo(f"note: no reranker ({eng.reranker.none_reason}); scoring retrieval only", file=sys.stderr)
@@ -52,7 +52,7 @@ def cmd_evaluate(args, settings) -> int:
 
             candidate = str(run_dir(home / "models", args.candidate) / "model")
         report = run_evaluation(args.dataset, home, settings.index, settings.retrieval, configs=configs,
-                                rerank_fn=rerank_fn, candidate_model=candidate, reranker_settings=settings.reranker,
+                                rerank_path=rerank_path, candidate_model=candidate, reranker_settings=settings.reranker,
                                 model=model, embedder=eng.embedder(), limit=args.limit,
                                 index_backend=eng.indexes)
         saved = save_report(report, eng.store, home / "exports")
@@ -127,10 +127,10 @@ def cmd_mine(args, settings) -> int:
 
     sources, golden = _sources(args)
 
-    def fn(eng, ctx):
-        split = mine(eng, ctx, sources, golden_path=golden, corpus=args.corpus)
-        write_split(run_dir(eng.home / "models", ctx.run_id), split)
-        path = export_triplets(eng, split)
+    def fn(ws, ctx):
+        split = mine(ws, ctx, sources, golden_path=golden, corpus=args.corpus)
+        write_split(run_dir(ws.home / "models", ctx.run_id), split)
+        path = export_triplets(ws, split)
         return {"train": len(split.train), "heldout": len(split.heldout), "split": split.info.get("sources"),
                 "exported": str(path)}
 
@@ -155,7 +155,7 @@ def cmd_train(args, settings) -> int:
     from training.loop import run_loop
 
     sources, golden = _sources(args)
-    run_id, res = run_here(settings, "train", lambda eng, ctx: run_loop(eng, ctx, sources, golden_path=golden,
+    run_id, res = run_here(settings, "train", lambda ws, ctx: run_loop(ws, ctx, sources, golden_path=golden,
                                                                      corpus=args.corpus, promote=False))
     _print_loop(run_id, res)
     return 0 if res.get("decision") != "skipped" else 1
@@ -165,7 +165,7 @@ def cmd_loop(args, settings) -> int:
     from training.loop import run_loop
 
     sources, golden = _sources(args)
-    run_id, res = run_here(settings, "loop", lambda eng, ctx: run_loop(eng, ctx, sources, golden_path=golden,
+    run_id, res = run_here(settings, "loop", lambda ws, ctx: run_loop(ws, ctx, sources, golden_path=golden,
                                                                     corpus=args.corpus))
     return _print_loop(run_id, res)
 
@@ -174,7 +174,7 @@ def cmd_bootstrap(args, settings) -> int:
     from training.loop import run_bootstrap
 
     run_id, res = run_here(settings, "bootstrap",
-                       lambda eng, ctx: run_bootstrap(eng, ctx, args.corpus, promote=not args.no_promote))
+                       lambda ws, ctx: run_bootstrap(ws, ctx, args.corpus, promote=not args.no_promote))
     return _print_loop(run_id, res)
 
 
@@ -182,8 +182,8 @@ def cmd_pretrain(args, settings) -> int:
     from training.learning.pretrain import run_pretrain
 
     run_id, res = run_here(settings, "pretrain",
-                       lambda eng, ctx: run_pretrain(settings, ctx, args.source, cap=args.cap, max_pairs=args.max_pairs,
-                                                     embedder=eng.embedder()))
+                           lambda ws, ctx: run_pretrain(ws.home, ws.settings, ctx, args.source, cap=args.cap,
+                                                        max_pairs=args.max_pairs, embedder=ws.embedder()))
     if args.json:
         echo(json.dumps({"run_id": run_id, **res}, indent=1, default=str))
         return 0
