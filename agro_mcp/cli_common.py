@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from retrieval.errors import AgroUserError
+
 __all__ = ["CommandFailed", "JobProgress", "Progress", "add_command", "echo", "guard", "make_engine", "run_here"]
 
 
@@ -23,27 +25,17 @@ def make_engine(settings):
     return Engine(settings)
 
 
-class CommandFailed(Exception):
+class CommandFailed(AgroUserError):
     """A user-fixable failure of a command: printed as ``agro: <message>``, exit status 2."""
 
 
 def guard(fn):
-    """Turn the training package's user-facing errors into ``agro: message`` on stderr and exit status 2."""
+    """Turn user-facing errors (and a missing file) into ``agro: message`` on stderr and exit status 2."""
 
     def wrapped(args, settings) -> int:
-        from training.releases.admin import AdminError
-        from training.evaluation.datasets import EvalError
-        from training.events.feedback import FeedbackError
-        from training.evaluation.golden import GoldenError
-        from training.releases.jobs import JobBusyError
-        from training.releases.promote import PromotionError
-        from training.events.records import StoreError
-        from training.learning.trainer import TrainingError
-
         try:
             return fn(args, settings) or 0
-        except (CommandFailed, AdminError, EvalError, FeedbackError, GoldenError, JobBusyError, PromotionError,
-                StoreError, TrainingError, FileNotFoundError) as exc:
+        except (AgroUserError, FileNotFoundError) as exc:
             echo(f"agro: {exc}", file=sys.stderr)
             return 2
 

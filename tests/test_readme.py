@@ -50,3 +50,11 @@ def test_the_troubleshooting_messages_are_the_ones_the_code_prints():
     ):
         assert fragment in code, f"no longer in the code: {fragment!r}"
         assert fragment in readme, f"not in the README: {fragment!r}"
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    for doc in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which does not exist"
