@@ -2,7 +2,7 @@
 
 This module parses the global options, loads the settings, configures logging and dispatches; the commands live
 by group: ``cli_index`` (index, search, status, demo), ``cli_serve`` (serve), ``cli_feedback`` (feedback,
-import-logs, export, golden), ``cli_training`` (evaluate, mine, train, loop, bootstrap, pretrain) and
+import-logs, export, golden, db), ``cli_training`` (evaluate, mine, train, loop, bootstrap, pretrain) and
 ``cli_releases`` (promote, rollback, jobs). Shared helpers are in ``cli_common``.
 """
 

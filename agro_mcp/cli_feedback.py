@@ -1,4 +1,5 @@
-"""``agro`` commands for the event and feedback store: ``feedback``, ``import-logs``, ``export``, ``golden add``.
+"""``agro`` commands for the event and feedback store: ``feedback``, ``import-logs``, ``export``, ``golden add``,
+``db compact``.
 
 Thin faces over ``training``: the same functions the ``submit_feedback`` tool runs. Errors the user can fix exit
 with status 2 and a message that says how.
@@ -23,7 +24,7 @@ def cmd_feedback(args, settings) -> int:
     try:
         rec = submit_feedback(eng.store, args.event_id, args.signal, doc_id=args.doc_id, rating=args.rating,
                               path=args.path, start_line=args.start_line, end_line=args.end_line, note=args.note,
-                              corpus_root=eng.corpus_root)
+                              corpus_root=eng.corpus_root, indexed_files=eng.indexed_files)
     finally:
         eng.close()
     state = "recorded" if rec.created else "already recorded"
@@ -80,8 +81,34 @@ def cmd_golden_add(args, settings) -> int:
     return 0
 
 
+def cmd_db_compact(args, settings) -> int:
+    """Apply the retention rules now and give the space back to the file system."""
+    from training.releases.retention import compact
+
+    days = settings.server.events_retention_days if args.days is None else args.days
+    eng = make_engine(settings)
+    try:
+        before = _db_bytes(settings.server.home)
+        res = compact(eng.store, settings.server.home, days, vacuum=True)
+        after = _db_bytes(settings.server.home)
+    finally:
+        eng.close()
+    if args.json:
+        echo(json.dumps({**res, "retention_days": days, "db_bytes_before": before, "db_bytes_after": after},
+                        indent=2, default=str))
+        return 0
+    echo(f"removed {res['events']} query events older than {days:g} days without feedback, "
+         f"{res['chunk_texts']} unreferenced chunk texts, {len(res['folders'])} incomplete model folders"
+         + (f"; agro.db {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB" if before else ""))
+    return 0
+
+
+def _db_bytes(home) -> int:
+    return sum(p.stat().st_size for p in (Path(home) / "agro.db", Path(home) / "agro.db-wal") if p.is_file())
+
+
 def register(sub) -> None:
-    """Add ``feedback``, ``import-logs``, ``export`` and ``golden`` to ``agro``'s subcommands."""
+    """Add ``feedback``, ``import-logs``, ``export``, ``golden`` and ``db`` to ``agro``'s subcommands."""
     s = add_command(
         sub, "feedback", "record feedback on a search result (the same as the submit_feedback tool)",
         "agro search \"token validation\" --json        # note the event_id and a doc_id\n"
@@ -128,3 +155,12 @@ def register(sub) -> None:
                    help="lines that answer it (repeatable)")
     s.add_argument("--file", default="golden.json", help="the golden file (default: ./golden.json)")
     s.set_defaults(func=guard(cmd_golden_add))
+
+    db = add_command(sub, "db", "the event store: retention", "agro db compact --days 30")
+    dsub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    s = add_command(
+        dsub, "compact", "delete query events past AGRO_EVENTS_RETENTION_DAYS without feedback and incomplete model "
+        "folders; reclaim the space", "agro db compact --days 30")
+    s.add_argument("--days", type=float, help="retention in days (default: AGRO_EVENTS_RETENTION_DAYS, 90)")
+    s.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    s.set_defaults(func=guard(cmd_db_compact))

@@ -9,6 +9,8 @@ import logging
 import os
 import sys
 
+from retrieval.redact import RedactingFormatter
+
 __all__ = ["configure_logging", "quiet_third_party"]
 
 # Third-party loggers whose INFO lines say nothing a user can act on.
@@ -32,12 +34,13 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """One stderr handler on the root logger; third-party loggers at WARNING or above."""
+    """One stderr handler on the root logger whose lines pass through the redaction helper (no key ever reaches a
+    log); third-party loggers at WARNING or above."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in _NOISY:
