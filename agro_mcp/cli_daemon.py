@@ -26,7 +26,10 @@ __all__ = ["register", "route", "daemon_search", "daemon_status", "socket_transp
 
 
 def register(sub) -> None:
-    s = sub.add_parser("daemon", help="the shared warm server of this data home (models, indexes, sessions)")
+    from agro_mcp.cli_common import add_command
+
+    s = add_command(sub, "daemon", "the shared warm server of this data home (models, indexes, sessions)",
+                    "agro daemon status            # pid, uptime, sessions, memory, corpora, HTTP URL")
     s.add_argument("action", choices=["run", "start", "stop", "status", "restart"],
                    help="run: in the foreground; start: in the background; stop; status; restart")
     s.add_argument("--json", action="store_true", help="status as JSON")

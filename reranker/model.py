@@ -314,7 +314,7 @@ class CrossEncoderScorer:
     def _cap_query(self, query: str) -> tuple[str, int]:
         """The query cut to at most ``query_max_tokens`` tokens (by character offsets), and its token count."""
         cap = max(1, min(self.query_max_tokens, self.maxlen - self._n_special - 1))
-        enc = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         ids = enc["input_ids"]
         if len(ids) <= cap:
             return query, len(ids)

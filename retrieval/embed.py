@@ -139,7 +139,7 @@ class Embedder:
             hit = self._coverage_cache.get(text)
         if hit is not None:
             return hit
-        n = len(self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+        n = len(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
         c = 1.0 if n <= 0 else min(1.0, (self.max_tokens - 2) * self.query_windows / n)
         with self._lock:
             self._coverage_cache[text] = c
@@ -155,7 +155,7 @@ class Embedder:
         (1) was measured best on SWE-bench issue texts: the title and first paragraph say what is wanted, while
         later windows (tracebacks, pasted code) pull the vector away from it.
         """
-        ids = self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         window = self.max_tokens - 2
         if self._lean is not None:  # thread-safe: read-only weights, no module state
             from retrieval.lean import with_special_tokens

@@ -518,9 +518,10 @@ def build_index(
         elif not full:
             try:
                 prev = load_current(home, corpus)
-            except (NoIndexError, IndexVersionError) as exc:
+            except NoIndexError:
+                logger.info("first build of corpus %s", corpus)
+            except IndexVersionError as exc:
                 logger.info("full build of %s: %s", corpus, exc)
-                prev = None
             if prev is not None and (prev.embed_model != embedder.model_id or Path(prev.manifest["root"]) != root):
                 logger.info("full build of %s: embedding model or root changed", corpus)
                 prev = None

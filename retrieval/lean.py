@@ -171,7 +171,7 @@ def lean_encoder_for(st_model, tokenizer, max_tokens: int, reference) -> LeanEnc
 
 def token_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
     """``text``'s ids with the model's special tokens, truncated to ``max_tokens`` like the model's own pipeline."""
-    ids = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
     return with_special_tokens(tokenizer, ids[: max_tokens - 2])
 
 

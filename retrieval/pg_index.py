@@ -332,7 +332,7 @@ class PgIndexBackend:
             try:
                 prev = self.load_current(corpus)
             except NoIndexError:
-                prev = None
+                logger.info("first build of corpus %s", corpus)
             if prev is not None and (prev.embed_model != embedder.model_id or Path(prev.manifest["root"]) != root):
                 logger.info("full build of %s: embedding model or root changed", corpus)
                 prev = None

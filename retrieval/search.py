@@ -178,7 +178,8 @@ def dense_top_k(gen: IndexGeneration, qv: np.ndarray, n: int, mask: np.ndarray |
         scores = np.einsum("ij,j->i", gen.vectors, qv)
         order = top_k_indices(scores, n, mask)
         return order, ExactScores(gen.vectors, qv, ((int(d), float(scores[d])) for d in order))
-    approx = (gen.half_vectors() @ torch.from_numpy(qv).to(torch.float16)).float().numpy()
+    # A copy: cached query vectors are read-only, and torch refuses (with a warning) to wrap a read-only array.
+    approx = (gen.half_vectors() @ torch.from_numpy(qv.copy()).to(torch.float16)).float().numpy()
     cand = top_k_indices(approx, keep, mask)
     exact = np.einsum("ij,j->i", gen.vectors[cand], qv)
     order = cand[np.lexsort((cand, -exact))][:n]

@@ -379,7 +379,7 @@ def _fit(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bo
 def _query_tokens_max(tokenizer: Any, train: Sequence[Triplet]) -> int:
     """The longest training question in the model's tokens: serving keeps the fused order for queries far longer
     (RerankerSettings.long_query_factor), which the model never learned from."""
-    return max((len(tokenizer(t.query, add_special_tokens=False)["input_ids"]) for t in train), default=0)
+    return max((len(tokenizer(t.query, add_special_tokens=False, verbose=False)["input_ids"]) for t in train), default=0)
 
 
 def _trainer_args(d: Path, settings: Any, epochs: int, n_steps_epoch: int, bf16: bool, lr: float) -> dict[str, Any]:
