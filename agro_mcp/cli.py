@@ -69,7 +69,7 @@ def cmd_index(args, settings: Settings) -> int:
     try:
         if args.watch:
             return _watch(eng, args)
-        summary = eng.index(args.path, args.corpus, full=args.full, progress=_Progress())
+        summary = eng.index(args.path, args.corpus, full=args.full, progress=_Progress(), root_change=args.root_change)
     finally:
         eng.close()
     _print_summary(summary, args.json)
@@ -89,11 +89,14 @@ def _print_summary(summary, as_json: bool) -> None:
         print("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())))
     if summary.non_utf8_files:
         print(f"  {summary.non_utf8_files} non-UTF-8 file(s) read with replacement characters")
+    if summary.secrets:
+        print("  secrets found (never indexed): " + ", ".join(f"{k} {v}" for k, v in sorted(summary.secrets.items()))
+              + (f"; {summary.redacted_files} file(s) indexed with those lines redacted" if summary.redacted_files else ""))
 
 
 def _watch(eng, args) -> int:
     """Re-index whenever files change (polling; no extra dependency), until Ctrl-C."""
-    summary = eng.index(args.path, args.corpus, full=args.full, progress=_Progress())
+    summary = eng.index(args.path, args.corpus, full=args.full, progress=_Progress(), root_change=args.root_change)
     _print_summary(summary, False)
     corpus = summary.corpus
     print(f"watching {summary.root} every {args.interval}s (Ctrl-C to stop)", file=sys.stderr)
@@ -210,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", nargs="?", default=".")
     s.add_argument("--corpus", help="corpus id (default: the folder name)")
     s.add_argument("--full", action="store_true", help="rebuild from scratch")
+    s.add_argument("--root-change", action="store_true",
+                   help="move an indexed corpus to this folder (a corpus's root is otherwise fixed)")
     s.add_argument("--watch", action="store_true", help="keep the index fresh until Ctrl-C")
     s.add_argument("--interval", type=float, default=2.0, help="--watch polling interval in seconds")
     s.add_argument("--json", action="store_true")

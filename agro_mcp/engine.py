@@ -421,9 +421,15 @@ class Engine:
             return None
 
     # -- indexing -----------------------------------------------------------------------------------------
-    def index(self, path: str | Path, corpus: str | None = None, full: bool = False, progress=None):
+    def index(self, path: str | Path, corpus: str | None = None, full: bool = False, progress=None, *,
+              face: str = "cli", root_change: bool = False):
+        """Index ``path`` as ``corpus``. ``face`` says who asks (``mcp``: a tool call, held to AGRO_INDEX_ROOTS;
+        ``cli``: a person); ``root_change`` lets the CLI move a corpus to another folder (``retrieval.reach``)."""
         root = Path(path).expanduser()
-        corpus = corpus or root.resolve().name
+        try:
+            corpus = corpus or root.resolve().name or "root"
+        except OSError:
+            corpus = root.name or "root"
         try:
             validate_corpus_id(corpus)
         except ValueError as exc:
@@ -431,17 +437,17 @@ class Engine:
         try:
             summary = self.indexes.build(
                 root, corpus, self.settings.index, self.settings.retrieval, self.embedder(), progress, full,
-                previous=self._gens.get(corpus),
+                previous=self._gens.get(corpus), face=face, root_change=root_change,
             )
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise UserError(str(exc)) from None
         self._stale.pop(corpus, None)
         return summary
 
-    def refresh(self, corpus: str | None = None, progress=None):
+    def refresh(self, corpus: str | None = None, progress=None, *, face: str = "cli"):
         corpus = self.resolve_corpus(corpus)
         gen = self.generation(corpus)
-        return self.index(gen.root, corpus, progress=progress)
+        return self.index(gen.root, corpus, progress=progress, face=face)
 
     def status(self, corpus: str | None = None) -> dict:
         corpus = self.resolve_corpus(corpus)

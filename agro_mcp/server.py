@@ -131,9 +131,9 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
             if action == "index":
                 if not path:
                     raise UserError("action 'index' needs path=<repository folder>")
-                summary = await anyio.to_thread.run_sync(lambda: eng.index(path, corpus, full, progress))
+                summary = await anyio.to_thread.run_sync(lambda: eng.index(path, corpus, full, progress, face="mcp"))
             else:
-                summary = await anyio.to_thread.run_sync(lambda: eng.refresh(corpus, progress))
+                summary = await anyio.to_thread.run_sync(lambda: eng.refresh(corpus, progress, face="mcp"))
             return IndexResponse(action=action, corpus=summary.corpus, data=summary.to_dict())
         except (UserError, DatabaseError) as exc:
             raise _user_error(exc) from None

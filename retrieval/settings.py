@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["DEFAULT_IGNORES", "DEFAULT_SECRET_PATTERNS", "IndexSettings", "RetrievalSettings"]
 
@@ -21,6 +23,8 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".pgpass", ".npmrc", ".pypirc",
     "credentials", "credentials.json", "*credentials*.json", "secrets.json", "secrets.yaml",
     "secrets.yml", "*.secret", "service-account*.json", ".htpasswd", ".git-credentials",
+    "*.tfstate", "*.tfstate.backup", ".dockercfg", "kubeconfig", "*.kubeconfig", "authorized_keys",
+    "authorized_keys2", "known_hosts", "shadow", "shadow-", "gshadow", "gshadow-", "*.kdbx", ".*_history",
 )
 
 
@@ -32,12 +36,27 @@ class IndexSettings(BaseModel):
     max_file_bytes: int = Field(1_000_000, ge=1_000, description="Files larger than this are skipped.")
     extra_ignores: list[str] = Field(default_factory=list, description="Extra gitignore-style patterns.")
     respect_gitignore: bool = True
-    index_secrets: bool = Field(False, description="Index files that look like secrets (never by default).")
+    secrets: Literal["skip", "redact"] = Field(
+        "skip", description="A file whose content holds a secret is skipped, or indexed with those lines redacted."
+    )
+    roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders under which the MCP rag_index tool may index (AGRO_INDEX_ROOTS; the CLI may index any "
+        "folder but system and credential folders).",
+    )
     max_chunk_lines: int = Field(80, ge=10, description="Symbols longer than this are split, header kept.")
     window_lines: int = Field(40, ge=5, description="Line window for files without a syntax chunker.")
     window_overlap: int = Field(10, ge=0)
     embed_batch: int = Field(32, ge=1)
     keep_generations: int = Field(3, ge=1, description="Index generations kept on disk per corpus.")
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v):
+        """``AGRO_INDEX_ROOTS=/a:/b`` (os.pathsep) or comma-separated, or a list."""
+        if isinstance(v, str):
+            return [p.strip() for p in v.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
+        return v
 
     @model_validator(mode="after")
     def _check_window(self) -> IndexSettings:
