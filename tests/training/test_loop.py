@@ -54,7 +54,7 @@ def test_bootstrap_mines_usage_pairs_from_call_sites_when_given_a_share(tmp_path
                  embedder=embedder)
     try:
         eng.index(repo, "trips")
-        split = mine(eng, Ctx(), ["bootstrap"], corpus="trips")
+        split = mine(eng.workspace, Ctx(), ["bootstrap"], corpus="trips")
     finally:
         eng.close()
     rows = split.train + split.heldout
