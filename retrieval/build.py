@@ -244,6 +244,7 @@ class BuildJob:
     index_settings: IndexSettings
     retrieval_settings: RetrievalSettings
     dim: int
+    purge_older: bool = False  # the older generations were scanned by other rules: keep none of them
 
 
 class GenerationStore(Protocol):
@@ -364,8 +365,10 @@ def build_generation(
             "skipped": plan.skipped,
             "excluded": plan.excluded,
         }
+        scanned_as = (current or {}).get("index_settings", {}).get("secrets")
         job = BuildJob(corpus, root, gen_id, prev, plan, new_chunks, vecs, manifest, index_settings,
-                       retrieval_settings, int(embedder.dim))
+                       retrieval_settings, int(embedder.dim),
+                       purge_older=current is not None and scanned_as != manifest["index_settings"]["secrets"])
         t = time.perf_counter()
         summary.chunks = store.write(job)
         timings["write"] = time.perf_counter() - t

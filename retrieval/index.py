@@ -442,7 +442,8 @@ class EmbeddedStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _gc(cdir, job.index_settings.keep_generations)
+        # Generations written under other secret-scanning rules may hold what this one leaves out: none is kept.
+        _gc(cdir, 1 if job.purge_older else job.index_settings.keep_generations)
         return len(chunks_final)
 
 

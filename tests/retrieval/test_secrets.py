@@ -158,3 +158,17 @@ def test_redact_mode_keeps_the_rest_of_the_file_searchable(tmp_path, embedder):
     assert "[redacted by agro-mcp: aws_access_key]" in config and "def load_config" in config
     names = {".env", "app/runtime_defaults.txt", "infra/terraform.tfstate", ".docker/config.json", ".kube/config"}
     assert not names & set(gen.files)  # secret-bearing names and folders stay excluded in redact mode
+
+
+def test_generations_built_under_other_secret_rules_are_removed_once_a_new_one_is_published(tmp_path, embedder):
+    from retrieval.index import corpus_dir
+
+    repo = _repo(tmp_path / "repo")
+    home = tmp_path / "agro"
+    build_index(repo, "repo", home, IndexSettings(secrets="redact"), RS, embedder)
+    (repo / "app" / "billing.py").write_text("def compute_invoice_total(lines):\n    return sum(lines) + 1\n")
+    build_index(repo, "repo", home, IndexSettings(secrets="redact"), RS, embedder)
+    gens = corpus_dir(home, "repo") / "gens"
+    assert len([p for p in gens.iterdir() if not p.name.startswith(".")]) == 2
+    build_index(repo, "repo", home, IndexSettings(), RS, embedder)  # skip mode: a full build, then the purge
+    assert len([p for p in gens.iterdir() if not p.name.startswith(".")]) == 1
