@@ -313,10 +313,11 @@ def build_generation(
     root = _resolve_dir(root)
     reach = reach or ReachPolicy.from_settings(index_settings)
     timings: dict[str, float] = {}
+    reach.check(root, corpus, face, store.current_manifest(corpus), root_change)  # refused before anything is made
     with store.lock(corpus):
-        store.before_build(corpus, index_settings)
-        current = store.current_manifest(corpus)
+        current = store.current_manifest(corpus)  # again under the lock: the check that counts
         root = reach.check(root, corpus, face, current, root_change)
+        store.before_build(corpus, index_settings)
         prev = None
         if not full:
             prev = _reusable_previous(store, corpus, previous, embedder, index_settings, root)
