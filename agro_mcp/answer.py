@@ -32,6 +32,7 @@ import mcp_types as types
 from pydantic import ValidationError
 
 from agro_mcp.schemas import AnswerResponse, Citation
+from retrieval.errors import AgroError
 from retrieval.types import Chunk, Hit
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ Sampler = Callable[[str, str, int], Awaitable[str]]
 """``(system_prompt, user_message, max_tokens) -> answer text``; raises :class:`AnswerSourceError` to fall back."""
 
 
-class AnswerSourceError(Exception):
+class AnswerSourceError(AgroError):
     """An answer source (sampling, endpoint) gave no usable answer; the message is the reason shown in ``note``."""
 
 

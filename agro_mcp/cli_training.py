@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 from agro_mcp.cli import echo
+from retrieval.errors import AgroUserError
 
 __all__ = ["register"]
 
 
-class _Fail(Exception):
+class _Fail(AgroUserError):
     """A user-fixable failure: printed as ``agro: <message>``, exit 2."""
 
 
@@ -34,19 +35,9 @@ def _guard(fn):
     """Turn the training package's user-facing errors into ``agro: message`` and exit 2."""
 
     def wrapped(args, settings) -> int:
-        from training.releases.admin import AdminError
-        from training.evaluation.datasets import EvalError
-        from training.events.feedback import FeedbackError
-        from training.evaluation.golden import GoldenError
-        from training.releases.jobs import JobBusyError
-        from training.releases.promote import PromotionError
-        from training.events.records import StoreError
-        from training.learning.trainer import TrainingError
-
         try:
             return fn(args, settings) or 0
-        except (_Fail, AdminError, EvalError, FeedbackError, GoldenError, JobBusyError, PromotionError, StoreError,
-                TrainingError, FileNotFoundError) as exc:
+        except (AgroUserError, FileNotFoundError) as exc:
             echo(f"agro: {exc}", file=sys.stderr)
             return 2
 

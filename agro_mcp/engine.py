@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agro_mcp.config import Settings
 from agro_mcp.schemas import SearchHit, SearchResponse
+from retrieval.errors import AgroUserError
 from retrieval.index import (
     IndexGeneration,
     NoIndexError,
@@ -30,7 +31,7 @@ MAX_K = 50
 _UNSET = object()
 
 
-class UserError(ValueError):
+class UserError(AgroUserError, ValueError):
     """Bad input from a caller; the message says how to fix it (surfaces as a ToolError / CLI error)."""
 
 

@@ -17,7 +17,7 @@ from pydantic import Field
 from agro_mcp.answer import rag_answer_call
 from agro_mcp.config import Settings
 from agro_mcp.engine import MAX_K, Engine, UserError
-from retrieval.pgdb import DatabaseError
+from retrieval.errors import AgroUserError
 from agro_mcp.schemas import (
     AnswerResponse,
     FeedbackResponse,
@@ -40,7 +40,7 @@ INSTRUCTIONS = """agro-mcp searches the user's indexed repositories and learns f
 Feedback trains the reranker, so the right code comes first next time."""
 
 
-def _user_error(exc: Exception) -> ToolError:
+def _user_error(exc: AgroUserError) -> ToolError:
     return ToolError(str(exc))
 
 
@@ -80,7 +80,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         """
         try:
             return _engine(ctx).search(query, corpus, k, rerank, path_glob, language)
-        except (UserError, DatabaseError) as exc:
+        except AgroUserError as exc:
             raise _user_error(exc) from None
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
@@ -99,7 +99,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         """
         try:
             return await rag_answer_call(_engine(ctx), ctx, question, corpus, k)
-        except (UserError, DatabaseError) as exc:
+        except AgroUserError as exc:
             raise _user_error(exc) from None
 
     @server.tool()
@@ -135,14 +135,8 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
             else:
                 summary = await anyio.to_thread.run_sync(lambda: eng.refresh(corpus, progress, face="mcp"))
             return IndexResponse(action=action, corpus=summary.corpus, data=summary.to_dict())
-        except (UserError, DatabaseError) as exc:
+        except AgroUserError as exc:
             raise _user_error(exc) from None
-        except Exception as exc:  # index errors carry their fix in the message
-            from retrieval.index import IndexError_
-
-            if isinstance(exc, IndexError_):
-                raise ToolError(str(exc)) from None
-            raise
 
     @server.tool()
     def submit_feedback(
@@ -165,7 +159,6 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         path:start_line-end_line (even if not among the results; the strongest signal); 'thumbs_down' = this hit
         was irrelevant; 'click' = you opened it; 'thumbs_up' / 'rating' (1-5) = the user's judgement.
         """
-        from training.events.feedback import FeedbackError
         from training.events.feedback import submit_feedback as submit
 
         eng = _engine(ctx)
@@ -174,8 +167,8 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
                 eng.store, event_id, signal, doc_id=doc_id, rating=rating, path=path, start_line=start_line,
                 end_line=end_line, note=note, corpus_root=eng.corpus_root,
             )
-        except (FeedbackError, DatabaseError) as exc:
-            raise ToolError(str(exc)) from None
+        except AgroUserError as exc:
+            raise _user_error(exc) from None
         return FeedbackResponse(
             feedback_id=rec.feedback_id, event_id=rec.event_id, signal=rec.signal, created=rec.created,
             message="recorded" if rec.created else "already recorded (identical feedback)",
@@ -212,10 +205,6 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         if action not in read_only and not eng.settings.server.admin_enabled:
             raise ToolError("reranker_admin actions that change state are disabled (AGRO_ADMIN_ENABLED=0).")
         from training.releases.admin import JOB_ACTIONS, AdminError, wait_for_job
-        from training.evaluation.datasets import EvalError
-        from training.releases.jobs import JobBusyError
-        from training.releases.promote import PromotionError
-        from training.learning.trainer import TrainingError
 
         async def notify(progress: float, message: str | None) -> None:
             try:
@@ -236,7 +225,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
                 rid = out["run_id"]
             return await wait_for_job(eng.workspace, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
                                       on_progress=notify)
-        except (UserError, DatabaseError, AdminError, EvalError, JobBusyError, PromotionError, TrainingError) as exc:
+        except AgroUserError as exc:
             raise _user_error(exc) from None
 
     return server

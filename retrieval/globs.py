@@ -16,10 +16,12 @@ try:  # pathspec >= 1.0
 except ImportError:  # pragma: no cover - pathspec 0.12
     from pathspec.patterns import GitWildMatchPattern as _Pattern
 
+from retrieval.errors import AgroUserError
+
 __all__ = ["InvalidGlobError", "path_glob_pg", "path_glob_regex"]
 
 
-class InvalidGlobError(ValueError):
+class InvalidGlobError(AgroUserError, ValueError):
     """A path_glob that is not a glob; the message says what a valid one looks like."""
 
 

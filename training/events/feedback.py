@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from retrieval.errors import AgroUserError
 from retrieval.types import parse_doc_id
 from training.events.records import FeedbackRecord, QueryEvent
 from training.events.store import EventStore
@@ -35,7 +36,7 @@ _NEEDS_DOC_ID = frozenset({"click", "used"})
 _MAX_LISTED_IDS = 10
 
 
-class FeedbackError(ValueError):
+class FeedbackError(AgroUserError, ValueError):
     """Feedback that cannot be accepted; the message says how to fix the call."""
 
 

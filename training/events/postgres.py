@@ -57,6 +57,7 @@ from training.events.records import (
     event_from_row,
     feedback_from_row,
     promotion_from_row,
+    scan_filters,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PgEventStore", "PgStoreVersionError"]
@@ -236,13 +237,8 @@ class PgEventStore(PgJobs, StoreBase):
 
     def iter_events(self, corpus: str | None = None, since: float | None = None) -> Iterator[QueryEvent]:
         """Events in insertion order, read in pages (one short transaction each) so a scan never holds a connection."""
-        where, args = ["seq > %s"], []
-        if corpus is not None:
-            where.append("corpus = %s")
-            args.append(corpus)
-        if since is not None:
-            where.append("ts >= %s")
-            args.append(since)
+        terms, args = scan_filters("%s", corpus, since)
+        where = ["seq > %s", *terms]
         page = records.PAGE
         sql = (
             f"SELECT seq, {_EVENT_COLS} FROM agro_query_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {page}"
@@ -339,13 +335,8 @@ class PgEventStore(PgJobs, StoreBase):
         signals: Iterable[str] | None = None,
     ) -> Iterator[FeedbackRecord]:
         """Feedback in insertion order, optionally filtered by the event's corpus, time and signal."""
-        where, args = ["f.seq > %s"], []
-        if corpus is not None:
-            where.append("e.corpus = %s")
-            args.append(corpus)
-        if since is not None:
-            where.append("f.ts >= %s")
-            args.append(since)
+        terms, args = scan_filters("%s", corpus, since, prefix="f.", corpus_col="e.corpus")
+        where = ["f.seq > %s", *terms]
         if signals is not None:
             where.append("f.signal = ANY(%s)")
             args.append(list(signals))

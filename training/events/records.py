@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from retrieval.errors import AgroUserError
 from retrieval.types import Hit
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "job_update_sets",
     "lock_is_held",
     "promotion_from_row",
+    "scan_filters",
     "new_run_id",
     "pid_alive",
     "query_event_from_hits",
@@ -51,7 +53,7 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 PAGE = 500  # rows per read when a store scans a table (tests lower it)
 
 
-class StoreError(RuntimeError):
+class StoreError(AgroUserError, RuntimeError):
     """The store cannot do what was asked; the message says why and what to do."""
 
 
@@ -320,6 +322,22 @@ def promotion_from_row(row: Row) -> dict[str, Any]:
         "release": row["release"],
         "payload": json.loads(row["payload"]),
     }
+
+
+def scan_filters(mark: str, corpus: str | None, since: float | None, prefix: str = "",
+                 corpus_col: str = "corpus") -> tuple[list[str], list[Any]]:
+    """The WHERE terms (``mark`` is the driver's placeholder) and their values that keep a scan to one corpus and
+    to rows at or after ``since``; ``prefix`` qualifies the time column (``"f."``) and ``corpus_col`` names the
+    corpus column."""
+    where: list[str] = []
+    args: list[Any] = []
+    if corpus is not None:
+        where.append(f"{corpus_col} = {mark}")
+        args.append(corpus)
+    if since is not None:
+        where.append(f"{prefix}ts >= {mark}")
+        args.append(since)
+    return where, args
 
 
 # --------------------------------------------------------------------------------------------------- jobs, locks

@@ -37,6 +37,7 @@ from training.events.records import (
     event_from_row,
     feedback_from_row,
     promotion_from_row,
+    scan_filters,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
@@ -289,13 +290,8 @@ class SqliteEventStore(SqliteJobs, StoreBase):
 
     def iter_events(self, corpus: str | None = None, since: float | None = None) -> Iterator[QueryEvent]:
         """Events in insertion order, read in pages so a long scan never holds the database."""
-        where, args = ["rowid > ?"], []
-        if corpus is not None:
-            where.append("corpus = ?")
-            args.append(corpus)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
+        terms, args = scan_filters("?", corpus, since)
+        where = ["rowid > ?", *terms]
         sql = f"SELECT rowid, * FROM query_events WHERE {' AND '.join(where)} ORDER BY rowid LIMIT {records.PAGE}"
         last = 0
         while True:
@@ -366,13 +362,8 @@ class SqliteEventStore(SqliteJobs, StoreBase):
         signals: Iterable[str] | None = None,
     ) -> Iterator[FeedbackRecord]:
         """Feedback in insertion order, optionally filtered by the event's corpus, time and signal."""
-        where, args = ["f.rowid > ?"], []
-        if corpus is not None:
-            where.append("e.corpus = ?")
-            args.append(corpus)
-        if since is not None:
-            where.append("f.ts >= ?")
-            args.append(since)
+        terms, args = scan_filters("?", corpus, since, prefix="f.", corpus_col="e.corpus")
+        where = ["f.rowid > ?", *terms]
         if signals is not None:
             wanted = list(signals)
             where.append(f"f.signal IN ({','.join('?' * len(wanted))})")

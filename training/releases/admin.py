@@ -16,6 +16,7 @@ from typing import Any
 
 from reranker.manager import RerankerManager
 from reranker.path import RankingPath
+from retrieval.errors import AgroUserError
 from training.learning.trainer import TrainingError, load_run, run_dir
 from training.releases.jobs import TRAINING_LOCK, JobBusyError, start_job
 from training.releases.promote import PromotionError, current_release, list_releases, rollback
@@ -33,7 +34,7 @@ _REAP_EVERY = 20
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class AdminError(ValueError):
+class AdminError(AgroUserError, ValueError):
     """A bad admin request; the message says how to fix it."""
 
 

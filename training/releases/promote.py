@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import fsync_dir
+from retrieval.errors import AgroUserError
 from training.learning.bases import pointed_manifest
 from training.learning.trainer import TrainingError, load_run, run_dir, write_json_atomic
 
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 Hook = Callable[[str], None]  # called with a step name between the steps (tests inject crashes here)
 
 
-class PromotionError(RuntimeError):
+class PromotionError(AgroUserError, RuntimeError):
     """The promotion or rollback cannot happen; the message says why and what to do."""
 
 
