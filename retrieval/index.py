@@ -229,10 +229,11 @@ def _gc(cdir: Path, keep: int) -> None:
     for p in gens.iterdir():
         if p.name.startswith(".tmp-"):
             shutil.rmtree(p, ignore_errors=True)
-    done = sorted((p for p in gens.iterdir() if not p.name.startswith(".")), key=lambda p: p.name, reverse=True)
-    for p in done[keep:]:
-        if p.name != cur_name:
-            shutil.rmtree(p, ignore_errors=True)
+    # The current generation always stays and counts as one of ``keep``; the others go newest first by name.
+    others = sorted((p for p in gens.iterdir() if not p.name.startswith(".") and p.name != cur_name),
+                    key=lambda p: p.name, reverse=True)
+    for p in others[max(keep - (cur_name is not None), 0):]:
+        shutil.rmtree(p, ignore_errors=True)
     for p in cdir.iterdir():
         if p.name.startswith(".current-"):
             with contextlib.suppress(OSError):
