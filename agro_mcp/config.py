@@ -50,9 +50,15 @@ class ServerSettings(AgroSettings):
     default_corpus: str | None = Field(
         None, description="Corpus used when a call names none (otherwise: the only indexed corpus)."
     )
-    admin_enabled: bool = Field(True, description="0 disables reranker_admin actions that change state.")
+    admin_enabled: Literal["unattended"] | bool = Field(
+        True,
+        description="reranker_admin state changes: 1 on (irreversible ones ask), 0 off, 'unattended' never asks.",
+    )
     admin_wait_timeout_sec: float = Field(
         600.0, gt=0, description="Longest a reranker_admin wait=true call stays open; then it returns the job's status."
+    )
+    events_retention_days: float = Field(
+        90.0, ge=0, description="Query events without feedback older than this are compacted away (0 keeps all)."
     )
     log_level: str = Field("INFO", description="Log level (logs go to stderr only).")
     llm_base_url: str | None = Field(

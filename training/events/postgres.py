@@ -356,6 +356,36 @@ class PgEventStore(PgJobs, StoreBase):
             for row in rows:
                 yield feedback_from_row(row)
 
+    def compact_events(self, older_than: float, vacuum: bool = False) -> dict[str, int]:
+        """Delete query events logged before ``older_than`` without feedback, their results and the chunk texts
+        no remaining event refers to (see :meth:`training.events.store.EventStore.compact_events`). ``vacuum`` is left to
+        PostgreSQL's autovacuum."""
+        batch = records.COMPACT_BATCH
+
+        def one_batch(conn: Any) -> int:
+            ids = [r[0] for r in conn.execute(
+                "SELECT event_id FROM agro_query_events e WHERE ts < %s AND NOT EXISTS "
+                "(SELECT 1 FROM agro_feedback f WHERE f.event_id = e.event_id) LIMIT %s", (older_than, batch)).fetchall()]
+            if ids:
+                conn.execute("DELETE FROM agro_query_results WHERE event_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM agro_query_events WHERE event_id = ANY(%s)", (ids,))
+            return len(ids)
+
+        events = 0
+        while True:
+            n = self._write(one_batch, "compact_events")
+            events += n
+            if n < batch:
+                break
+
+        def texts(conn: Any) -> int:
+            return conn.execute(
+                "DELETE FROM agro_chunk_texts t WHERE NOT EXISTS "
+                "(SELECT 1 FROM agro_query_results r WHERE r.chunk_hash = t.hash)"
+            ).rowcount
+
+        return {"events": events, "chunk_texts": self._write(texts, "compact_events")}
+
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for `status` and tests)."""
 

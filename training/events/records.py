@@ -178,6 +178,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# A logged query is training data, not an archive: beyond this the reranker (512 tokens with the passage) never
+# reads it, and a pasted 20,000-character issue is not kept forever.
+MAX_LOGGED_QUERY_CHARS = 4000
+# Events deleted per transaction when compacting, so writers never wait long.
+COMPACT_BATCH = 5000
+
+
 def new_run_id(kind: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{kind}-{uuid.uuid4().hex[:6]}"
@@ -197,12 +204,12 @@ def query_event_from_hits(
     source: str = "search",
 ) -> tuple[QueryEvent, list[ChunkText]]:
     """A new query event (fresh id, now) with its ranked results, and the texts of its hits: what every store's
-    ``log_query`` writes."""
+    ``log_query`` writes. The query is kept to its first :data:`MAX_LOGGED_QUERY_CHARS` characters."""
     event = QueryEvent(
         event_id=uuid.uuid4().hex,
         ts=time.time(),
         corpus=corpus,
-        query=query,
+        query=query[:MAX_LOGGED_QUERY_CHARS],
         k=k,
         reranker_model=reranker_model,
         reranking_used=reranking_used,

@@ -381,6 +381,40 @@ class SqliteEventStore(SqliteJobs, StoreBase):
             for row in rows:
                 yield feedback_from_row(row)
 
+    def compact_events(self, older_than: float, vacuum: bool = False) -> dict[str, int]:
+        """Delete query events logged before ``older_than`` (a timestamp) that have no feedback, with their results
+        and the chunk texts no remaining event refers to. Events with feedback are training data: always kept.
+
+        Args:
+            vacuum: also return the freed pages to the file system (``VACUUM``; rewrites the file, so for
+                ``agro db compact`` rather than a running server).
+
+        Returns:
+            How many events and chunk texts were removed.
+        """
+        events = 0
+        while True:
+            with self._write() as conn:
+                ids = [(r[0],) for r in conn.execute(
+                    "SELECT event_id FROM query_events e WHERE ts < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM feedback f WHERE f.event_id = e.event_id) LIMIT ?", (older_than, records.COMPACT_BATCH))]
+                conn.executemany("DELETE FROM query_results WHERE event_id = ?", ids)
+                conn.executemany("DELETE FROM query_events WHERE event_id = ?", ids)
+            events += len(ids)
+            if len(ids) < records.COMPACT_BATCH:
+                break
+        with self._write() as conn:
+            texts = conn.execute(
+                "DELETE FROM chunk_texts WHERE hash NOT IN "
+                "(SELECT chunk_hash FROM query_results WHERE chunk_hash IS NOT NULL)"
+            ).rowcount
+        if vacuum:
+            conn = self._conn()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"events": events, "chunk_texts": texts}
+
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for `status` and tests)."""
         conn = self._conn()

@@ -221,6 +221,9 @@ def promote_run(
     except JobBusyError as exc:
         raise PromotionError(str(exc)) from None
     try:
+        from training.releases.retention import remove_orphan_folders
+
+        remove_orphan_folders(models_dir, store, releases_locked=True)  # what a killed promote left behind
         parent = current_release(models_dir)
         release_id = _new_release_id()
         dest = models_dir / "releases" / release_id
