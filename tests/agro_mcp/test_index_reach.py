@@ -28,7 +28,8 @@ async def test_rag_index_refuses_folders_outside_index_roots_and_never_folders(m
     (tmp_path / "user" / ".ssh").mkdir(parents=True)
     (tmp_path / "user" / ".ssh" / "id_ed25519").write_text("key\n")
     repo = write_repo(tmp_path / "work" / "repo")
-    eng = Engine(make_settings(), embedder=embedder)
+    # unattended: past the confirmation step (a person's consent), the reach policy below the tools still decides
+    eng = Engine(make_settings(AGRO_ADMIN_ENABLED="unattended"), embedder=embedder)
     try:
         async with Client(create_server(eng.settings, eng)) as client:
             out = await client.call_tool("rag_index", {"action": "index", "path": str(repo)})
@@ -49,7 +50,8 @@ async def test_rag_index_refuses_folders_outside_index_roots_and_never_folders(m
     finally:
         eng.close()
 
-    eng = Engine(make_settings(AGRO_INDEX_ROOTS=str(tmp_path / "work")), embedder=embedder)
+    eng = Engine(make_settings(AGRO_ADMIN_ENABLED="unattended", AGRO_INDEX_ROOTS=str(tmp_path / "work")),
+                 embedder=embedder)
     try:
         async with Client(create_server(eng.settings, eng)) as client:
             out = await client.call_tool("rag_index", {"action": "index", "path": str(other)})
