@@ -7,7 +7,6 @@ It composes the library packages: index generations from ``retrieval``, the cros
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Collection
@@ -24,7 +23,7 @@ from retrieval.index import (
     validate_corpus_id,
 )
 from retrieval.redact import clip, register_secret
-from retrieval.search import glob_to_regex
+from retrieval.globs import InvalidGlobError, path_glob_regex
 from retrieval.types import Hit
 
 __all__ = ["Engine", "UserError", "MAX_K"]
@@ -342,9 +341,9 @@ class Engine:
             )
         if path_glob:
             try:
-                glob_to_regex(path_glob)
-            except re.error as exc:
-                raise UserError(f"path_glob {clip(path_glob)} is not a valid glob ({exc}); e.g. 'src/**/*.py'") from None
+                path_glob_regex(path_glob)
+            except InvalidGlobError:
+                raise UserError(f"path_glob {clip(path_glob)} is not a valid glob; e.g. 'src/**/*.py'") from None
         ranked = self.ranking_path.rank(gen, query, k, rerank=rerank, path_glob=path_glob, language=language)
         ranked.timings["total"] = (time.perf_counter() - t0) * 1000
         return RankedResult(ranked.hits, gen, ranked.timings, ranked.reranking_used, ranked.reranker_model,
