@@ -46,6 +46,9 @@ def print_summary(summary, as_json: bool = False) -> None:
         echo("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.skipped.items())))
     if summary.non_utf8_files:
         echo(f"  {summary.non_utf8_files} non-UTF-8 file(s) read with replacement characters")
+    if summary.secrets:
+        echo("  secrets found (never indexed): " + ", ".join(f"{k} {v}" for k, v in sorted(summary.secrets.items()))
+             + (f"; {summary.redacted_files} file(s) indexed with those lines redacted" if summary.redacted_files else ""))
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -56,7 +59,7 @@ def cmd_index(args, settings: Settings) -> int:
     try:
         if args.watch:
             return _watch(eng, args)
-        summary = eng.index(args.path, args.corpus, full=args.full, progress=Progress())
+        summary = eng.index(args.path, args.corpus, full=args.full, progress=Progress(), root_change=args.root_change)
     finally:
         eng.close()
     print_summary(summary, args.json)
@@ -65,7 +68,7 @@ def cmd_index(args, settings: Settings) -> int:
 
 def _watch(eng, args) -> int:
     """Re-index whenever files change (polling; no extra dependency), until Ctrl-C."""
-    summary = eng.index(args.path, args.corpus, full=args.full, progress=Progress())
+    summary = eng.index(args.path, args.corpus, full=args.full, progress=Progress(), root_change=args.root_change)
     print_summary(summary)
     corpus = summary.corpus
     print(f"watching {summary.root} every {args.interval}s (Ctrl-C to stop)", file=sys.stderr)
@@ -176,6 +179,8 @@ def register(sub) -> None:
     s.add_argument("path", nargs="?", default=".", help="the repository folder (default: the current folder)")
     s.add_argument("--corpus", help="corpus id to index into (default: the folder's name)")
     s.add_argument("--full", action="store_true", help="rebuild from scratch instead of reusing unchanged files")
+    s.add_argument("--root-change", action="store_true",
+                   help="move an indexed corpus to this folder (a corpus's root is otherwise fixed)")
     s.add_argument("--watch", action="store_true", help="keep the index fresh, re-indexing on changes until Ctrl-C")
     s.add_argument("--interval", type=float, default=2.0, metavar="SEC",
                    help="how often --watch looks for changed files (default: 2 seconds)")

@@ -107,8 +107,9 @@ class DaemonEngine(Engine):
         super().__init__(settings)
         self._pool = pool
 
-    def index(self, path, corpus=None, full=False, progress=None):
-        return self._pool.run(super().index, path, corpus, full, progress=progress)
+    def index(self, path, corpus=None, full=False, progress=None, **who):
+        """``who``: the caller's reach (``face``, ``root_change``), passed on unchanged."""
+        return self._pool.run(super().index, path, corpus, full, progress=progress, **who)
 
     def admin(self, action: str, run_id: str | None = None, dataset: str | None = None, force: bool = False) -> dict:
         if action in _JOB_ACTIONS:

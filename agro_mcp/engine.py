@@ -7,7 +7,6 @@ It composes the library packages: index generations from ``retrieval``, the cros
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Collection
@@ -24,7 +23,7 @@ from retrieval.index import (
     validate_corpus_id,
 )
 from retrieval.redact import clip, register_secret
-from retrieval.search import glob_to_regex
+from retrieval.globs import InvalidGlobError, path_glob_regex
 from retrieval.types import Hit
 
 __all__ = ["Engine", "UserError", "MAX_K"]
@@ -343,9 +342,9 @@ class Engine:
             )
         if path_glob:
             try:
-                glob_to_regex(path_glob)
-            except re.error as exc:
-                raise UserError(f"path_glob {clip(path_glob)} is not a valid glob ({exc}); e.g. 'src/**/*.py'") from None
+                path_glob_regex(path_glob)
+            except InvalidGlobError:
+                raise UserError(f"path_glob {clip(path_glob)} is not a valid glob; e.g. 'src/**/*.py'") from None
         ranked = self.ranking_path.rank(gen, query, k, rerank=rerank, path_glob=path_glob, language=language)
         ranked.timings["total"] = (time.perf_counter() - t0) * 1000
         return RankedResult(ranked.hits, gen, ranked.timings, ranked.reranking_used, ranked.reranker_model,
@@ -439,13 +438,16 @@ class Engine:
             return None
 
     # -- indexing -----------------------------------------------------------------------------------------
-    def index(self, path: str | Path, corpus: str | None = None, full: bool = False, progress=None):
+    def index(self, path: str | Path, corpus: str | None = None, full: bool = False, progress=None, *,
+              face: str = "cli", root_change: bool = False):
+        """Index ``path`` as ``corpus``. ``face`` says who asks (``mcp``: a tool call, held to AGRO_INDEX_ROOTS;
+        ``cli``: a person); ``root_change`` lets the CLI move a corpus to another folder (``retrieval.reach``)."""
         try:
             root = Path(path).expanduser()
             resolved = root.resolve()
         except (ValueError, RuntimeError, OSError) as exc:  # NUL byte, ~unknownuser, a name too long
             raise UserError(f"Cannot index {clip(str(path))}: {exc}. Pass an existing folder, e.g. ~/src/myrepo") from None
-        corpus = corpus or resolved.name
+        corpus = corpus or resolved.name or "root"
         try:
             validate_corpus_id(corpus)
         except ValueError as exc:
@@ -453,7 +455,7 @@ class Engine:
         try:
             summary = self.indexes.build(
                 root, corpus, self.settings.index, self.settings.retrieval, self.embedder(), progress, full,
-                previous=self._gens.get(corpus),
+                previous=self._gens.get(corpus), face=face, root_change=root_change,
             )
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise UserError(str(exc)) from None
@@ -462,10 +464,10 @@ class Engine:
         self._stale.pop(corpus, None)
         return summary
 
-    def refresh(self, corpus: str | None = None, progress=None):
+    def refresh(self, corpus: str | None = None, progress=None, *, face: str = "cli"):
         corpus = self.resolve_corpus(corpus)
         gen = self.generation(corpus)
-        return self.index(gen.root, corpus, progress=progress)
+        return self.index(gen.root, corpus, progress=progress, face=face)
 
     def status(self, corpus: str | None = None) -> dict:
         corpus = self.resolve_corpus(corpus)

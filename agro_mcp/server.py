@@ -147,6 +147,8 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         """
         require_confirmed(confirmation)
         eng = _engine(ctx)
+        # The user said yes to this folder (elicitation): a person's choice, like the CLI's; else the tool call's reach
+        face = "cli" if isinstance(getattr(confirmation, "data", None), Confirm) and confirmation.data.confirm else "mcp"
 
         def progress(stage: str, done: int, total: int) -> None:
             try:
@@ -163,9 +165,9 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
             if action == "index":
                 if not path:
                     raise UserError("action 'index' needs path=<repository folder>")
-                summary = await anyio.to_thread.run_sync(lambda: eng.index(path, corpus, full, progress))
+                summary = await anyio.to_thread.run_sync(lambda: eng.index(path, corpus, full, progress, face=face))
             else:
-                summary = await anyio.to_thread.run_sync(lambda: eng.refresh(corpus, progress))
+                summary = await anyio.to_thread.run_sync(lambda: eng.refresh(corpus, progress, face="mcp"))
             return IndexResponse(action=action, corpus=summary.corpus, data=summary.to_dict())
         except AgroUserError as exc:
             raise _user_error(exc) from None

@@ -2,26 +2,31 @@
 
 Rules, in the order they are applied to each entry (the first that matches decides):
 
-1. ``.git`` directories are never entered (not counted).
+1. ``.git`` directories are never entered (not counted). Credential folders (``.ssh``, ``.aws``, ``.gnupg``,
+   ``.kube``, ``.docker``, ``.config/gcloud``, ... at any depth, see ``retrieval.reach``) and folders that look
+   like an SSH folder are never entered (``credentials``); nor are pseudo file systems (``/proc``-like mounts:
+   ``special``).
 2. Symlinks: a link whose target is outside the root is skipped (``symlink_outside_root``); a broken or looping link
    is skipped (``broken_symlink``); a link to a directory is never descended, which rules out loops
    (``symlink_dir``); a link to a file inside the root is indexed under the link's path unless the target itself is
    indexed, so each file is indexed once.
-3. Secrets (``DEFAULT_SECRET_PATTERNS`` on the basename, case-insensitive, checked for a link's target too) are
-   skipped (``secret``) unless ``settings.index_secrets``. They are checked before the ignore rules so the summary
-   counts every secret the walk saw.
+3. Secrets by name (``DEFAULT_SECRET_PATTERNS`` on the basename, case-insensitive, checked for a link's target too)
+   are skipped (``secret``), and so is any other name for the same file (a hard link: same device and inode).
+   They are checked before the ignore rules so the summary counts every secret the walk saw. Secrets by content
+   are found later, when a file is read (``retrieval.secrets``, in ``retrieval.build.plan_files``).
 4. ``DEFAULT_IGNORES`` (vendored and build output, lock files, caches: ``vendored``), then ``.gitignore`` files at
    every level plus ``.git/info/exclude`` and ``settings.extra_ignores`` (``ignored``). A deeper ``.gitignore``
    overrides a shallower one, so its ``!pattern`` can re-include a file. An ignored directory is not entered, so
    it counts once, not once per file inside it.
-5. Size over ``settings.max_file_bytes`` (``too_large``), unreadable (``unreadable``), binary (a known binary
+5. Special files (fifos, sockets, devices: ``special``) are never opened. Size over ``settings.max_file_bytes``
+   (``too_large``), unreadable (``permission_denied``, ``unreadable``; never an exception), binary (a known binary
    extension or a NUL byte in the first 8 KiB: ``binary``), minified ``.js``/``.css`` (average line over 300
    characters or any line over 5,000: ``minified``).
 """
 
 from __future__ import annotations
 
-import fnmatch
+import errno
 import logging
 import os
 import re
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from pathspec import GitIgnoreSpec
 
+from retrieval.reach import is_credential_dir, looks_like_ssh_dir
 from retrieval.settings import DEFAULT_IGNORES, DEFAULT_SECRET_PATTERNS, IndexSettings
 
 __all__ = [
@@ -70,7 +76,7 @@ BINARY_EXTENSIONS: frozenset[str] = frozenset(
     }
 )
 
-_SECRET_RE = re.compile("|".join(fnmatch.translate(p) for p in DEFAULT_SECRET_PATTERNS), re.IGNORECASE)
+_SECRET_SPEC = GitIgnoreSpec.from_lines(p.lower() for p in DEFAULT_SECRET_PATTERNS)
 _DEFAULT_SPEC = GitIgnoreSpec.from_lines(DEFAULT_IGNORES)
 
 
@@ -99,7 +105,7 @@ class DiscoveryResult:
 
 def is_secret_name(name: str) -> bool:
     """Whether a file's basename looks like a secret (``.env``, ``id_rsa``, ``*.pem``, credentials, ...)."""
-    return _SECRET_RE.match(name) is not None
+    return _SECRET_SPEC.match_file(name.lower())
 
 
 class _Skips:
@@ -134,9 +140,48 @@ def _is_ignored(rel: str, is_dir: bool, specs: list[tuple[str, GitIgnoreSpec]]) 
     return False
 
 
+_PSEUDO_FS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
+    "configfs", "fusectl", "mqueue", "hugetlbfs", "binfmt_misc", "autofs", "efivarfs", "rpc_pipefs", "nsfs", "devfs",
+})
+
+
+def _pseudo_mounts() -> frozenset[str]:
+    """Mount points of pseudo file systems (``/proc`` and the like, wherever mounted); empty off Linux."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            rows = fh.read().splitlines()
+    except OSError:
+        return frozenset()
+    out = set()
+    for row in rows:
+        left, _, right = row.partition(" - ")
+        fields, fstype = left.split(), right.split()[:1]
+        if len(fields) > 4 and fstype and fstype[0] in _PSEUDO_FS:
+            out.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return frozenset(out)
+
+
+def _open_regular(abs_path: Path | str):
+    """Open a file for reading only if it is a regular file: a fifo or a device swapped in after discovery is
+    neither waited on nor read (``O_NONBLOCK`` on open, then a check of what was opened)."""
+    fd = os.open(abs_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(abs_path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _os_reason(exc: OSError) -> str:
+    return "permission_denied" if exc.errno in (errno.EACCES, errno.EPERM) else "unreadable"
+
+
 def _sniff(abs_path: str, ext: str) -> str | None:
     """Read the start of a file (all of it for minifiable types); return a skip reason or None."""
-    with open(abs_path, "rb") as fh:
+    with _open_regular(abs_path) as fh:
         if ext in _MINIFIED_EXTS:
             data = fh.read()
         else:
@@ -167,6 +212,8 @@ def discover_files(root: Path, settings: IndexSettings) -> DiscoveryResult:
     if not root.is_dir():
         raise NotADirectoryError(f"discover_files expects a directory, but {str(root)!r} is not one")
     real_root = os.path.realpath(root)
+    pseudo = _pseudo_mounts()
+    secret_inodes: set[tuple[int, int]] = set()  # files skipped by name: another name for one is skipped too
     skips = _Skips()
     files: list[FileEntry] = []
     linked: list[tuple[FileEntry, str]] = []  # symlinked files, resolved target, decided after the walk
@@ -190,7 +237,7 @@ def discover_files(root: Path, settings: IndexSettings) -> DiscoveryResult:
             return _sniff(abs_path, ext)
         except OSError as exc:
             logger.debug("Cannot read %s: %s", abs_path, exc)
-            return "unreadable"
+            return _os_reason(exc)
 
     def walk(dir_abs: str, dir_rel: str, specs: list[tuple[str, GitIgnoreSpec]]) -> None:
         if settings.respect_gitignore:
@@ -202,7 +249,10 @@ def discover_files(root: Path, settings: IndexSettings) -> DiscoveryResult:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             logger.debug("Cannot list %s: %s", dir_abs, exc)
-            skips.add("unreadable", dir_rel.rstrip("/") or ".")
+            skips.add(_os_reason(exc), dir_rel.rstrip("/") or ".")
+            return
+        if dir_rel and looks_like_ssh_dir(e.name for e in entries):
+            skips.add("credentials", dir_rel.rstrip("/"))
             return
         for entry in entries:
             name = entry.name
@@ -210,14 +260,24 @@ def discover_files(root: Path, settings: IndexSettings) -> DiscoveryResult:
             try:
                 is_link = entry.is_symlink()
                 is_dir = not is_link and entry.is_dir(follow_symlinks=False)
-            except OSError:
-                skips.add("unreadable", rel)
+            except OSError as exc:
+                skips.add(_os_reason(exc), rel)
                 continue
             if name == ".git":
                 continue
+            if is_dir and is_credential_dir(rel):
+                skips.add("credentials", rel)
+                continue
+            if is_dir and pseudo and entry.path in pseudo:
+                skips.add("special", rel)
+                continue
             target_real = None
             if is_link:
-                target_real = os.path.realpath(entry.path)
+                try:
+                    target_real = os.path.realpath(entry.path)
+                except OSError as exc:  # e.g. /proc/1/cwd: the link itself cannot be resolved
+                    skips.add(_os_reason(exc), rel)
+                    continue
                 if not _within(target_real, real_root):
                     skips.add("symlink_outside_root", rel)
                     continue
@@ -229,10 +289,15 @@ def discover_files(root: Path, settings: IndexSettings) -> DiscoveryResult:
                 if stat.S_ISDIR(st.st_mode):
                     skips.add("symlink_dir", rel)
                     continue
-            if not is_dir and not settings.index_secrets and (
+            if not is_dir and (
                 is_secret_name(name) or (target_real is not None and is_secret_name(os.path.basename(target_real)))
             ):
                 skips.add("secret", rel)
+                try:
+                    st = entry.stat(follow_symlinks=True)
+                    secret_inodes.add((st.st_dev, st.st_ino))
+                except OSError:
+                    pass
                 continue
             if _DEFAULT_SPEC.match_file(rel + "/" if is_dir else rel):
                 skips.add("vendored", rel)
@@ -245,8 +310,8 @@ def discover_files(root: Path, settings: IndexSettings) -> DiscoveryResult:
                 continue
             try:
                 st = entry.stat(follow_symlinks=True)
-            except OSError:
-                skips.add("unreadable", rel)
+            except OSError as exc:
+                skips.add(_os_reason(exc), rel)
                 continue
             if not stat.S_ISREG(st.st_mode):
                 skips.add("special", rel)
@@ -256,13 +321,23 @@ def discover_files(root: Path, settings: IndexSettings) -> DiscoveryResult:
                 skips.add(reason, rel)
                 continue
             fe = FileEntry(path=rel, abs_path=Path(entry.path), size=st.st_size, mtime_ns=st.st_mtime_ns)
+            if st.st_nlink > 1:
+                hard_linked[fe.path] = (st.st_dev, st.st_ino)
             if target_real is not None:
                 linked.append((fe, target_real))
             else:
                 files.append(fe)
                 indexed_real.add(os.path.realpath(entry.path))
 
+    hard_linked: dict[str, tuple[int, int]] = {}
     walk(str(root), "", root_specs)
+    if secret_inodes and hard_linked:  # another name for a file skipped as a secret (a hard link to .env)
+        for fe in [fe for fe in files if hard_linked.get(fe.path) in secret_inodes]:
+            skips.add("secret", fe.path)
+            files.remove(fe)
+        for item in [it for it in linked if hard_linked.get(it[0].path) in secret_inodes]:
+            skips.add("secret", item[0].path)
+            linked.remove(item)
     for fe, target_real in linked:
         if target_real in indexed_real:
             skips.add("symlink_duplicate", fe.path)
@@ -284,7 +359,8 @@ def read_text(abs_path: Path | str) -> tuple[str, bool]:
     Raises:
         OSError: if the file cannot be read.
     """
-    data = Path(abs_path).read_bytes()
+    with _open_regular(abs_path) as fh:
+        data = fh.read()
     try:
         text, ok = data.decode("utf-8"), True
     except UnicodeDecodeError:

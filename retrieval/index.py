@@ -1,4 +1,4 @@
-"""Index generations: build, refresh incrementally, publish atomically, load.
+"""Embedded index generations: stored as files, published atomically, loaded, and searched in memory.
 
 Layout under ``AGRO_HOME/indexes/<corpus>/``::
 
@@ -9,43 +9,48 @@ Layout under ``AGRO_HOME/indexes/<corpus>/``::
 
 A generation is written into ``gens/.tmp-*`` and renamed into place, then ``current`` flips. A crash at any
 point leaves the previous generation published and intact; leftover temp folders are removed by the next build.
+What goes into a generation is decided by the one build flow (``retrieval.build``); :class:`EmbeddedStore` is
+this backend's part of it (lock, reuse, write, publish).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from retrieval.atomic import fsync_dir, write_json_atomic
-from retrieval.chunking import chunk_file
-from retrieval.discovery import (
-    DiscoveryResult,
-    detect_language,
-    discover_files,
-    read_text,
+from retrieval.build import (
+    INDEX_FORMAT,
+    BuildJob,
+    FilePlan,
+    IndexSummary,
+    build_generation,
+    document_text,
+    document_tokens,
+    plan_files,
+    sha256_file,
 )
-from retrieval.errors import AgroUserError
+from retrieval.discovery import DiscoveryResult, discover_files
+from retrieval.errors import IndexError_, IndexLockedError, IndexVersionError, NoIndexError
+from retrieval.globs import path_glob_regex
 from retrieval.lexical import BM25Index
 from retrieval.settings import IndexSettings, RetrievalSettings
-from retrieval.tokenize import code_tokens
-from retrieval.types import Chunk, located_text
+from retrieval.types import Chunk
 
 __all__ = [
     "INDEX_FORMAT",
+    "EmbeddedStore",
     "FilePlan",
     "IndexError_",
     "IndexGeneration",
@@ -69,25 +74,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 2
 _CORPUS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class IndexError_(AgroUserError, RuntimeError):
-    """Base of index errors; messages say what to run next."""
-
-
-class NoIndexError(IndexError_):
-    pass
-
-
-class IndexVersionError(IndexError_):
-    pass
-
-
-class IndexLockedError(IndexError_):
-    pass
-
 
 def validate_corpus_id(corpus: str) -> str:
     if not _CORPUS_RE.match(corpus or ""):
@@ -102,39 +89,7 @@ def corpus_dir(home: Path, corpus: str) -> Path:
     return home / "indexes" / validate_corpus_id(corpus)
 
 
-def document_text(chunk: Chunk) -> str:
-    """What the bi-encoder sees for a chunk: its location and symbol, then its code."""
-    return located_text(chunk.path, chunk.symbol, chunk.text)
-
-
-def document_tokens(chunk: Chunk) -> list[str]:
-    """What BM25 sees for a chunk: path and symbol tokens, then the code's tokens."""
-    return code_tokens(chunk.path.replace("/", " ")) + code_tokens(chunk.symbol or "") + code_tokens(chunk.text)
-
-
 # --------------------------------------------------------------------------------------------------------
-@dataclass
-class IndexSummary:
-    corpus: str
-    generation: str
-    root: str
-    files: int
-    chunks: int
-    added: int = 0
-    changed: int = 0
-    deleted: int = 0
-    unchanged: int = 0
-    embedded: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    non_utf8_files: int = 0
-    published: bool = True
-    elapsed_sec: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class GenerationManifest:
     """What every backend's generation derives from its ``manifest`` (the embedded and the PostgreSQL one)."""
 
@@ -151,6 +106,11 @@ class GenerationManifest:
     @property
     def embed_model(self) -> str:
         return self.manifest["embed_model"]
+
+    @property
+    def excluded(self) -> dict[str, dict]:
+        """Files skipped for their content (a secret), by path: size, mtime_ns, reason."""
+        return self.manifest.get("excluded", {})
 
 
 @dataclass
@@ -191,11 +151,9 @@ class IndexGeneration(GenerationManifest):
         return half
 
     def path_mask(self, pattern: str) -> np.ndarray:
-        from retrieval.search import glob_to_regex  # local: search imports this module
-
         mask = self._glob_cache.get(pattern)
         if mask is None:
-            rx = glob_to_regex(pattern)
+            rx = path_glob_regex(pattern)
             unique = {p: bool(rx.match(p)) for p in set(self.paths.tolist())}
             mask = np.fromiter((unique[p] for p in self.paths), dtype=bool, count=len(self.paths))
             if len(self._glob_cache) > 64:
@@ -203,22 +161,14 @@ class IndexGeneration(GenerationManifest):
             self._glob_cache[pattern] = mask
         return mask
 
+    def search(self, embedder, query: str, k: int, settings: RetrievalSettings, mode: str = "fused",
+               path_glob: str | None = None, language: str | None = None,
+               query_vector: np.ndarray | None = None, use_query_cache: bool = True):
+        """Rank this generation's chunks in memory (``retrieval.search.rank_in_memory``)."""
+        from retrieval.search import rank_in_memory
 
-# --------------------------------------------------------------------------------------------------------
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _new_generation_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return rank_in_memory(self, embedder, query, k, settings, mode, path_glob, language, query_vector,
+                              use_query_cache)
 
 
 @contextlib.contextmanager
@@ -279,15 +229,15 @@ def _gc(cdir: Path, keep: int) -> None:
     for p in gens.iterdir():
         if p.name.startswith(".tmp-"):
             shutil.rmtree(p, ignore_errors=True)
-    done = sorted((p for p in gens.iterdir() if not p.name.startswith(".")), key=lambda p: p.name, reverse=True)
-    for p in done[keep:]:
-        if p.name != cur_name:
-            shutil.rmtree(p, ignore_errors=True)
+    # The current generation always stays and counts as one of ``keep``; the others go newest first by name.
+    others = sorted((p for p in gens.iterdir() if not p.name.startswith(".") and p.name != cur_name),
+                    key=lambda p: p.name, reverse=True)
+    for p in others[max(keep - (cur_name is not None), 0):]:
+        shutil.rmtree(p, ignore_errors=True)
     for p in cdir.iterdir():
         if p.name.startswith(".current-"):
             with contextlib.suppress(OSError):
                 p.unlink()
-
 
 # --------------------------------------------------------------------------------------------------------
 def _read_manifest(gen_path: Path, corpus: str) -> dict:
@@ -399,14 +349,18 @@ def stale_files(gen: IndexGeneration, index_settings: IndexSettings, discovered:
     disc = discovered or discover_files(root, index_settings)
     seen = set()
     added = changed = 0
+    excluded = gen.manifest.get("excluded", {})
     for fe in disc.files:
         seen.add(fe.path)
         rec = gen.files.get(fe.path)
+        ex = excluded.get(fe.path)
+        if rec is None and ex is not None and ex["size"] == fe.size and ex["mtime_ns"] == fe.mtime_ns:
+            continue  # skipped for its content, unchanged since
         if rec is None:
             added += 1
         elif rec["size"] != fe.size or rec["mtime_ns"] != fe.mtime_ns:
             try:
-                if _sha256_file(fe.abs_path) != rec["sha256"]:
+                if sha256_file(fe.abs_path) != rec["sha256"]:
                     changed += 1
             except OSError:
                 changed += 1
@@ -414,70 +368,84 @@ def stale_files(gen: IndexGeneration, index_settings: IndexSettings, discovered:
     return {"added": added, "changed": changed, "deleted": deleted, "total": added + changed + deleted}
 
 
-@dataclass
-class FilePlan:
-    """What an incremental build does to each discovered file, before anything is embedded or written."""
 
-    files: dict[str, dict]  # path -> sha256, size, mtime_ns, language, non_utf8 (discovery order)
-    new_chunks: dict[str, list[Chunk]]  # added and changed files -> their chunks; unchanged files are absent
-    added: int = 0
-    changed: int = 0
-    deleted: int = 0
-    unchanged: int = 0
-    non_utf8: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    deleted_paths: list[str] = field(default_factory=list)
+# --------------------------------------------------------------------------------------------------------
+class EmbeddedStore:
+    """The embedded backend's part of the build flow: flock, reuse vectors from the previous generation, write the
+    generation's files beside the live one and publish it by renaming."""
 
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
 
-def plan_files(
-    disc: DiscoveryResult,
-    prev_files: dict[str, dict],
-    index_settings: IndexSettings,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> FilePlan:
-    """Compare discovered files with the previous build's records (size + mtime, then content hash) and chunk
-    the added and changed ones. Shared by every storage backend, so they chunk identically."""
-    plan = FilePlan(files={}, new_chunks={}, skipped=dict(disc.skipped))
-    unreadable = 0
-    total = len(disc.files)
-    for i, fe in enumerate(disc.files):
-        rec = prev_files.get(fe.path)
-        if rec is not None and rec["size"] == fe.size and rec["mtime_ns"] == fe.mtime_ns:
-            sha = rec["sha256"]
-        else:
-            try:
-                sha = _sha256_file(fe.abs_path)
-            except OSError:
-                unreadable += 1
-                continue
-        if rec is not None and rec["sha256"] == sha:
-            plan.unchanged += 1
-            lang = rec["language"]
-            bad = bool(rec.get("non_utf8", False))
-        else:
-            try:
-                text, utf8_ok = read_text(fe.abs_path)
-                bad = not utf8_ok
-            except OSError:
-                unreadable += 1
-                continue
-            plan.new_chunks[fe.path] = chunk_file(fe.path, text, index_settings)
-            lang = detect_language(fe.path)
-            if rec is None:
-                plan.added += 1
+    def lock(self, corpus: str):
+        return _writer_lock(corpus_dir(self.home, corpus), corpus)
+
+    def before_build(self, corpus: str, index_settings: IndexSettings) -> None:
+        _gc(corpus_dir(self.home, corpus), index_settings.keep_generations)
+
+    def current_manifest(self, corpus: str) -> dict | None:
+        gen_id = current_generation_id(self.home, corpus)
+        if gen_id is None:
+            return None
+        try:
+            return json.loads((corpus_dir(self.home, corpus) / "gens" / gen_id / "manifest.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def current_generation_id(self, corpus: str) -> str | None:
+        return current_generation_id(self.home, corpus)
+
+    def load_current(self, corpus: str) -> IndexGeneration:
+        return load_current(self.home, corpus)
+
+    def reuse_vectors(self, corpus: str, prev: IndexGeneration, hashes: list[str]) -> dict[str, np.ndarray]:
+        wanted = set(hashes)
+        out: dict[str, np.ndarray] = {}
+        for r, c in enumerate(prev.chunks):
+            if c.hash in wanted and c.hash not in out:
+                out[c.hash] = prev.vectors[r]
+        return out
+
+    def write(self, job: BuildJob) -> int:
+        """Old rows first in the stacked arrays, then new ones, put in plan order; BM25 restacked, not rebuilt."""
+        prev, plan, cdir = job.prev, job.plan, corpus_dir(self.home, job.corpus)
+        files_meta: dict[str, dict] = {}
+        order_spec: list[int] = []  # rows of old + new, stacked
+        n_old = len(prev.chunks) if prev is not None else 0
+        n_new = 0
+        for path, rec in plan.files.items():
+            first = len(order_spec)
+            fresh = plan.new_chunks.get(path)
+            if fresh is None:
+                old = prev.files[path]
+                order_spec.extend(range(old["first_chunk"], old["first_chunk"] + old["n_chunks"]))
             else:
-                plan.changed += 1
-        plan.non_utf8 += int(bad)
-        plan.files[fe.path] = {
-            "sha256": sha, "size": fe.size, "mtime_ns": fe.mtime_ns, "language": lang, "non_utf8": bool(bad),
-        }
-        if progress and (i % 200 == 0 or i == total - 1):
-            progress("chunk", i + 1, total)
-    plan.deleted_paths = [p for p in prev_files if p not in plan.files]
-    plan.deleted = len(plan.deleted_paths)
-    if unreadable:
-        plan.skipped["unreadable"] = plan.skipped.get("unreadable", 0) + unreadable
-    return plan
+                order_spec.extend(range(n_old + n_new, n_old + n_new + len(fresh)))
+                n_new += len(fresh)
+            files_meta[path] = {**rec, "first_chunk": first, "n_chunks": len(order_spec) - first}
+        order = np.asarray(order_spec, dtype=np.int64)
+        all_chunks = (prev.chunks if prev is not None else []) + job.new_chunks
+        chunks_final = [all_chunks[i] for i in order]
+        vec_stack = np.concatenate([prev.vectors, job.new_vectors]) if prev is not None else job.new_vectors
+        vectors = np.ascontiguousarray(vec_stack[order]) if len(order) else np.zeros((0, job.dim), np.float32)
+        rs = job.retrieval_settings
+        lexical = BM25Index.restack(prev.lexical if prev is not None else None,
+                                    [document_tokens(c) for c in job.new_chunks], order, k1=rs.bm25_k1, b=rs.bm25_b)
+        gens = cdir / "gens"
+        gens.mkdir(parents=True, exist_ok=True)
+        tmp = gens / f".tmp-{job.generation_id}"
+        tmp.mkdir()
+        try:
+            save_generation_files(tmp, chunks_final, vectors, lexical)
+            manifest = {**job.manifest, "bm25": lexical.params(), "n_chunks": len(chunks_final), "files": files_meta}
+            write_json_atomic(tmp / "manifest.json", manifest, indent=None)
+            _publish(cdir, tmp, job.generation_id)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # Generations written under other secret-scanning rules may hold what this one leaves out: none is kept.
+        _gc(cdir, 1 if job.purge_older else job.index_settings.keep_generations)
+        return len(chunks_final)
 
 
 def build_index(
@@ -490,190 +458,10 @@ def build_index(
     progress: Callable[[str, int, int], None] | None = None,
     full: bool = False,
     previous: IndexGeneration | None = None,
+    **reach,
 ) -> IndexSummary:
-    """Index ``root`` as ``corpus``: only added and changed files are chunked and embedded.
-
-    Publishes a new generation atomically, or none when nothing changed. ``progress(stage, done, total)``.
-    ``previous`` is the published generation when the caller already holds it in memory (a running server):
-    it is used only if it is still the one ``current`` points at, which saves reloading it from disk.
-
-    Raises:
-        FileNotFoundError / NotADirectoryError: bad root.
-        IndexLockedError: another process is writing this corpus.
-    """
-    t0 = time.perf_counter()
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"Cannot index {str(root)!r}: no such directory. Pass the path of a repository.")
-    if not root.is_dir():
-        raise NotADirectoryError(f"Cannot index {str(root)!r}: it is a file, not a directory. Pass the repository folder.")
-    root = root.resolve()
-    cdir = corpus_dir(home, corpus)
-    timings: dict[str, float] = {}
-    with _writer_lock(cdir, corpus):
-        _gc(cdir, index_settings.keep_generations)
-        prev: IndexGeneration | None = None
-        if not full and previous is not None and previous.generation_id == current_generation_id(home, corpus):
-            prev = previous
-        elif not full:
-            try:
-                prev = load_current(home, corpus)
-            except NoIndexError:
-                logger.info("first build of corpus %s", corpus)
-            except IndexVersionError as exc:
-                logger.info("full build of %s: %s", corpus, exc)
-            if prev is not None and (prev.embed_model != embedder.model_id or Path(prev.manifest["root"]) != root):
-                logger.info("full build of %s: embedding model or root changed", corpus)
-                prev = None
-            if prev is not None and prev.manifest.get("index_settings") != _chunk_params(index_settings):
-                logger.info("full build of %s: chunking settings changed", corpus)
-                prev = None
-
-        t = time.perf_counter()
-        disc = discover_files(root, index_settings)
-        timings["discover"] = time.perf_counter() - t
-        prev_files = prev.files if prev else {}
-        t = time.perf_counter()
-        plan = plan_files(disc, prev_files, index_settings, progress)
-        files_meta: dict[str, dict] = {}
-        new_chunks: list[Chunk] = []
-        order_spec: list[tuple[str, int]] = []  # ("old", row) or ("new", idx into new_chunks)
-        for path, rec in plan.files.items():
-            first = len(order_spec)
-            fresh = plan.new_chunks.get(path)
-            if fresh is None:
-                old = prev_files[path]
-                order_spec.extend(("old", r) for r in range(old["first_chunk"], old["first_chunk"] + old["n_chunks"]))
-            else:
-                order_spec.extend(("new", len(new_chunks) + j) for j in range(len(fresh)))
-                new_chunks.extend(fresh)
-            files_meta[path] = {**rec, "first_chunk": first, "n_chunks": len(order_spec) - first}
-        added, changed, deleted, unchanged = plan.added, plan.changed, plan.deleted, plan.unchanged
-        non_utf8 = plan.non_utf8
-        timings["chunk"] = time.perf_counter() - t
-        skipped = plan.skipped
-
-        if prev is not None and not (added or changed or deleted):
-            summary = IndexSummary(
-                corpus=corpus, generation=prev.generation_id, root=str(root), files=len(files_meta),
-                chunks=len(prev.chunks), unchanged=unchanged, skipped=skipped, non_utf8_files=non_utf8,
-                published=False, elapsed_sec=time.perf_counter() - t0, timings=timings,
-            )
-            logger.info("corpus %s unchanged; generation %s stays current", corpus, prev.generation_id)
-            return summary
-
-        # Embeddings: reuse by chunk hash from the previous generation, embed the rest.
-        t = time.perf_counter()
-        old_vec_by_hash: dict[str, int] = {}
-        if prev is not None:
-            for r, c in enumerate(prev.chunks):
-                old_vec_by_hash.setdefault(c.hash, r)
-        first_of_hash: dict[str, int] = {}
-        for j, c in enumerate(new_chunks):
-            if c.hash not in old_vec_by_hash:
-                first_of_hash.setdefault(c.hash, j)
-        to_embed = list(first_of_hash.values())  # identical chunks (copied code, licence headers) embed once
-        dim = embedder.dim
-        new_vecs = np.zeros((len(new_chunks), dim), dtype=np.float32)
-        if to_embed:
-            texts = [document_text(new_chunks[j]) for j in to_embed]
-            done = [0]
-
-            def _tick(n: int) -> None:
-                done[0] += n
-                if progress:
-                    progress("embed", done[0], len(texts))
-
-            new_vecs[to_embed] = embedder.encode_documents(texts, progress=_tick)
-        for j, c in enumerate(new_chunks):
-            r = old_vec_by_hash.get(c.hash)
-            if r is not None:
-                new_vecs[j] = prev.vectors[r]
-            elif first_of_hash[c.hash] != j:
-                new_vecs[j] = new_vecs[first_of_hash[c.hash]]
-        timings["embed"] = time.perf_counter() - t
-
-        # Assemble rows: old rows first in the stacked arrays, then new ones.
-        t = time.perf_counter()
-        n_old = len(prev.chunks) if prev is not None else 0
-        order = np.fromiter(((r if kind == "old" else n_old + r) for kind, r in order_spec), dtype=np.int64, count=len(order_spec))
-        all_chunks = (prev.chunks if prev is not None else []) + new_chunks
-        chunks_final = [all_chunks[i] for i in order]
-        vec_stack = np.concatenate([prev.vectors, new_vecs]) if prev is not None else new_vecs
-        vectors = np.ascontiguousarray(vec_stack[order]) if len(order) else np.zeros((0, dim), np.float32)
-        lexical = BM25Index.restack(
-            prev.lexical if prev is not None else None,
-            [document_tokens(c) for c in new_chunks],
-            order,
-            k1=retrieval_settings.bm25_k1,
-            b=retrieval_settings.bm25_b,
-        )
-        timings["lexical"] = time.perf_counter() - t
-
-        # Write the generation beside the live one, then publish.
-        t = time.perf_counter()
-        gen_id = _new_generation_id()
-        gens = cdir / "gens"
-        gens.mkdir(parents=True, exist_ok=True)
-        tmp = gens / f".tmp-{gen_id}"
-        tmp.mkdir()
-        try:
-            save_generation_files(tmp, chunks_final, vectors, lexical)
-            manifest = {
-                "format": INDEX_FORMAT,
-                "corpus": corpus,
-                "root": str(root),
-                "generation": gen_id,
-                "parent": prev.generation_id if prev is not None else None,
-                "created_at": _now_iso(),
-                "embed_model": embedder.model_id,
-                "embed_dim": dim,
-                "bm25": lexical.params(),
-                "index_settings": _chunk_params(index_settings),
-                "versions": _versions(),
-                "n_chunks": len(chunks_final),
-                "n_files": len(files_meta),
-                "skipped": skipped,
-                "files": files_meta,
-            }
-            write_json_atomic(tmp / "manifest.json", manifest, indent=None)
-            _publish(cdir, tmp, gen_id)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        timings["write"] = time.perf_counter() - t
-        _gc(cdir, index_settings.keep_generations)
-        summary = IndexSummary(
-            corpus=corpus, generation=gen_id, root=str(root), files=len(files_meta), chunks=len(chunks_final),
-            added=added, changed=changed, deleted=deleted, unchanged=unchanged, embedded=len(to_embed),
-            skipped=skipped, non_utf8_files=non_utf8, published=True,
-            elapsed_sec=time.perf_counter() - t0, timings=timings,
-        )
-        logger.info("indexed %s: %s", corpus, {k: v for k, v in summary.to_dict().items() if k != "timings"})
-        return summary
-
-
-def _chunk_params(s: IndexSettings) -> dict:
-    """Settings that change which chunks exist; a change forces a full rebuild."""
-    return {
-        "max_chunk_lines": s.max_chunk_lines,
-        "window_lines": s.window_lines,
-        "window_overlap": s.window_overlap,
-        "tokenizer": _tokenizer_version(),
-    }
-
-
-def _tokenizer_version() -> str:
-    from retrieval import tokenize
-
-    return str(getattr(tokenize, "TOKENIZER_VERSION", "1"))
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("agro-mcp", "numpy", "scipy", "sentence-transformers", "torch", "tree-sitter"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            out[pkg] = md.version(pkg)
-    return out
+    """Index ``root`` as ``corpus`` under ``home`` (the build flow of ``retrieval.build`` on embedded storage).
+    ``reach``: ``face``, ``root_change`` and ``reach`` of :func:`retrieval.build.build_generation`."""
+    validate_corpus_id(corpus)
+    return build_generation(EmbeddedStore(home), root, corpus, index_settings, retrieval_settings, embedder,
+                            progress, full, previous, **reach)

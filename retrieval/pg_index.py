@@ -23,34 +23,23 @@ the generation it read. One writer per corpus across every machine: a session ad
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from retrieval.discovery import discover_files
-from retrieval.index import (
-    INDEX_FORMAT,
-    GenerationManifest,
-    IndexLockedError,
-    IndexSummary,
-    NoIndexError,
-    _chunk_params,
-    _new_generation_id,
-    _now_iso,
-    _versions,
-    document_text,
-    document_tokens,
-    plan_files,
-    validate_corpus_id,
-)
+from retrieval.build import BuildJob, IndexSummary, build_generation, document_tokens
+from retrieval.errors import IndexLockedError, NoIndexError
+from retrieval.globs import path_glob_pg
+from retrieval.index import GenerationManifest, validate_corpus_id
 from retrieval.pgdb import Database
 from retrieval.settings import IndexSettings, RetrievalSettings
 from retrieval.tokenize import code_tokens
@@ -109,12 +98,7 @@ _PARTITIONED = ("agro_chunks", "agro_postings", "agro_terms")
 EF_SEARCH_MARGIN = 40  # auto ef_search = the dense candidates + this (bench_pg --only haystack --haystack-ef)
 
 
-def pg_regex(pattern: str) -> str:
-    """The path glob as a PostgreSQL regular expression (the same language as the embedded filter)."""
-    from retrieval.search import glob_to_regex
-
-    rx = glob_to_regex(pattern).pattern
-    return "^" + rx.removesuffix(r"\Z") + "$"
+pg_regex = path_glob_pg  # the path glob as a PostgreSQL regular expression (the embedded filter's language)
 
 
 def _partition_suffix(corpus: str) -> str:
@@ -285,7 +269,7 @@ class PgIndexBackend:
                             candidates={"bm25": int(n_lex or 0), "dense": int(n_dense or 0)},
                             dense_weight=params["w_dense"])
 
-    # -- build ----------------------------------------------------------------------------------------------
+    # -- build: this backend's part of retrieval.build ----------------------------------------------------
     def build(
         self,
         root: Path,
@@ -296,130 +280,74 @@ class PgIndexBackend:
         progress: Callable[[str, int, int], None] | None = None,
         full: bool = False,
         previous=None,
+        **reach,
     ) -> IndexSummary:
         """Index ``root`` as ``corpus``: only added and changed files are chunked and embedded; published in one
-        transaction. Raises IndexLockedError when another process (on any machine) is writing this corpus."""
-        t0 = time.perf_counter()
+        transaction. Raises IndexLockedError when another process (on any machine) is writing this corpus.
+        ``reach``: ``face``, ``root_change`` and ``reach`` of :func:`retrieval.build.build_generation`."""
         validate_corpus_id(corpus)
-        root = Path(root).expanduser()
-        if not root.exists():
-            raise FileNotFoundError(f"Cannot index {str(root)!r}: no such directory. Pass the path of a repository.")
-        if not root.is_dir():
-            raise NotADirectoryError(f"Cannot index {str(root)!r}: it is a file, not a directory. Pass the repository folder.")
-        root = root.resolve()
-        timings: dict[str, float] = {}
-        with self.db.pool.connection() as lock_conn:  # held out of the pool for the whole build
+        return build_generation(self, root, corpus, index_settings, retrieval_settings, embedder, progress, full,
+                                previous, **reach)
+
+    @contextlib.contextmanager
+    def lock(self, corpus: str) -> Iterator[None]:
+        """A session advisory lock, held by a connection kept out of the pool for the whole build."""
+        key = f"agro-index:{corpus}"
+        with self.db.pool.connection() as lock_conn:
             lock_conn.autocommit = True
             try:
-                got = lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"agro-index:{corpus}",)).fetchone()[0]
-                if not got:
+                if not lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
                     raise IndexLockedError(
                         f"Corpus {corpus!r} is being indexed by another process (on this or another machine sharing "
                         "the database). Searches keep working on the current generation; run the index again when "
                         "that one finishes."
                     )
                 try:
-                    return self._build_locked(root, corpus, index_settings, retrieval_settings, embedder, progress,
-                                              full, t0, timings)
+                    yield
                 finally:
-                    lock_conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"agro-index:{corpus}",))
+                    lock_conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
             finally:
                 lock_conn.autocommit = False
 
-    def _build_locked(self, root, corpus, index_settings, retrieval_settings, embedder, progress, full, t0, timings):
-        prev = None
-        if not full:
-            try:
-                prev = self.load_current(corpus)
-            except NoIndexError:
-                logger.info("first build of corpus %s", corpus)
-            if prev is not None and (prev.embed_model != embedder.model_id or Path(prev.manifest["root"]) != root):
-                logger.info("full build of %s: embedding model or root changed", corpus)
-                prev = None
-            if prev is not None and prev.manifest.get("index_settings") != _chunk_params(index_settings):
-                logger.info("full build of %s: chunking settings changed", corpus)
-                prev = None
-            if prev is not None and prev.manifest.get("format") != INDEX_FORMAT:
-                prev = None
-        t = time.perf_counter()
-        disc = discover_files(root, index_settings)
-        timings["discover"] = time.perf_counter() - t
-        prev_files = prev.files if prev else {}
-        t = time.perf_counter()
-        plan = plan_files(disc, prev_files, index_settings, progress)
-        timings["chunk"] = time.perf_counter() - t
-        if prev is not None and not (plan.added or plan.changed or plan.deleted):
-            return IndexSummary(
-                corpus=corpus, generation=prev.generation_id, root=str(root), files=len(plan.files),
-                chunks=prev.n_chunks, unchanged=plan.unchanged, skipped=plan.skipped, non_utf8_files=plan.non_utf8,
-                published=False, elapsed_sec=time.perf_counter() - t0, timings=timings,
-            )
-        new_chunks = [c for chunks in plan.new_chunks.values() for c in chunks]
+    def before_build(self, corpus: str, index_settings: IndexSettings) -> None:
+        """Nothing to collect: a publish replaces the corpus's rows in one transaction."""
 
-        # Embeddings: reuse by chunk hash from what the corpus already holds, embed the rest (each text once).
-        t = time.perf_counter()
-        dim = int(embedder.dim)
-        known: dict[str, np.ndarray] = {}
-        if prev is not None and new_chunks:
-            hashes = list({c.hash for c in new_chunks})
+    def current_manifest(self, corpus: str) -> dict | None:
+        def q(conn):
+            row = conn.execute("SELECT manifest FROM agro_corpora WHERE corpus = %s", (corpus,)).fetchone()
+            return row[0] if row else None
 
-            def fetch(conn):
-                return conn.execute(
-                    "SELECT DISTINCT ON (hash) hash, embedding FROM agro_chunks WHERE corpus = %s AND hash = ANY(%s)",
-                    (corpus, hashes),
-                ).fetchall()
+        return self.db.read(q, "current_manifest")
 
-            known = {h: _as_array(v) for h, v in self.db.read(fetch, "reuse embeddings")}
-        first_of_hash: dict[str, int] = {}
-        for j, c in enumerate(new_chunks):
-            if c.hash not in known:
-                first_of_hash.setdefault(c.hash, j)
-        to_embed = list(first_of_hash.values())
-        vecs = np.zeros((len(new_chunks), dim), dtype=np.float32)
-        if to_embed:
-            done = [0]
+    def reuse_vectors(self, corpus: str, prev, hashes: list[str]) -> dict[str, np.ndarray]:
+        def fetch(conn):
+            return conn.execute(
+                "SELECT DISTINCT ON (hash) hash, embedding FROM agro_chunks WHERE corpus = %s AND hash = ANY(%s)",
+                (corpus, hashes),
+            ).fetchall()
 
-            def _tick(n: int) -> None:
-                done[0] += n
-                if progress:
-                    progress("embed", done[0], len(to_embed))
+        return {h: _as_array(v) for h, v in self.db.read(fetch, "reuse embeddings")}
 
-            vecs[to_embed] = embedder.encode_documents([document_text(new_chunks[j]) for j in to_embed], progress=_tick)
-        for j, c in enumerate(new_chunks):
-            if c.hash in known:
-                vecs[j] = known[c.hash]
-            elif first_of_hash[c.hash] != j:
-                vecs[j] = vecs[first_of_hash[c.hash]]
-        timings["embed"] = time.perf_counter() - t
-
-        t = time.perf_counter()
+    def write(self, job: BuildJob) -> int:
+        """A full build loads fresh partitions and swaps them in; a refresh replaces the changed files' rows."""
+        corpus, prev, plan, dim = job.corpus, job.prev, job.plan, job.dim
+        new_chunks, vecs = job.new_chunks, job.new_vectors
         toks = [Counter(document_tokens(c)) for c in new_chunks]
-        gen_id = _new_generation_id()
-        drop_paths = [] if prev is None else [p for p in prev_files if p not in plan.files or p in plan.new_chunks]
+        gen_id = job.generation_id
+        drop_paths = [] if prev is None else [p for p in prev.files if p not in plan.files or p in plan.new_chunks]
         files_meta = {p: dict(rec) for p, rec in plan.files.items()}
-
+        retrieval_settings = job.retrieval_settings
         rs_k1, rs_b = retrieval_settings.bm25_k1, retrieval_settings.bm25_b
 
         def manifest_for(n_docs: int) -> dict:
             return {
-                "format": INDEX_FORMAT,
+                **job.manifest,
                 "backend": "postgres",
-                "corpus": corpus,
-                "root": str(root),
-                "generation": gen_id,
-                "parent": prev.generation_id if prev is not None else None,
-                "created_at": _now_iso(),
-                "embed_model": embedder.model_id,
-                "embed_dim": dim,
-                "bm25": {"k1": retrieval_settings.bm25_k1, "b": retrieval_settings.bm25_b, "idf": "lucene"},
-                "index_settings": _chunk_params(index_settings),
+                "bm25": {"k1": rs_k1, "b": rs_b, "idf": "lucene"},
                 # the graph is built by a full build and kept by incremental ones
                 "hnsw": prev.manifest.get("hnsw", _PGVECTOR_HNSW_DEFAULTS) if prev is not None
                 else {"m": retrieval_settings.hnsw_m, "ef_construction": retrieval_settings.hnsw_ef_construction},
-                "versions": _versions(),
                 "n_chunks": int(n_docs),
-                "n_files": len(files_meta),
-                "skipped": plan.skipped,
                 "files": files_meta,
             }
 
@@ -518,19 +446,9 @@ class PgIndexBackend:
             return upsert_corpus(conn, "agro_chunks")
 
         n_docs = self.db.write(publish_bulk if prev is None else publish_in_place, "index publish")
-        timings["write"] = time.perf_counter() - t
         if prev is None or len(new_chunks) > 1000:
-            t = time.perf_counter()
             self._analyze(corpus)
-            timings["analyze"] = time.perf_counter() - t
-        summary = IndexSummary(
-            corpus=corpus, generation=gen_id, root=str(root), files=len(files_meta), chunks=n_docs,
-            added=plan.added, changed=plan.changed, deleted=plan.deleted, unchanged=plan.unchanged,
-            embedded=len(to_embed), skipped=plan.skipped, non_utf8_files=plan.non_utf8, published=True,
-            elapsed_sec=time.perf_counter() - t0, timings=timings,
-        )
-        logger.info("indexed %s in postgres: %s", corpus, {k: v for k, v in summary.to_dict().items() if k != "timings"})
-        return summary
+        return n_docs
 
     def _ensure_partitions(self, conn, corpus: str, dim: int) -> None:
         """One partition per corpus in each data table, and an HNSW index for the embedding dimension."""

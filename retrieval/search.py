@@ -1,23 +1,25 @@
-"""Query an index generation: BM25, dense, and their reciprocal-rank fusion."""
+"""Query an index generation: BM25, dense, and their reciprocal-rank fusion.
+
+:func:`search` asks the generation to rank itself (each storage backend's generation has a ``search`` method);
+:func:`rank_in_memory` is the ranking of a generation held in memory (the embedded backend's, and views).
+"""
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.index import IndexGeneration
+from retrieval.globs import path_glob_regex as glob_to_regex
 from retrieval.settings import RetrievalSettings
 from retrieval.tokenize import code_tokens
 from retrieval.types import Hit
 
-__all__ = ["Mode", "SearchResult", "dense_fusion_weight", "glob_to_regex", "query_terms", "rrf", "search",
-           "top_k_indices"]
+__all__ = ["Mode", "SearchResult", "dense_fusion_weight", "glob_to_regex", "query_terms", "rank_in_memory", "rrf",
+           "search", "top_k_indices"]
 
 Mode = Literal["bm25", "dense", "fused"]
 
@@ -31,50 +33,7 @@ class SearchResult:
     dense_weight: float = 1.0  # the dense side's weight in the fusion (dense_fusion_weight)
 
 
-@lru_cache(maxsize=256)
-def glob_to_regex(pattern: str) -> re.Pattern:
-    """Compile a path glob: ``*`` stays inside one folder, ``**/`` spans folders, ``?`` one char, ``[...]`` a set.
-
-    A pattern without ``/`` matches a file or folder name at any depth (``*.py``), as in .gitignore.
-    """
-    pat = pattern.strip().removeprefix("./").lstrip("/")
-    if "/" not in pat:
-        pat = "**/" + pat
-    out, i = [], 0
-    while i < len(pat):
-        ch = pat[i]
-        if pat.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pat.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif ch == "*":
-            out.append("[^/]*")
-            i += 1
-        elif ch == "?":
-            out.append("[^/]")
-            i += 1
-        elif ch == "[":
-            j = pat.find("]", i + 1)
-            if j == -1:
-                out.append(re.escape(ch))
-                i += 1
-            else:
-                body = pat[i + 1 : j].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = j + 1
-        else:
-            out.append(re.escape(ch))
-            i += 1
-    # "dir/" matches everything below dir; any other pattern also matches as a folder prefix ("retrieval").
-    suffix = ".*" if pat.endswith("/") else "(?:/.*)?"
-    return re.compile("".join(out) + suffix + r"\Z")
-
-
-def query_terms(text: str, gen: IndexGeneration, max_terms: int) -> list[str]:
+def query_terms(text: str, gen: Any, max_terms: int) -> list[str]:
     """BM25 terms of a query. A long query keeps its ``max_terms`` rarest known terms (highest IDF), with
     their repeat counts, so a pasted issue is matched on its distinctive identifiers rather than on the
     hundreds of common words around them."""
@@ -136,7 +95,7 @@ def dense_fusion_weight(embedder, query: str, settings: RetrievalSettings) -> fl
     return 1.0 if c >= 1.0 else c ** settings.dense_fusion_exponent
 
 
-def _filter_mask(gen: IndexGeneration, path_glob: str | None, language: str | None) -> np.ndarray | None:
+def _filter_mask(gen: Any, path_glob: str | None, language: str | None) -> np.ndarray | None:
     mask = None
     if path_glob:
         mask = gen.path_mask(path_glob)
@@ -161,7 +120,7 @@ class ExactScores(dict):
         return float(np.dot(self.vectors[d], self.qv))
 
 
-def dense_top_k(gen: IndexGeneration, qv: np.ndarray, n: int, mask: np.ndarray | None) -> tuple[np.ndarray, ExactScores]:
+def dense_top_k(gen: Any, qv: np.ndarray, n: int, mask: np.ndarray | None) -> tuple[np.ndarray, ExactScores]:
     """The ``n`` chunks nearest to ``qv`` (descending, ties by index), exactly as a float32 scan ranks them.
 
     A float16 product screens every chunk and keeps the best ``n + max(n, SCREEN_MARGIN)``; those are rescored in
@@ -187,7 +146,7 @@ def dense_top_k(gen: IndexGeneration, qv: np.ndarray, n: int, mask: np.ndarray |
 
 
 def search(
-    gen: IndexGeneration,
+    gen: Any,
     embedder,
     query: str,
     k: int,
@@ -198,13 +157,32 @@ def search(
     query_vector: np.ndarray | None = None,
     use_query_cache: bool = True,
 ) -> SearchResult:
-    """Rank ``gen``'s chunks for ``query`` and return the top ``k`` hits.
+    """Rank ``gen``'s chunks for ``query`` and return the top ``k`` hits; the generation ranks itself (in memory,
+    or in its storage engine's own query).
 
     ``mode`` picks BM25 alone, dense alone, or their RRF fusion (each side contributing its top
     ``lexical_candidates`` / ``dense_candidates``). Filters restrict both sides before ranking.
+
+    Raises:
+        retrieval.globs.InvalidGlobError: ``path_glob`` is not a glob.
     """
-    if not isinstance(gen, IndexGeneration):  # another storage backend ranks in its own engine (pg_index)
-        return gen.search(embedder, query, k, settings, mode, path_glob, language, query_vector, use_query_cache)
+    return gen.search(embedder, query, k, settings, mode, path_glob, language, query_vector, use_query_cache)
+
+
+def rank_in_memory(
+    gen: Any,
+    embedder,
+    query: str,
+    k: int,
+    settings: RetrievalSettings,
+    mode: Mode = "fused",
+    path_glob: str | None = None,
+    language: str | None = None,
+    query_vector: np.ndarray | None = None,
+    use_query_cache: bool = True,
+) -> SearchResult:
+    """:func:`search` over a generation held in memory (``chunks``, ``vectors``, ``lexical``, ``languages``,
+    ``path_mask``)."""
     timings: dict[str, float] = {}
     mask = _filter_mask(gen, path_glob, language)
     bm25_order: np.ndarray = np.zeros(0, dtype=np.int64)

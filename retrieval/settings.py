@@ -8,9 +8,11 @@ Library code never reads ``os.environ``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -112,6 +114,8 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".pgpass", ".npmrc", ".pypirc",
     "credentials", "credentials.json", "*credentials*.json", "secrets.json", "secrets.yaml",
     "secrets.yml", "*.secret", "service-account*.json", ".htpasswd", ".git-credentials",
+    "*.tfstate", "*.tfstate.backup", ".dockercfg", "kubeconfig", "*.kubeconfig", "authorized_keys",
+    "authorized_keys2", "known_hosts", "shadow", "shadow-", "gshadow", "gshadow-", "*.kdbx", ".*_history",
 )
 
 
@@ -126,7 +130,13 @@ class IndexSettings(AgroSettings):
         default_factory=list, description="Extra gitignore-style patterns (JSON list or comma-separated)."
     )
     respect_gitignore: bool = Field(True, description="Honour .gitignore files.")
-    index_secrets: bool = Field(False, description="Index files that look like secrets. Leave it off.")
+    secrets: Literal["skip", "redact"] = Field(
+        "skip", description="A file whose content holds a secret is skipped, or indexed with those lines redacted."
+    )
+    roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders (os.pathsep- or comma-separated) under which the MCP rag_index tool may index.",
+    )
     max_chunk_lines: int = Field(80, ge=10, description="Longer symbols are split, header kept.")
     window_lines: int = Field(40, ge=5, description="Line window for files without a syntax chunker.")
     window_overlap: int = Field(10, ge=0, description="Overlap of those windows, in lines.")
@@ -146,6 +156,13 @@ class IndexSettings(AgroSettings):
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"expects a JSON list or comma-separated patterns, but got {v!r}") from exc
             return [p.strip() for p in text.split(",") if p.strip()]
+        return v
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
         return v
 
     @model_validator(mode="after")

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.index import IndexGeneration, document_text, document_tokens
+from retrieval.build import document_text, document_tokens
+from retrieval.index import IndexGeneration
 from retrieval.lexical import BM25Index
 from retrieval.types import Chunk
 

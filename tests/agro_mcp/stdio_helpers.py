@@ -22,8 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def serve_env(home: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("AGRO_CONFIG", None)  # no config file: AGRO_CONFIG must name one that exists
     env.update({"AGRO_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT),
-                "AGRO_RERANKER_ENABLED": "0", "AGRO_CONFIG": str(home / "none.toml")})
+                "AGRO_RERANKER_ENABLED": "0"})
     env.update(extra)
     return env
 

@@ -13,12 +13,13 @@ from training.events.sqlite import SqliteEventStore
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
-# Every variable name the settings had before pydantic-settings; each must keep working.
+# Every variable name the settings had before pydantic-settings; each must keep working. Removed on purpose:
+# AGRO_INDEX_INDEX_SECRETS (issue 20: secret file names are always skipped; AGRO_INDEX_SECRETS=redact is the choice).
 KNOWN_NAMES = [
     "AGRO_HOME", "AGRO_DEFAULT_CORPUS", "AGRO_ADMIN_ENABLED", "AGRO_ADMIN_WAIT_TIMEOUT_SEC", "AGRO_LOG_LEVEL",
     "AGRO_LLM_BASE_URL", "AGRO_LLM_MODEL", "AGRO_LLM_API_KEY", "AGRO_LLM_TIMEOUT_SEC", "AGRO_ANSWER_CONTEXT_TOKENS",
     "AGRO_BACKEND", "AGRO_DATABASE_URL", "AGRO_DB_POOL_SIZE", "AGRO_INDEX_MAX_FILE_BYTES", "AGRO_INDEX_EXTRA_IGNORES",
-    "AGRO_INDEX_RESPECT_GITIGNORE", "AGRO_INDEX_INDEX_SECRETS", "AGRO_INDEX_MAX_CHUNK_LINES",
+    "AGRO_INDEX_RESPECT_GITIGNORE", "AGRO_INDEX_MAX_CHUNK_LINES",
     "AGRO_INDEX_WINDOW_LINES", "AGRO_INDEX_WINDOW_OVERLAP", "AGRO_INDEX_EMBED_BATCH", "AGRO_INDEX_KEEP_GENERATIONS",
     "AGRO_RETRIEVAL_EMBED_MODEL", "AGRO_RETRIEVAL_EMBED_DTYPE", "AGRO_RETRIEVAL_EMBED_MAX_TOKENS",
     "AGRO_RETRIEVAL_QUERY_WINDOWS", "AGRO_RETRIEVAL_BM25_K1", "AGRO_RETRIEVAL_BM25_B", "AGRO_RETRIEVAL_RRF_K",
@@ -120,11 +121,11 @@ def test_a_working_folder_agro_toml_is_never_read(tmp_path, monkeypatch):
     repo, home = tmp_path / "cloned", tmp_path / "home"
     repo.mkdir()
     home.mkdir()
-    (repo / "agro.toml").write_text(EVIL + "[index]\nindex_secrets = true\n")
+    (repo / "agro.toml").write_text(EVIL + "[index]\nsecrets = \"redact\"\n")
     monkeypatch.chdir(repo)
     s = load_settings(env={"AGRO_HOME": str(home)})
     assert s.server.llm_base_url is None and s.server.llm_api_key is None and s.server.database_url is None
-    assert s.reranker.alpha == 0.7 and s.index.index_secrets is False
+    assert s.reranker.alpha == 0.7 and s.index.secrets == "skip"
 
 
 def test_a_relative_agro_config_is_refused(tmp_path, monkeypatch):

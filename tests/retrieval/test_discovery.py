@@ -96,11 +96,11 @@ def test_secrets_are_skipped_and_counted(tmp_path, rel):
     assert res.skipped_examples["secret"] == [rel]
 
 
-def test_index_secrets_true_includes_them(tmp_path):
-    for rel in [".env", ".env.local", "id_rsa", "server.pem", "creds/credentials.json"]:
-        _write(tmp_path, rel, "SECRET=hunter2\n")
-    res = discover_files(tmp_path, IndexSettings(index_secrets=True))
-    assert len(res.files) == 5 and "secret" not in res.skipped
+def test_secret_file_names_are_always_skipped_whatever_the_settings(tmp_path):
+    for rel in [".env", "id_rsa", "server.pem", "infra/terraform.tfstate", "kubeconfig", "home/.bash_history"]:
+        _write(tmp_path, rel, "x = 1\n")
+    res = discover_files(tmp_path, IndexSettings(secrets="redact"))
+    assert res.files == [] and res.skipped == {"secret": 6}
 
 
 def test_secret_name_matching_is_by_basename_and_case_insensitive():

@@ -4,6 +4,7 @@ atomic publish, one writer per corpus, retry after a lost connection."""
 from __future__ import annotations
 
 import textwrap
+import time
 
 import numpy as np
 import psycopg
@@ -161,8 +162,15 @@ def test_pg_regex_matches_like_the_embedded_glob(pg_url):
 def test_second_writer_of_a_corpus_is_refused_while_the_first_holds_the_lock(pg, sample_repo, embedder):
     with psycopg.connect(pg.db.url, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(hashtext('agro-index:sample'))")
+        other_pid = other.info.backend_pid
         with pytest.raises(IndexLockedError, match="being indexed by another process"):
             _build(pg, sample_repo, embedder)
+    # The server ends the other session's backend (and its locks) just after the client hangs up: wait for that.
+    with psycopg.connect(pg.db.url, autocommit=True) as watcher:
+        for _ in range(1000):
+            if not watcher.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (other_pid,)).fetchone():
+                break
+            time.sleep(0.01)
     assert _build(pg, sample_repo, embedder).published  # the lock died with the other session
 
 
@@ -291,3 +299,19 @@ def test_full_rebuild_swaps_partitions_atomically_and_a_failed_one_changes_nothi
     with psycopg.connect(pg.db.url) as conn:
         tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'agro_chunks%'")]
     assert len(tables) == 2
+
+
+def test_pg_build_goes_through_the_same_reach_and_secret_checks(pg, tmp_path, embedder):
+    from retrieval.errors import ReachError, RootChangeError
+    from tests.retrieval.test_secrets import SECRETS, _repo
+
+    repo = _repo(tmp_path / "repo")
+    summary = _build(pg, repo, embedder)
+    gen = pg.load_current("sample")
+    assert sorted(gen.files) == ["app/billing.py"]
+    assert summary.skipped == {"secret_content": 6, "credentials": 2, "secret": 3}
+    assert not any(s in c.text for c in gen.chunks for s in SECRETS)
+    with pytest.raises(RootChangeError):
+        _build(pg, write_repo(tmp_path / "other"), embedder)
+    with pytest.raises(ReachError, match="AGRO_INDEX_ROOTS"):
+        _build(pg, write_repo(tmp_path / "third"), embedder, corpus="third", face="mcp")

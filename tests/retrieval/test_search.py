@@ -151,3 +151,23 @@ def test_the_float16_screen_returns_the_exact_float32_top_k_and_scores(n):
             assert all(scores[int(d)] == pytest.approx(float(exact[d]), abs=1e-6) for d in order)
         other = int(np.argmin(exact))  # a chunk the screen dropped: its score is computed exactly on request
         assert scores[other] == pytest.approx(float(exact[other]), abs=1e-6)
+
+
+@pytest.mark.parametrize("pattern", ["a[b-a]c", "", "   "])
+def test_an_invalid_path_glob_is_refused_with_an_example_of_a_valid_one(pattern):
+    from retrieval.globs import InvalidGlobError
+
+    with pytest.raises(InvalidGlobError, match="path_glob expects a glob such as 'src/"):
+        glob_to_regex(pattern)
+
+
+def test_path_glob_follows_gitignore_rules_in_memory_and_in_postgres_form():
+    import re
+
+    from retrieval.globs import path_glob_pg
+
+    cases = [("docs/", "a/docs/x.md", True), ("a/*/c.py", "a/c.py", False), ("!x.py", "!x.py", True),
+             ("#notes", "#notes", True), ("/auth", "sub/auth/x.py", False)]
+    for pattern, path, expected in cases:
+        assert bool(glob_to_regex(pattern).match(path)) is expected, pattern
+        assert bool(re.match(path_glob_pg(pattern), path)) is expected, pattern
