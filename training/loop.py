@@ -24,6 +24,7 @@ from training.miners import (
     mine_bootstrap,
     mine_feedback,
     mine_golden,
+    query_key,
     split_by_query,
 )
 from training.promote import GateDecision, current_release, gate, promote_run
@@ -115,6 +116,8 @@ def mine(
         raise TrainingError(f"mining sources expect values among {SOURCES}, but got {bad}")
     triplets: list[Triplet] = []
     counts: dict[str, int] = {}
+    fixed: dict[str, bool] = {}  # history questions: held out when among the newest (a time split)
+    history: dict[str, dict] = {}
     if "feedback" in sources:
         got = mine_feedback(engine.store, corpus=corpus, negatives_per_query=ts.negatives_per_query,
                             chunk_lookup=chunk_lookup(engine))
@@ -136,6 +139,15 @@ def mine(
         for c in targets:
             gen = engine.generation(c)
             ctx.log("bootstrap: mining %s (%d chunks)", c, len(gen.chunks))
+            n_history = 0
+            if ts.history_enabled:
+                hist = _mine_history(engine, ctx, c, gen, fixed)
+                history[c] = hist["report"]
+                n_history = hist["questions"]
+                counts[f"history:{c}"] = n_history
+                triplets += hist["triplets"]
+                if n_history and not ts.history_with_docstrings:
+                    continue
             got = mine_bootstrap(gen.chunks, fused_rank_fn(engine), c, cap=ts.bootstrap_cap,
                                  usage_share=ts.bootstrap_usage_share,
                                  negatives_per_query=ts.negatives_per_query, seed=ts.seed,
@@ -145,11 +157,38 @@ def mine(
             if ts.bootstrap_usage_share > 0:
                 counts[f"bootstrap_usage:{c}"] = sum(t.source == "corpus_usage" for t in got)
             triplets += got
-    split = split_by_query(triplets, ts.heldout_fraction, ts.seed)
+    split = split_by_query(triplets, ts.heldout_fraction, ts.seed, fixed=fixed)
     split.info["sources"] = counts
+    if history:
+        split.info["history"] = history
     ctx.log("mined %s -> %d train / %d held-out triplets (%d / %d queries)", counts, len(split.train),
             len(split.heldout), split.info["train_queries"], split.info["heldout_queries"])
     return split
+
+
+def _mine_history(engine: Any, ctx: Any, corpus: str, gen: Any, fixed: dict[str, bool]) -> dict[str, Any]:
+    """The history miner on one corpus: questions, triplets, and the time split recorded into ``fixed``."""
+    from retrieval.chunking import chunk_file
+    from training.history import history_triplets, mine_history
+
+    ts = engine.settings.training
+    index_settings = engine.settings.index
+    qs, report = mine_history(
+        Path(gen.root), gen.chunks, lambda path, text: chunk_file(path, text, index_settings),
+        max_questions=ts.history_max_questions, max_commits=ts.history_max_commits,
+        since_days=ts.history_max_age_days, max_files=ts.history_max_files, max_positives=ts.history_max_positives,
+        cancelled=ctx.cancelled)
+    ctx.log("bootstrap: %s", report.summary())
+    got = history_triplets(qs, fused_rank_fn(engine), corpus, negatives_per_query=ts.negatives_per_query,
+                           progress=lambda i, n: ctx.progress(0.2 * i / max(n, 1), f"history {i}/{n}"),
+                           cancelled=ctx.cancelled)
+    # qs is newest first: the newest share is held out, so the gate asks the past to predict the future
+    n_held = math.ceil(len(qs) * ts.heldout_fraction) if len(qs) >= 2 else 0
+    for i, q in enumerate(qs):
+        fixed[query_key(corpus, q.query)] = i < n_held
+    return {"questions": len(qs), "triplets": got,
+            "report": {**report.to_dict(), "heldout_questions": n_held,
+                       "heldout_since": qs[n_held - 1].ts if n_held else None}}
 
 
 def export_triplets(engine: Any, split: MinedSplit) -> Path:
@@ -354,7 +393,8 @@ def run_loop(
     split = mine(engine, ctx, sources, golden_path=golden_path, corpus=corpus)
     ts = engine.settings.training
     if len(split.train) < ts.min_triplets:
-        msg = (f"Too few training triplets: {len(split.train)} (need {ts.min_triplets}). Send more feedback, "
+        msg = (_bootstrap_shortfall(split, ts.min_triplets) if "bootstrap" in sources else
+               f"Too few training triplets: {len(split.train)} (need {ts.min_triplets}). Send more feedback, "
                "add golden.json questions, or run `agro bootstrap`.")
         ctx.log(msg)
         d = run_dir(Path(engine.home) / "models", ctx.run_id)
@@ -378,6 +418,31 @@ def run_loop(
     out.update(decision=pr["decision"], release=pr.get("release"),
                status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
     return out
+
+
+def _bootstrap_shortfall(split: MinedSplit, need: int) -> str:
+    """What the corpus bootstrap mined, why it was not enough, and what to do next (never `agro bootstrap` again)."""
+    counts = split.info.get("sources") or {}
+    parts = []
+    for key, n in counts.items():
+        kind, _, corpus = key.partition(":")
+        label = {"history": "git history questions", "bootstrap": "docstring pairs",
+                 "bootstrap_usage": "call-site pairs", "identifiers": "identifier pairs"}.get(kind, kind)
+        parts.append(f"{n} {label} in {corpus}")
+    why = []
+    for corpus, rep in (split.info.get("history") or {}).items():
+        if not rep.get("git"):
+            why.append(f"{corpus}: history not mined ({rep.get('reason')})")
+        elif rep.get("skipped"):
+            top = ", ".join(f"{n} {k}" for k, n in sorted(rep["skipped"].items(), key=lambda kv: -kv[1])[:4])
+            why.append(f"{corpus}: {rep.get('scanned', 0)} commits read, skipped {top}")
+    if any(k.startswith("bootstrap:") and n == 0 for k, n in counts.items()):
+        why.append("no function or class carries a docstring or leading comment")
+    return (f"agro bootstrap mined too little to train: {len(split.train)} training triplets (need {need}) from "
+            f"{', '.join(parts) or 'nothing'}" + (f" ({'; '.join(why)})" if why else "") + ". Next: index a clone "
+            "that keeps its git history (`agro index /path/to/clone`), or search and send feedback (MCP "
+            "submit_feedback, or `agro feedback EVENT_ID used --doc-id PATH:START-END`) and then run `agro loop`, or "
+            "write golden.json questions and run `agro loop --golden golden.json`.")
 
 
 def run_bootstrap(engine: Any, ctx: Any, corpus: str | None = None, *, promote: bool = True,

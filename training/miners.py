@@ -479,11 +479,13 @@ def _side(key: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int) -> MinedSplit:
+def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int,
+                   fixed: dict[str, bool] | None = None) -> MinedSplit:
     """A seeded split by query: a query lands on the held-out side when its seeded hash is below ``fraction``.
 
     The side of a query depends only on the seed and the query (not on what else was mined), so a held-out question
-    stays held out on every later run with the same seed.
+    stays held out on every later run with the same seed. ``fixed`` (query key -> held out?) overrides the hash for
+    its queries: the history miner's time split (the newest commits are held out).
     """
     if not 0 < fraction < 1:
         raise ValueError(f"split_by_query expects 0 < fraction < 1, but got {fraction}")
@@ -492,14 +494,15 @@ def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int) -> M
     train_keys: set[str] = set()
     for t in triplets:
         k = query_key(t.corpus, t.query)
-        if _side(k, seed) < fraction:
+        if (fixed[k] if fixed and k in fixed else _side(k, seed) < fraction):
             held.append(t)
             held_keys.add(k)
         else:
             train.append(t)
             train_keys.add(k)
     info = {
-        "method": "sha256(seed, corpus + normalised query) < fraction",
+        "method": "sha256(seed, corpus + normalised query) < fraction"
+                  + (f"; {len(fixed)} history questions split by time (newest held out)" if fixed else ""),
         "seed": seed,
         "fraction": fraction,
         "train_queries": len(train_keys),

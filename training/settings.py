@@ -86,6 +86,21 @@ class TrainingSettings(BaseModel):
         description="Share of the bootstrap cap given to (call-site snippet -> the definition it calls) pairs, "
         "questions that look like pasted code rather than documentation; 0 = docstring pairs only.",
     )
+    history_enabled: bool = Field(
+        True, description="agro bootstrap mines the corpus's git history (commit message -> the chunks it changed) "
+        "when the corpus root is a git work tree.")
+    history_max_questions: int = Field(1000, ge=1, description="Most history questions mined (newest commits first).")
+    history_max_commits: int = Field(5000, ge=1, description="Most commits walked (merges excluded) per mining run.")
+    history_max_age_days: int = Field(0, ge=0, description="Only commits younger than this many days (0 = any age).")
+    history_max_files: int = Field(10, ge=1, description="A commit changing more files than this is skipped (too broad).")
+    history_max_positives: int = Field(6, ge=1, description="Most chunks one commit's question has as answers.")
+    history_with_docstrings: bool = Field(
+        False, description="Also mine docstring pairs when the history gives questions (off: history alone).")
+    synthetic_only: Literal["refuse", "conservative"] = Field(
+        "refuse", description="A candidate the gate could judge only on synthetic questions (docstrings, "
+        "identifiers): refuse it, or promote it served at synthetic_alpha.")
+    synthetic_alpha: float = Field(0.2, ge=0, le=1, description="Blend weight of a release judged only on synthetic "
+                                   "questions (with synthetic_only=conservative).")
     max_train_pairs: int | None = Field(6000, ge=10, description="Cap on (query, text) training pairs per run.")
     pretrain_cap: int = Field(4000, ge=10, description="agro pretrain: (docstring, code) pairs mined from its corpus.")
     pretrain_max_pairs: int = Field(
