@@ -320,6 +320,15 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
                   "current_release": cur.get("id") if cur else None}
         write_json_atomic(d / "evaluation.json", result)
         return result
+    human = {r["qid"] for r in rows if not r.get("synthetic")}
+    if not human and ts.synthetic_only == "conservative":  # judged (and served) at the conservative blend
+        blend = dict(run.get("blend") or {})
+        if blend.get("alpha") is None or blend["alpha"] > ts.synthetic_alpha:
+            blend.update(alpha=ts.synthetic_alpha, calibrated=False,
+                         reason=f"judged only on synthetic questions: AGRO_TRAINING_SYNTHETIC_ALPHA {ts.synthetic_alpha}"
+                         f" (was {blend.get('alpha')})")
+            run["blend"] = blend
+            write_json_atomic(d / "run.json", run)
     ctx.log("evaluating run %s on %d held-out questions (%s + candidate)", run_id, len(rows), ", ".join(configs))
     views = bootstrap_gate_views(engine, split.heldout)
     for c, v in views.items():
@@ -340,7 +349,23 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
     saved = save_report(report, engine.store, Path(engine.home) / "exports")
     names = {"fused+candidate": "candidate", "fused": "retrieval", "fused+rerank": "current"}
     per_query = {names[c]: report.per_query[c]["span"] for c in report.configs}
+    if human:  # questions people wrote decide whenever there are any; synthetic ones are reported only
+        per_query = {c: [r for r in rs if r["qid"] in human] for c, rs in per_query.items()}
     decision = gate(per_query, delta=ts.promote_delta, min_queries=ts.promote_min_queries, seed=ts.seed)
+    sources = sorted({s for r in rows if r["qid"] in human for s in r.get("sources", [])})
+    decision.figures["judged_on"] = {
+        "questions": "written by people" if human else "synthetic only", "n": len(human) or len(rows),
+        "synthetic_reported_only": len(rows) - len(human) if human else 0, "sources": sources}
+    if not human:
+        if ts.synthetic_only == "refuse":
+            decision.promote = False
+            decision.reasons.append(
+                "judged only on synthetic questions (docstrings, identifiers, call sites), which a candidate trained "
+                "on the same kind wins without helping real questions: refused (AGRO_TRAINING_SYNTHETIC_ONLY=refuse). "
+                "Questions people wrote (git history, golden.json, searches with feedback) can promote it")
+        else:
+            decision.reasons.append(f"judged only on synthetic questions: judged and served at the conservative "
+                                    f"blend alpha {(run.get('blend') or {}).get('alpha')}")
     decision.figures["levels"] = {c: report.metrics[c] for c in report.configs}
     decision.figures["candidate_blend"] = run.get("blend")  # the alpha the candidate was judged (and would serve) at
     from training.evaluate import format_table
@@ -410,7 +435,8 @@ def run_loop(
     run = train_step(engine, ctx, split, extra={"sources": list(sources)})
     ev = evaluate_run(engine, ctx, ctx.run_id)
     out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": ev["decision"],
-                           "table": ev.get("table"), "mined": split.info.get("sources"), "blend": run.get("blend")}
+                           "table": ev.get("table"), "mined": split.info.get("sources"), "blend": run.get("blend"),
+                           "history": split.info.get("history"), "train_triplets": len(split.train)}
     if not promote:
         out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
         return out

@@ -23,6 +23,7 @@ from training.metrics import path_matches
 __all__ = [
     "POSITIVE_SIGNALS",
     "NEGATIVE_SIGNALS",
+    "SYNTHETIC_SOURCES",
     "MinedSplit",
     "Triplet",
     "data_hash",
@@ -39,6 +40,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 POSITIVE_SIGNALS = frozenset({"correct_location", "used", "click", "thumbs_up"})
+# questions a program wrote (from the code itself); every other source's questions were written by people (commit
+# messages, golden.json, logged searches with feedback)
+SYNTHETIC_SOURCES = frozenset({"corpus_bootstrap", "corpus_usage", "corpus_identifier"})
 NEGATIVE_SIGNALS = frozenset({"thumbs_down"})
 
 # (corpus, path, start, end) -> (doc_id, text) of the indexed chunk that best covers the span, or None
@@ -520,13 +524,16 @@ def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int,
 def heldout_questions(heldout: Sequence[Triplet]) -> list[dict[str, Any]]:
     """Held-out triplets as evaluation questions: one per query, every positive of it as gold.
 
-    Rows are ``{"qid", "query", "corpus", "gold": ["path:start-end", ...]}`` for
-    :func:`training.evaluate.queries_from_feedback`.
+    Rows are ``{"qid", "query", "corpus", "gold": ["path:start-end", ...], "sources": [...]}`` for
+    :func:`training.evaluate.queries_from_feedback`; ``synthetic`` is True when every triplet of the question came
+    from a synthetic source (:data:`SYNTHETIC_SOURCES`), False when a person wrote it.
     """
     by_key: dict[str, dict[str, Any]] = {}
     for t in heldout:
         k = query_key(t.corpus, t.query)
-        row = by_key.setdefault(k, {"query": t.query, "corpus": t.corpus, "gold": []})
+        row = by_key.setdefault(k, {"query": t.query, "corpus": t.corpus, "gold": [], "sources": []})
+        if t.source not in row["sources"]:
+            row["sources"].append(t.source)
         if t.positive_doc_id not in row["gold"]:
             try:
                 parse_doc_id(t.positive_doc_id)
@@ -536,4 +543,5 @@ def heldout_questions(heldout: Sequence[Triplet]) -> list[dict[str, Any]]:
     rows = [r for r in by_key.values() if r["gold"]]
     for i, r in enumerate(rows):
         r["qid"] = f"heldout-{i:04d}"
+        r["synthetic"] = all(s in SYNTHETIC_SOURCES for s in r["sources"])
     return rows

@@ -106,8 +106,11 @@ class TrainingSettings(BaseModel):
     pretrain_max_pairs: int = Field(
         8000, ge=10, description="agro pretrain: cap on (query, text) training pairs (500 steps at batch 16).",
     )
-    promote_delta: float = Field(0.02, ge=0, description="Relative MRR@10 gain required to promote.")
-    promote_min_queries: int = Field(30, ge=1)
+    promote_delta: float = Field(0.02, ge=0, description="Mean per-question MRR@10 gain required to promote, as a share "
+                                 "of the best alternative's MRR@10 (0.02 = 2%).")
+    promote_min_queries: int = Field(
+        6, ge=1, description="Fewest held-out questions a gate decision may rest on; 6 is the fewest on which a 95% "
+        "paired interval can exclude chance at all, so on small samples the interval decides.")
     bf16: bool = Field(True, description="bf16 autocast when the CPU supports it.")
     student_layers: int | None = Field(
         None, ge=1,
