@@ -24,6 +24,7 @@ from training.miners import (
     mine_bootstrap,
     mine_feedback,
     mine_golden,
+    mine_identifiers,
     query_key,
     split_by_query,
 )
@@ -157,6 +158,11 @@ def mine(
             if ts.bootstrap_usage_share > 0:
                 counts[f"bootstrap_usage:{c}"] = sum(t.source == "corpus_usage" for t in got)
             triplets += got
+            if not n_history and len(got) < ts.min_triplets:  # neither docstrings nor history: names and signatures
+                ids = mine_identifiers(gen.chunks, fused_rank_fn(engine), c, cap=ts.bootstrap_cap,
+                                       negatives_per_query=ts.negatives_per_query, seed=ts.seed)
+                counts[f"identifiers:{c}"] = len(ids)
+                triplets += ids
     split = split_by_query(triplets, ts.heldout_fraction, ts.seed, fixed=fixed)
     split.info["sources"] = counts
     if history:

@@ -33,6 +33,9 @@ __all__ = [
     "mine_bootstrap",
     "mine_feedback",
     "mine_golden",
+    "mine_identifiers",
+    "split_identifier",
+    "extract_identifier_pair",
     "query_key",
     "split_by_query",
 ]
@@ -393,6 +396,58 @@ def extract_usage_pairs(chunks: Sequence[Any], seed: int = 13) -> list[tuple[str
             if snippet is not None and _code_lines(snippet) >= 2 and len(snippet.split()) >= _MIN_WORDS:
                 out.append((snippet, d))
                 break
+    return out
+
+
+_SIG = re.compile(r"^[ \t]*(?:(?:pub|export|public|private|static|async|default)\s+)*"
+                  r"(?:def|function|func|fn)\s+(?:\([^)]*\)\s*)?(\w+)\s*(\([^)]*\)?[^:{\n]*)", re.M)
+_WORD_SPLIT = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+
+def split_identifier(name: str) -> list[str]:
+    """``parse_HTTPHeaderLinks`` -> ``["parse", "http", "header", "links"]`` (snake_case and camelCase)."""
+    return [w.lower() for w in _WORD_SPLIT.findall(name)]
+
+
+def extract_identifier_pair(text: str) -> tuple[str, str] | None:
+    """(the definition's split name and its signature, its body without the signature line), or None.
+
+    For code with neither docstrings nor history: ``def parse_header_links(value: str) -> list:`` gives the question
+    ``parse header links (value: str) -> list``. Names of fewer than two words, dunders and tests give nothing.
+    """
+    m = _SIG.search(text)
+    if m is None:
+        return None
+    name, sig = m.group(1), " ".join(m.group(2).split()).rstrip(":{ ")
+    words = split_identifier(name)
+    if len(words) < 2 or name.startswith("__") or words[0] == "test":
+        return None
+    line_end = text.find("\n", m.end())
+    body = text[line_end + 1:] if line_end >= 0 else ""
+    if _code_lines(body) < 2:
+        return None
+    return f"{' '.join(words)} {sig}"[:_MAX_QUERY_CHARS], body
+
+
+def mine_identifiers(chunks: Sequence[Any], rank_fn: RankFn | None, corpus: str, *, cap: int = 3000,
+                     negatives_per_query: int = 4, seed: int = 13) -> list[Triplet]:
+    """Identifier-derived pairs (:func:`extract_identifier_pair`), source ``corpus_identifier``: the positive is
+    the body under its path only (no symbol), negatives are retrieval's other hits for the question."""
+    pairs, seen = [], set()
+    for c in chunks:
+        got = extract_identifier_pair(c.text)
+        if got is None or got[0] in seen:
+            continue
+        seen.add(got[0])
+        pairs.append((got[0], got[1], c))
+    if len(pairs) > cap:
+        pairs = random.Random(seed).sample(pairs, cap)
+    out = []
+    for q, body, c in pairs:
+        hits = [h.chunk for h in rank_fn(q, corpus)] if rank_fn is not None else []
+        negs = [n for n in hits if n.doc_id != c.doc_id][:negatives_per_query]
+        out.append(Triplet(q, located_text(c.path, None, body), c.doc_id, [_located(n) for n in negs],
+                           [n.doc_id for n in negs], "corpus_identifier", corpus))
     return out
 
 

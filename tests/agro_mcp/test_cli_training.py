@@ -130,3 +130,15 @@ def test_admin_actions_answer_or_say_what_to_do(env):
         assert any("mined" in line for line in run_admin_action(eng, "logs", run_id=rid)["lines"])
     finally:
         eng.close()
+
+
+def test_bootstrap_that_mines_nothing_says_why_and_a_next_step_other_than_itself(env, capsys):
+    repo = env / "bare"
+    repo.mkdir()
+    (repo / "m.py").write_text("def f(x):\n    return x\n\n\nX = 1\n")
+    assert run(capsys, "index", str(repo), "--corpus", "bare")[0] == 0
+    code, out, err = run(capsys, "bootstrap", "--corpus", "bare")
+    assert code == 1
+    assert "mined too little to train" in out and "history not mined" in out and "not in a git work tree" in out
+    assert "0 docstring pairs in bare" in out and "0 identifier pairs in bare" in out
+    assert "agro loop" in out and "run `agro bootstrap`" not in out

@@ -68,3 +68,63 @@ def test_bootstrap_mines_usage_pairs_from_call_sites_when_given_a_share(tmp_path
     assert all(any(n.startswith("app/trip.py:") for n in t.negative_doc_ids) for t in usage)
     docs = [t for t in rows if t.source == "corpus_bootstrap"]
     assert {t.query for t in docs} == {"Great-circle distance between two points on the earth, in kilometres."}
+
+
+UNDOCUMENTED = {
+    "net/pool.py": '''
+        def acquire_connection(pool, timeout=5.0):
+            conn = pool.pop()
+            conn.touch(timeout)
+            return conn
+
+
+        def release_connection(pool, conn):
+            conn.reset()
+            pool.append(conn)
+            return len(pool)
+    ''',
+}
+
+
+def test_bootstrap_without_docstrings_or_history_mines_identifier_pairs(tmp_path, make_settings, embedder):
+    repo = write_repo(tmp_path / "repo", UNDOCUMENTED)
+    eng = Engine(make_settings(AGRO_TRAINING_HELDOUT_FRACTION="0.01"), embedder=embedder)
+    try:
+        eng.index(repo, "net")
+        split = mine(eng, Ctx(), ["bootstrap"], corpus="net")
+    finally:
+        eng.close()
+    rows = split.train + split.heldout
+    assert split.info["sources"] == {"history:net": 0, "bootstrap:net": 0, "identifiers:net": 2}
+    assert not split.info["history"]["net"]["git"]
+    by_query = {t.query: t for t in rows}
+    pair = by_query["acquire connection (pool, timeout=5.0)"]
+    assert pair.source == "corpus_identifier" and pair.positive_doc_id.startswith("net/pool.py:1-")
+    assert "def acquire_connection" not in pair.positive_text and "conn.touch(timeout)" in pair.positive_text
+
+
+def test_bootstrap_on_a_git_work_tree_mines_history_and_holds_out_the_newest_commits(tmp_path, make_settings,
+                                                                                        embedder):
+    from tests.training.test_history import Repo
+
+    repo = Repo(tmp_path / "repo")
+    names = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
+    files: dict[str, str] = {}
+    for i, n in enumerate(names):
+        files[f"pkg/{n}.py"] = f"def compute_{n}(value):\n    total = value + {i}\n    return total * {i + 1}\n"
+        repo.commit(f"Add the {n} computation for the report totals", {f"pkg/{n}.py": files[f"pkg/{n}.py"]})
+    eng = Engine(make_settings(AGRO_TRAINING_HELDOUT_FRACTION="0.3"), embedder=embedder)
+    try:
+        eng.index(repo.root, "calc")
+        split = mine(eng, Ctx(), ["bootstrap"], corpus="calc")
+    finally:
+        eng.close()
+    assert split.info["sources"] == {"history:calc": 10}  # history alone: docstring pairs are not mined beside it
+    held = {t.query for t in split.heldout}
+    assert held == {f"Add the {n} computation for the report totals" for n in names[-3:]}  # the newest three
+    assert {t.source for t in split.train + split.heldout} == {"git_history"}
+    newest = next(t for t in split.heldout if "kappa" in t.query)
+    assert newest.positive_doc_id == "pkg/kappa.py:1-3" and "pkg/kappa.py:1-3" not in newest.negative_doc_ids
+    report = split.info["history"]["calc"]
+    assert report["mined"] == 10 and report["heldout_questions"] == 3
+    assert "split by time" in split.info["method"]
