@@ -42,6 +42,7 @@ from training.trainer import (
 __all__ = [
     "LoopOutcome",
     "chunk_lookup",
+    "cv_folds",
     "evaluate_run",
     "fused_rank_fn",
     "mine",
@@ -378,7 +379,7 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
 
     table = format_table(report)
     result = {"run_id": run_id, "eval_id": saved.eval_id, "decision": decision.to_dict(), "table": table,
-              "notes": notes, "current_release": cur.get("id") if cur else None}
+              "notes": notes, "current_release": cur.get("id") if cur else None, "per_query": per_query}
     write_json_atomic(d / "evaluation.json", result)
     ctx.log("gate for %s: %s (%s)", run_id, "promote" if decision.promote else "refuse", "; ".join(decision.reasons))
     return result
@@ -438,11 +439,97 @@ def run_loop(
 
         raise TrainingCancelled(f"run {ctx.run_id} was cancelled")
     export_triplets(engine, split)
+    folds = cv_folds(split, ts) if "bootstrap" not in sources else None
+    if folds is not None:
+        return _run_cross_validated(engine, ctx, split, folds, sources, promote=promote, reload=reload)
     run = train_step(engine, ctx, split, extra={"sources": list(sources)})
     ev = evaluate_run(engine, ctx, ctx.run_id)
     out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": ev["decision"],
                            "table": ev.get("table"), "mined": split.info.get("sources"), "blend": run.get("blend"),
                            "history": split.info.get("history"), "train_triplets": len(split.train)}
+    if not promote:
+        out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
+        return out
+    pr = promote_step(engine, ctx, ctx.run_id, reload=reload)
+    out.update(decision=pr["decision"], release=pr.get("release"),
+               status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
+    return out
+
+
+def cv_folds(split: MinedSplit, ts: Any) -> list[set[str]] | None:
+    """Query-key folds for cross-validation, or None when the fixed split holds out enough people-written
+    questions (``cv_below``), cross-validation is off, or there are too few questions for ``cv_folds`` folds."""
+    from training.miners import SYNTHETIC_SOURCES, _side
+
+    if ts.cv_folds < 2:
+        return None
+    human_held = {query_key(t.corpus, t.query) for t in split.heldout if t.source not in SYNTHETIC_SOURCES}
+    if len(human_held) >= ts.cv_below:
+        return None
+    keys = sorted({query_key(t.corpus, t.query) for t in split.train + split.heldout
+                   if t.source not in SYNTHETIC_SOURCES}, key=lambda k: (_side(k, ts.seed), k))
+    if len(keys) < 2 * ts.cv_folds:
+        return None
+    return [set(keys[i::ts.cv_folds]) for i in range(ts.cv_folds)]
+
+
+class _FoldCtx:
+    """A job context for one fold: its own run folder, the parent's log, progress (within a share) and cancel."""
+
+    def __init__(self, parent: Any, run_id: str, lo: float, hi: float) -> None:
+        self.parent, self.run_id, self._lo, self._hi = parent, run_id, lo, hi
+
+    def log(self, line: str, *args: Any) -> None:
+        self.parent.log(f"[{self.run_id}] {line}", *args)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        self.parent.progress(self._lo + (self._hi - self._lo) * fraction, message)
+
+    def cancelled(self) -> bool:
+        return self.parent.cancelled()
+
+
+def _run_cross_validated(engine: Any, ctx: Any, split: MinedSplit, folds: list[set[str]], sources: Sequence[str],
+                         *, promote: bool, reload: bool) -> dict[str, Any]:
+    """k candidates, each trained without one fold and judged on it; the gate decides on the pooled per-question
+    rows; then one model trained on every question is the run's candidate, released with that evidence."""
+    ts = engine.settings.training
+    models_dir = Path(engine.home) / "models"
+    every = split.train + split.heldout
+    k = len(folds)
+    pooled: dict[str, list] = {}
+    info = []
+    ctx.log("cross-validating over %d questions in %d folds (a fixed split would hold out too few)",
+            sum(len(f) for f in folds), k)
+    for i, keys in enumerate(folds, 1):
+        fctx = _FoldCtx(ctx, f"{ctx.run_id}-cv{i}", (i - 1) / (k + 1), i / (k + 1))
+        held = [t for t in every if query_key(t.corpus, t.query) in keys]
+        train = [t for t in every if query_key(t.corpus, t.query) not in keys]
+        fsplit = MinedSplit(train, held, {**split.info, "cv": {"fold": i, "folds": k, "questions": len(keys)}})
+        train_step(engine, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id})
+        ev = evaluate_run(engine, fctx, fctx.run_id)
+        for c, rows in (ev.get("per_query") or {}).items():
+            pooled.setdefault(c, []).extend(rows)
+        info.append({"fold": i, "run_id": fctx.run_id, "questions": len(keys),
+                     "decision": ev["decision"]["promote"], "figures": {
+                         c: v for c, v in ev["decision"]["figures"].items() if c in ("candidate", "retrieval", "current")}})
+    decision = gate(pooled, delta=ts.promote_delta, min_queries=ts.promote_min_queries, seed=ts.seed)
+    decision.figures["cross_validation"] = {"folds": info, "pooled_questions": len(pooled.get("candidate", []))}
+    decision.reasons.insert(0, f"cross-validated: {k} folds, each candidate judged on questions it did not see "
+                               f"({len(pooled.get('candidate', []))} pooled)")
+    final = MinedSplit(every, [], {**split.info, "cv": {"folds": k, "trained_on": "every question"}})
+    final_ctx = _FoldCtx(ctx, ctx.run_id, k / (k + 1), 0.97)
+    run = train_step(engine, final_ctx, final, extra={"sources": list(sources), "cross_validated": k})
+    cur = current_release(models_dir)
+    result = {"run_id": ctx.run_id, "decision": decision.to_dict(), "table": None,
+              "notes": [f"released with the pooled evidence of {k} cross-validation folds"],
+              "current_release": cur.get("id") if cur else None}
+    write_json_atomic(run_dir(models_dir, ctx.run_id) / "evaluation.json", result)
+    ctx.log("gate for %s: %s (%s)", ctx.run_id, "promote" if decision.promote else "refuse",
+            "; ".join(decision.reasons))
+    out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": decision.to_dict(),
+                           "table": None, "mined": split.info.get("sources"), "blend": run.get("blend"),
+                           "train_triplets": len(every), "cross_validation": info}
     if not promote:
         out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
         return out

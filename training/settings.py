@@ -86,6 +86,13 @@ class TrainingSettings(BaseModel):
         description="Share of the bootstrap cap given to (call-site snippet -> the definition it calls) pairs, "
         "questions that look like pasted code rather than documentation; 0 = docstring pairs only.",
     )
+    cv_folds: int = Field(
+        5, ge=0, description="Folds of the cross-validation used when people-written questions are too few for a "
+        "fixed held-out split (0 or 1 = never cross-validate).")
+    cv_below: int = Field(
+        30, ge=0, description="Cross-validate when a fixed split would hold out fewer people-written questions than "
+        "this: k candidates each judged on the fold it did not see, one model trained on all released with the "
+        "pooled evidence.")
     history_enabled: bool = Field(
         True, description="agro bootstrap mines the corpus's git history (commit message -> the chunks it changed) "
         "when the corpus root is a git work tree.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 
 from agro_mcp.engine import Engine
 from tests.conftest import write_repo
@@ -128,3 +129,57 @@ def test_bootstrap_on_a_git_work_tree_mines_history_and_holds_out_the_newest_com
     report = split.info["history"]["calc"]
     assert report["mined"] == 10 and report["heldout_questions"] == 3
     assert "split by time" in split.info["method"]
+
+
+TOPICS = {
+    "mail/smtp.py": ("send_mail", "deliver an email message through the smtp relay"),
+    "img/resize.py": ("resize_image", "shrink a picture to thumbnail width and height"),
+    "db/migrate.py": ("apply_migration", "upgrade the database schema to the newest version"),
+    "auth/otp.py": ("verify_code", "check a one time password from the authenticator app"),
+    "geo/tz.py": ("local_time", "convert a timestamp into the timezone of a city"),
+    "pay/refund.py": ("issue_refund", "return money to the card of a customer order"),
+}
+
+
+@pytest.mark.slow
+def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with_the_pooled_evidence(
+        tmp_path, make_settings, embedder):
+    import json
+
+    from tests.reranker.conftest import build_tiny_cross_encoder
+    from training.jobs import run_job
+    from training.loop import run_loop
+
+    files = {path: f"def {fn}(item):\n    # {words}\n    result = item\n    return result\n"
+             for path, (fn, words) in TOPICS.items()}
+    repo = write_repo(tmp_path / "repo", files)
+    golden = []
+    for path, (fn, words) in TOPICS.items():
+        golden.append({"q": f"how do we {words}", "repo": "jobs", "expect_paths": [path]})
+        golden.append({"q": f"where is the code that will {words.split(' ', 2)[-1]}", "repo": "jobs",
+                       "expect_paths": [path]})
+    (tmp_path / "golden.json").write_text(json.dumps(golden))
+    tiny = build_tiny_cross_encoder(tmp_path / "tiny")
+    settings = make_settings(AGRO_TRAINING_MODEL_KIND="cross-encoder", AGRO_TRAINING_BASE_MODEL=str(tiny),
+                             AGRO_TRAINING_MIN_TRIPLETS="3", AGRO_TRAINING_MAX_LENGTH="64",
+                             AGRO_TRAINING_MIN_STEPS="0", AGRO_TRAINING_CALIBRATE_ALPHA="0",
+                             AGRO_TRAINING_CV_FOLDS="3", AGRO_RERANKER_TOPN="10", AGRO_RERANKER_ENABLED="1")
+    eng = Engine(settings, embedder=embedder)
+    try:
+        eng.index(repo, "jobs")
+        run_id, res = run_job(eng.store, settings.server.home, "loop",
+                              lambda ctx: run_loop(eng, ctx, ["golden"], golden_path=tmp_path / "golden.json"))
+    finally:
+        eng.close()
+    folds = res["cross_validation"]
+    assert [f["fold"] for f in folds] == [1, 2, 3] and sum(f["questions"] for f in folds) == 12
+    runs = settings.server.home / "models" / "runs"
+    assert all((runs / f["run_id"] / "model").is_dir() for f in folds)  # k candidates
+    final = json.loads((runs / run_id / "run.json").read_text())
+    assert final["cross_validated"] == 3 and final["state"] == "succeeded"
+    assert final["split"]["cv"] == {"folds": 3, "trained_on": "every question"}
+    evaluation = json.loads((runs / run_id / "evaluation.json").read_text())
+    gate = evaluation["decision"]
+    assert gate["figures"]["n_queries"] == 12  # every question judged once, by a model that did not see it
+    assert gate["reasons"][0].startswith("cross-validated: 3 folds")
+    assert res["decision"] in ("promoted", "refused")
