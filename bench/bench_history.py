@@ -92,12 +92,12 @@ def run_collection(name: str, base: Path, args) -> dict:
         fig.update(run_id=run_id, decision=res.get("decision"), mined=res.get("mined"), history=res.get("history"),
                    trained_sec=res.get("trained_sec"), train_triplets=res.get("train_triplets"),
                    heldout_questions=(gate.get("figures") or {}).get("n_queries"), gate=gate.get("reasons"),
-                   blend=(res.get("blend") or {}).get("alpha"))
+                   blend=(res.get("blend") or {}).get("alpha"), kind_choice=res.get("kind_choice"))
         logger.info("%s: bootstrap %s", name, {k: fig.get(k) for k in ("decision", "mined", "bootstrap_sec")})
         if res.get("table"):
             logger.info("gate table (held-out newest history commits):\n%s", res["table"])
         qs = load_queries(coll, name)
-        cand = home / "models" / "runs" / run_id / "model"
+        cand = home / "models" / "runs" / (res.get("candidate_run") or run_id) / "model"
         t0 = time.time()
         report = run_evaluation(qs, eng.home, eng.settings.index, eng.settings.retrieval,
                                 configs=("bm25", "dense", "fused"),

@@ -208,7 +208,7 @@ def export_triplets(engine: Any, split: MinedSplit) -> Path:
 
 
 def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None = None,
-               weigh_dense: bool = True) -> dict[str, Any]:
+               weigh_dense: bool = True, kind: str | None = None) -> dict[str, Any]:
     """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json.
 
     Its blend (``run.json`` ``blend``, carried into a release's manifest) gets the dense weight chosen on all its
@@ -216,6 +216,8 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
     on its calibration slice, or ``uncalibrated_alpha``.
     """
     ts = engine.settings.training
+    kind = kind or (ts.model_kind if ts.model_kind != "auto" else "bi-encoder")
+    ts = ts.model_copy(update={"model_kind": kind})
     rr = engine.settings.reranker
     if "dense_weight" in rr.model_fields_set or not weigh_dense:  # set by the user: it is what will be served
         weighing = {"dense_weight": rr.dense_weight,
@@ -442,6 +444,8 @@ def run_loop(
     folds = cv_folds(split, ts) if "bootstrap" not in sources else None
     if folds is not None:
         return _run_cross_validated(engine, ctx, split, folds, sources, promote=promote, reload=reload)
+    if ts.model_kind == "auto":
+        return _run_both_kinds(engine, ctx, split, sources, promote=promote, reload=reload)
     run = train_step(engine, ctx, split, extra={"sources": list(sources)})
     ev = evaluate_run(engine, ctx, ctx.run_id)
     out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": ev["decision"],
@@ -534,6 +538,56 @@ def _run_cross_validated(engine: Any, ctx: Any, split: MinedSplit, folds: list[s
         out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
         return out
     pr = promote_step(engine, ctx, ctx.run_id, reload=reload)
+    out.update(decision=pr["decision"], release=pr.get("release"),
+               status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
+    return out
+
+
+def _run_both_kinds(engine: Any, ctx: Any, split: MinedSplit, sources: Sequence[str], *, promote: bool,
+                    reload: bool) -> dict[str, Any]:
+    """``model_kind=auto``: a bi-encoder candidate, then a cross-encoder one when the first took less than half
+    of ``time_budget_sec``; each is judged by the gate on the same held-out questions, and the one with the larger
+    paired MRR@10 gain among those the gate accepts is promoted (its run.json records the choice and why)."""
+    import time
+
+    ts = engine.settings.training
+    models_dir = Path(engine.home) / "models"
+    t0 = time.monotonic()
+    tried: list[dict[str, Any]] = []
+    for i, kind in enumerate(("bi-encoder", "cross-encoder")):
+        spent = time.monotonic() - t0
+        if i and spent > ts.time_budget_sec / 2:
+            tried.append({"kind": kind, "skipped": f"the first kind took {spent:.0f} s, over half of "
+                                                   f"AGRO_TRAINING_TIME_BUDGET_SEC {ts.time_budget_sec}"})
+            continue
+        sub = _FoldCtx(ctx, f"{ctx.run_id}-{'bi' if kind == 'bi-encoder' else 'ce'}", 0.45 * i, 0.45 * (i + 1))
+        run = train_step(engine, sub, split, extra={"sources": list(sources), "kind_of": ctx.run_id}, kind=kind)
+        ev = evaluate_run(engine, sub, sub.run_id)
+        best = ev["decision"]["figures"].get("best_other")
+        gain = (ev["decision"]["figures"].get(f"mrr_gain_vs_{best}") or {}).get("mean") if best else None
+        tried.append({"kind": kind, "run_id": sub.run_id, "promote": ev["decision"]["promote"], "gain": gain,
+                      "sec": round(time.monotonic() - t0 - spent, 1), "table": ev.get("table"),
+                      "decision": ev["decision"], "trained_sec": run.get("elapsed_sec"), "blend": run.get("blend")})
+    ran = [t for t in tried if "run_id" in t]
+    accepted = [t for t in ran if t["promote"]]
+    chosen = max(accepted or ran, key=lambda t: t["gain"] if t["gain"] is not None else float("-inf"))
+    why = (f"{chosen['kind']}: the gate accepted it with the larger mean MRR@10 gain ({chosen['gain']:+.4f})"
+           if accepted else f"{chosen['kind']}: neither kind passed the gate; this one came closer")
+    choice = {"chosen": chosen["kind"], "run_id": chosen["run_id"], "why": why,
+              "tried": [{k: v for k, v in t.items() if k not in ("table", "decision", "blend")} for t in tried]}
+    d = run_dir(models_dir, chosen["run_id"])
+    run_json = load_run(models_dir, chosen["run_id"])
+    run_json["kind_choice"] = choice
+    write_json_atomic(d / "run.json", run_json)
+    ctx.log("model kind: %s", why)
+    out: dict[str, Any] = {"run_id": ctx.run_id, "candidate_run": chosen["run_id"], "kind_choice": choice,
+                           "trained_sec": chosen["trained_sec"], "gate": chosen["decision"], "table": chosen["table"],
+                           "mined": split.info.get("sources"), "blend": chosen["blend"],
+                           "history": split.info.get("history"), "train_triplets": len(split.train)}
+    if not promote:
+        out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
+        return out
+    pr = promote_step(engine, ctx, chosen["run_id"], reload=reload)
     out.update(decision=pr["decision"], release=pr.get("release"),
                status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
     return out

@@ -12,9 +12,10 @@ __all__ = ["TrainingSettings"]
 class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_kind: Literal["bi-encoder", "cross-encoder"] = Field(
+    model_kind: Literal["bi-encoder", "cross-encoder", "auto"] = Field(
         "bi-encoder",
-        description="What a run trains. bi-encoder (default): the embedding model fine-tuned on the mined triplets "
+        description="What a run trains. auto: a bi-encoder and (within time_budget_sec) a cross-encoder candidate, "
+        "and the gate picks the better. bi-encoder (default): the embedding model fine-tuned on the mined triplets "
         "(MultipleNegativesRankingLoss, hard negatives) and served as a reranker of the fused head by cosine; it starts "
         "from a model that already ranks. cross-encoder: a sequence classifier (CrossEncoderTrainer), from the release, "
         "base_model, the agro pretrain base or a fresh MiniLM head. Measured on the docstring collections' test halves "
@@ -86,6 +87,9 @@ class TrainingSettings(BaseModel):
         description="Share of the bootstrap cap given to (call-site snippet -> the definition it calls) pairs, "
         "questions that look like pasted code rather than documentation; 0 = docstring pairs only.",
     )
+    time_budget_sec: int = Field(
+        1800, ge=0, description="With model_kind=auto, the cross-encoder is trained only when the bi-encoder "
+        "candidate (training and judging) took less than half of this.")
     cv_folds: int = Field(
         5, ge=0, description="Folds of the cross-validation used when people-written questions are too few for a "
         "fixed held-out split (0 or 1 = never cross-validate).")

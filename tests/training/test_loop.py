@@ -183,3 +183,37 @@ def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with
     assert gate["figures"]["n_queries"] == 12  # every question judged once, by a model that did not see it
     assert gate["reasons"][0].startswith("cross-validated: 3 folds")
     assert res["decision"] in ("promoted", "refused")
+
+
+@pytest.mark.slow
+def test_model_kind_auto_trains_both_kinds_and_records_which_the_gate_chose(tmp_path, make_settings, embedder):
+    import json
+
+    from training.jobs import run_job
+    from training.loop import run_loop
+
+    files = {path: f"def {fn}(item):\n    # {words}\n    result = item\n    return result\n"
+             for path, (fn, words) in TOPICS.items()}
+    repo = write_repo(tmp_path / "repo", files)
+    golden = [{"q": f"how do we {words}", "repo": "jobs", "expect_paths": [path]} for path, (_, words) in TOPICS.items()]
+    (tmp_path / "golden.json").write_text(json.dumps(golden))
+    settings = make_settings(AGRO_TRAINING_MODEL_KIND="auto", AGRO_TRAINING_MIN_TRIPLETS="3", AGRO_TRAINING_MAX_LENGTH="64",
+                             AGRO_TRAINING_MIN_STEPS="0", AGRO_TRAINING_CALIBRATE_ALPHA="0",
+                             AGRO_TRAINING_BI_ENCODER_MAX_STEPS="2", AGRO_TRAINING_CV_FOLDS="0",
+                             AGRO_TRAINING_HELDOUT_FRACTION="0.5", AGRO_RERANKER_TOPN="10",
+                             AGRO_RERANKER_ENABLED="1")
+    eng = Engine(settings, embedder=embedder)
+    try:
+        eng.index(repo, "jobs")
+        run_id, res = run_job(eng.store, settings.server.home, "loop",
+                              lambda ctx: run_loop(eng, ctx, ["golden"], golden_path=tmp_path / "golden.json"))
+    finally:
+        eng.close()
+    choice = res["kind_choice"]
+    assert [t["kind"] for t in choice["tried"]] == ["bi-encoder", "cross-encoder"]
+    runs = settings.server.home / "models" / "runs"
+    kinds = {json.loads((runs / t["run_id"] / "run.json").read_text())["model_kind"] for t in choice["tried"]}
+    assert kinds == {"bi-encoder", "cross-encoder"}
+    chosen = json.loads((runs / res["candidate_run"] / "run.json").read_text())
+    assert chosen["kind_choice"]["chosen"] == chosen["model_kind"] and choice["why"].startswith(chosen["model_kind"])
+    assert res["decision"] in ("promoted", "refused")
