@@ -34,14 +34,14 @@ def _guard(fn):
     """Turn the training package's user-facing errors into ``agro: message`` and exit 2."""
 
     def wrapped(args, settings) -> int:
-        from training.admin import AdminError
-        from training.evaluate import EvalError
-        from training.feedback import FeedbackError
-        from training.golden import GoldenError
-        from training.jobs import JobBusyError
-        from training.promote import PromotionError
-        from training.store import StoreError
-        from training.trainer import TrainingError
+        from training.releases.admin import AdminError
+        from training.evaluation.datasets import EvalError
+        from training.events.feedback import FeedbackError
+        from training.evaluation.golden import GoldenError
+        from training.releases.jobs import JobBusyError
+        from training.releases.promote import PromotionError
+        from training.events.records import StoreError
+        from training.learning.trainer import TrainingError
 
         try:
             return fn(args, settings) or 0
@@ -57,7 +57,7 @@ def _guard(fn):
 
 
 def cmd_feedback(args, settings) -> int:
-    from training.feedback import submit_feedback
+    from training.events.feedback import submit_feedback
 
     eng = _engine(settings)
     try:
@@ -73,7 +73,7 @@ def cmd_feedback(args, settings) -> int:
 
 
 def cmd_import_logs(args, settings) -> int:
-    from training.logs_io import import_logs
+    from training.events.logs_io import import_logs
 
     eng = _engine(settings)
     try:
@@ -85,9 +85,9 @@ def cmd_import_logs(args, settings) -> int:
 
 
 def cmd_export(args, settings) -> int:
-    from training.logs_io import export_queries, write_jsonl_atomic
+    from training.events.logs_io import export_queries, write_jsonl_atomic
     from training.loop import chunk_lookup
-    from training.miners import mine_feedback
+    from training.learning.miners import mine_feedback
 
     out = Path(args.out) if args.out else settings.server.home / "exports"
     eng = _engine(settings)
@@ -105,7 +105,7 @@ def cmd_export(args, settings) -> int:
 
 def cmd_golden_add(args, settings) -> int:
     from retrieval.types import parse_doc_id
-    from training.golden import add_golden
+    from training.evaluation.golden import add_golden
 
     spans = []
     for s in args.span or []:
@@ -124,13 +124,8 @@ def cmd_golden_add(args, settings) -> int:
 
 
 def cmd_evaluate(args, settings) -> int:
-    from training.evaluate import (
-        format_table,
-        make_rerank_fn,
-        run_evaluation,
-        save_report,
-        write_run_jsonl,
-    )
+    from training.evaluation.report import format_table, save_report, write_run_jsonl
+    from training.evaluation.run import make_rerank_fn, run_evaluation
 
     home = settings.server.home
     eng = _engine(settings)
@@ -153,7 +148,7 @@ def cmd_evaluate(args, settings) -> int:
                 echo(f"note: no reranker ({eng.reranker.none_reason}); scoring retrieval only", file=sys.stderr)
         candidate = None
         if args.candidate:
-            from training.trainer import run_dir
+            from training.learning.trainer import run_dir
 
             candidate = str(run_dir(home / "models", args.candidate) / "model")
         report = run_evaluation(args.dataset, home, settings.index, settings.retrieval, configs=configs,
@@ -199,7 +194,7 @@ def _history(eng, args) -> int:
 
 
 def _plot(eng, args) -> int:
-    from training.plot import plot_history
+    from training.evaluation.plot import plot_history
 
     out = Path(args.plot_out) if args.plot_out else eng.home / "exports" / "evals" / "history.png"
     try:
@@ -227,7 +222,7 @@ def _sources(args) -> tuple[list[str], Path | None]:
 
 
 def _run(settings, kind: str, fn, lock: str | None = "training"):
-    from training.jobs import run_job
+    from training.releases.jobs import run_job
 
     eng = _engine(settings)
     try:
@@ -239,7 +234,7 @@ def _run(settings, kind: str, fn, lock: str | None = "training"):
 
 def cmd_mine(args, settings) -> int:
     from training.loop import export_triplets, mine
-    from training.trainer import run_dir, write_split
+    from training.learning.trainer import run_dir, write_split
 
     sources, golden = _sources(args)
 
@@ -295,7 +290,7 @@ def cmd_bootstrap(args, settings) -> int:
 
 
 def cmd_pretrain(args, settings) -> int:
-    from training.pretrain import run_pretrain
+    from training.learning.pretrain import run_pretrain
 
     run_id, res = _run(settings, "pretrain",
                        lambda eng, ctx: run_pretrain(settings, ctx, args.source, cap=args.cap, max_pairs=args.max_pairs,
@@ -314,7 +309,7 @@ def cmd_pretrain(args, settings) -> int:
 
 
 def cmd_promote(args, settings) -> int:
-    from training.admin import _latest_trained
+    from training.releases.admin import _latest_trained
     from training.loop import promote_step
 
     home = settings.server.home
@@ -327,7 +322,7 @@ def cmd_promote(args, settings) -> int:
 
 
 def cmd_rollback(args, settings) -> int:
-    from training.promote import rollback
+    from training.releases.promote import rollback
 
     eng = _engine(settings)
     try:
@@ -339,7 +334,7 @@ def cmd_rollback(args, settings) -> int:
 
 
 def cmd_jobs(args, settings) -> int:
-    from training.admin import run_admin_action
+    from training.releases.admin import run_admin_action
 
     eng = _engine(settings)
     try:

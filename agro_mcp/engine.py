@@ -120,7 +120,7 @@ class Engine:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    from training.store import open_event_store
+                    from training.events.store import open_event_store
 
                     sv = self.settings.server
                     self._store = open_event_store(self.home, sv.backend, sv.database_url, sv.db_pool_size)
@@ -132,7 +132,7 @@ class Engine:
         if self._releases is _UNSET:
             with self._lock:
                 if self._releases is _UNSET:
-                    from training.releases import open_release_registry
+                    from training.releases.registry import open_release_registry
 
                     sv = self.settings.server
                     self._releases = open_release_registry(sv.backend, sv.database_url, sv.db_pool_size)
@@ -398,7 +398,7 @@ class Engine:
 
     # -- admin ----------------------------------------------------------------------------------------------
     def admin(self, action: str, run_id: str | None = None, dataset: str | None = None) -> dict:
-        """``reranker_admin`` actions. Training actions live in ``training.jobs`` and are dispatched there."""
+        """``reranker_admin`` actions. Training actions live in ``training.releases.jobs`` and are dispatched there."""
         if action == "info":
             info = dict(self.reranker.info())
             latest = self._latest_eval()
@@ -407,7 +407,7 @@ class Engine:
             return info
         if action == "reload":
             return dict(self.reranker.reload())
-        from training.admin import (
+        from training.releases.admin import (
             run_admin_action,  # training is optional for search-only use
         )
 

@@ -165,8 +165,8 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         path:start_line-end_line (even if not among the results; the strongest signal); 'thumbs_down' = this hit
         was irrelevant; 'click' = you opened it; 'thumbs_up' / 'rating' (1-5) = the user's judgement.
         """
-        from training.feedback import FeedbackError
-        from training.feedback import submit_feedback as submit
+        from training.events.feedback import FeedbackError
+        from training.events.feedback import submit_feedback as submit
 
         eng = _engine(ctx)
         try:
@@ -211,11 +211,11 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         read_only = ("info", "status", "runs", "eval_latest", "logs", "wait")
         if action not in read_only and not eng.settings.server.admin_enabled:
             raise ToolError("reranker_admin actions that change state are disabled (AGRO_ADMIN_ENABLED=0).")
-        from training.admin import JOB_ACTIONS, AdminError, wait_for_job
-        from training.evaluate import EvalError
-        from training.jobs import JobBusyError
-        from training.promote import PromotionError
-        from training.trainer import TrainingError
+        from training.releases.admin import JOB_ACTIONS, AdminError, wait_for_job
+        from training.evaluation.datasets import EvalError
+        from training.releases.jobs import JobBusyError
+        from training.releases.promote import PromotionError
+        from training.learning.trainer import TrainingError
 
         async def notify(progress: float, message: str | None) -> None:
             try:

@@ -51,7 +51,7 @@ def _settings(home: Path, args):
 
 
 def load_queries(collection: Path, corpus: str):
-    from training.evaluate import EvalQuery, GoldLoc
+    from training.evaluation.datasets import EvalQuery, GoldLoc
 
     gold: dict[str, list] = {}
     for line in (collection / "qrels.jsonl").read_text().splitlines():
@@ -67,8 +67,9 @@ def load_queries(collection: Path, corpus: str):
 
 def run_collection(name: str, base: Path, args) -> dict:
     from agro_mcp.engine import Engine
-    from training.evaluate import format_table, run_evaluation
-    from training.jobs import run_job
+    from training.evaluation.report import format_table
+    from training.evaluation.run import run_evaluation
+    from training.releases.jobs import run_job
     from training.loop import run_bootstrap
 
     coll = BENCH / name

@@ -71,7 +71,7 @@ def _overlaps(hit, gold) -> bool:
 
 
 def simulate_user(engine, corpus: str, queries, k: int) -> dict:
-    from training.feedback import submit_feedback
+    from training.events.feedback import submit_feedback
 
     n_used = n_loc = 0
     for q in queries:
@@ -91,7 +91,8 @@ def simulate_user(engine, corpus: str, queries, k: int) -> dict:
 
 
 def _score_report(engine, queries, candidate: Path | None, label: str, reranker_settings=None):
-    from training.evaluate import format_table, run_evaluation
+    from training.evaluation.report import format_table
+    from training.evaluation.run import run_evaluation
 
     s = engine.settings
     report = run_evaluation(queries, engine.home, s.index, s.retrieval, configs=("bm25", "dense", "fused"),
@@ -114,7 +115,7 @@ def blend_grid(engine, queries, candidate: Path, alphas=(0.0, 0.2, 0.3, 0.5, 0.7
     from reranker.cache import ScoreCache
     from reranker.manager import LoadedReranker
     from reranker.model import load_scorer
-    from training.evaluate import make_rerank_fn, run_evaluation
+    from training.evaluation.run import make_rerank_fn, run_evaluation
 
     rr = engine.settings.reranker
     scorer = load_scorer(candidate, backend=rr.backend, maxlen=rr.maxlen,
@@ -156,7 +157,7 @@ def _finished_bootstrap(home: Path) -> tuple[str, dict] | None:
 
 def _pooled(rows: list[dict]) -> dict:
     """Macro means of per-query metric rows (several corpora pooled), with the number of queries."""
-    from training.metrics import aggregate
+    from training.evaluation.metrics import aggregate
 
     return {**aggregate(rows), "n": len(rows)} if rows else {"n": 0}
 
@@ -200,8 +201,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from agro_mcp.engine import Engine
-    from training.evaluate import load_bench
-    from training.jobs import run_job
+    from training.evaluation.datasets import load_bench
+    from training.releases.jobs import run_job
     from training.loop import run_bootstrap, run_loop
 
     bench = load_bench(BENCH / args.collection)

@@ -230,7 +230,9 @@ def section_quality(args, url: str) -> None:
     from retrieval.pg_index import PgIndexBackend
     from retrieval.pgdb import open_database
     from retrieval.search import search
-    from training.evaluate import _ensure_index, evaluate, load_bench
+    from training.evaluation.datasets import load_bench
+    from training.evaluation.evaluate import evaluate
+    from training.evaluation.run import _ensure_index
 
     rs, ix = RetrievalSettings(), IndexSettings()
     emb = load_embedder(rs)
@@ -382,7 +384,8 @@ def section_haystack(args, url: str) -> None:
     from agro_mcp.engine import Engine
     from retrieval.embed import load_embedder
     from retrieval.search import search
-    from training.evaluate import evaluate, load_bench
+    from training.evaluation.datasets import load_bench
+    from training.evaluation.evaluate import evaluate
 
     big = make_big_corpus(args)
     hay = args.home / "haystack"
@@ -627,7 +630,7 @@ def section_hnsw(args, url: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ feedback
 def _writer(backend: str, home: str, url: str, n: int, barrier, out_q) -> None:
-    from training.store import open_event_store
+    from training.events.store import open_event_store
 
     store = open_event_store(Path(home), backend, url if backend == "postgres" else None)
     ev = store.log_query("bench", f"feedback writer {os.getpid()}", 10, [], reranker_model=None,
@@ -647,7 +650,7 @@ def section_feedback(args, url: str) -> None:
         home = args.home / f"home-feedback-{backend}"
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
-        from training.store import open_event_store
+        from training.events.store import open_event_store
 
         open_event_store(home, backend, url if backend == "postgres" else None).close()  # migrate once
         barrier, out_q = ctx.Barrier(args.clients), ctx.Queue()

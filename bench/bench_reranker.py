@@ -13,7 +13,7 @@ temp dir): speed is the same as a trained model's; score agreement with an untra
 (its logits' spread across candidates is small relative to rounding error), so pass a trained release for the
 agreement figure that matters.
 
-Pipeline figures (need --model): --quality docstring_boltons runs training.evaluate.run_evaluation per backend
+Pipeline figures (need --model): --quality docstring_boltons runs training.evaluation.run.run_evaluation per backend
 (MRR@10 relative to fp32); --latency-corpus ID --latency-queries FILE times Engine.rank(rerank=True) per backend;
 with --warm and a bi-encoder --model (a bi-encoder release, or the embedding model's own folder: same speed) it times
 a new release's first searches cold and after the background warming of ``agro serve`` (AGRO_RERANKER_PREWARM).
@@ -109,7 +109,7 @@ def quality_vs_fp32(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """MRR@10 (file and span level) of fused and fused+rerank per backend on ../shared/bench collections.
 
-    Runs ``training.evaluate.run_evaluation`` (retrieve -> fuse -> ``reranker.stage.rerank``) with the model loaded by
+    Runs ``training.evaluation.run.run_evaluation`` (retrieve -> fuse -> ``reranker.stage.rerank``) with the model loaded by
     ``CrossEncoderScorer.load(model_dir, backend=be)``; the first ``limit`` queries of each collection, the top
     ``topn`` fused candidates reranked at ``maxlen`` tokens. Returns
     ``{collection: {backend: {"fused/file": mrr, "fused/span": ..., "rerank/file": ..., "rerank/span": ...,
@@ -118,7 +118,7 @@ def quality_vs_fp32(
     from reranker.manager import LoadedReranker
     from reranker.model import CrossEncoderScorer
     from retrieval.embed import load_embedder
-    from training.evaluate import make_rerank_fn, run_evaluation
+    from training.evaluation.run import make_rerank_fn, run_evaluation
 
     base = pipeline_settings(home, model_dir, "fp32", topn=topn, maxlen=maxlen, threads=threads)
     embedder = load_embedder(base.retrieval, batch=base.index.embed_batch)

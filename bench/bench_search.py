@@ -17,7 +17,7 @@ Sections (``--only``, comma-separated, run in this order):
                chunks of real code (chunks replicated under distinct paths; random unit vectors on the dense side:
                latency does not depend on vector values), query embedding timed separately, plus the whole
                ``Engine.search`` path (validation, fused search, stale check, event log) on the same indexes.
-* ``quality``  ``training.evaluate.run_evaluation`` on each ``../shared/bench`` collection (bm25, dense, fused) next
+* ``quality``  ``training.evaluation.run.run_evaluation`` on each ``../shared/bench`` collection (bm25, dense, fused) next
                to the BM25 reference figures of ``../shared/bench/README.md``.
 * ``querywin`` long queries (the SWE-bench issue texts): dense and fused quality, and query embedding time, when a
                query is embedded as 1, 2, 4 or 8 windows (``AGRO_RETRIEVAL_QUERY_WINDOWS``).
@@ -102,7 +102,7 @@ def agro_bench_refresh_probe_{n}(values, threshold=0.5):
 
 
 def pct(values: Sequence[float], q: float) -> float:
-    from training.metrics import percentile
+    from training.evaluation.metrics import percentile
 
     return percentile(values, q) if len(values) else float("nan")
 
@@ -510,7 +510,8 @@ def section_latency(ctx: Context) -> None:
 
 
 def section_quality(ctx: Context) -> None:
-    from training.evaluate import format_table, run_evaluation
+    from training.evaluation.report import format_table
+    from training.evaluation.run import run_evaluation
 
     args = ctx.args
     emb = ctx.embedder()
@@ -539,10 +540,10 @@ def section_quality(ctx: Context) -> None:
                 ("collection", "level", "config", "n", *METRIC_COLS), rows,
                 ["ref rows are the BM25 reference of ../shared/bench/README.md (k1=0.9, b=0.4; function units, "
                  "or file units for SWE-bench file level); ours: k1=1.2, b=0.75 on our chunks, scored by "
-                 "training.evaluate (same rules as tools/score.py)"])
+                 "training.evaluation.run (same rules as tools/score.py)"])
     print_table("quality: fused MRR@10 relative to the BM25 reference",
                 ("collection", "level", "ref MRR@10", "fused MRR@10", "gain", f"target +{TARGET_GAIN:.0%}"), gains)
-    print("\n## quality: detail (training.evaluate.format_table)")
+    print("\n## quality: detail (training.evaluation.report.format_table)")
     for d in details:
         print()
         print(d)
@@ -554,7 +555,8 @@ def section_quality(ctx: Context) -> None:
 
 def section_querywin(ctx: Context) -> None:
     """Long queries (pasted issues): quality and embedding time against the number of query windows embedded."""
-    from training.evaluate import load_bench, run_evaluation
+    from training.evaluation.datasets import load_bench
+    from training.evaluation.run import run_evaluation
 
     args = ctx.args
     emb = ctx.embedder()
@@ -593,7 +595,8 @@ def section_querywin(ctx: Context) -> None:
 def section_fusion(ctx: Context) -> None:
     """RRF with the dense side weighted by query coverage (AGRO_RETRIEVAL_DENSE_FUSION) against plain RRF."""
     from retrieval.search import dense_fusion_weight
-    from training.evaluate import load_bench, run_evaluation
+    from training.evaluation.datasets import load_bench
+    from training.evaluation.run import run_evaluation
 
     args = ctx.args
     emb = ctx.embedder()

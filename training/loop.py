@@ -1,7 +1,7 @@
 """The learning loop's steps over a live engine: mine, train, evaluate on held-out questions, promote.
 
 Each step takes the engine (duck-typed: ``home``, ``settings``, ``store``, ``generation(corpus)``, ``embedder()``,
-``corpora()``) and a :class:`training.jobs.JobContext`, so the CLI, ``reranker_admin`` and the nightly ``agro loop``
+``corpora()``) and a :class:`training.releases.jobs.JobContext`, so the CLI, ``reranker_admin`` and the nightly ``agro loop``
 run the same code. ``training`` never imports ``agro_mcp``.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.types import located_text
-from training.calibrate import calibrate_alpha, calibration_split, choose_dense_weight
-from training.miners import (
+from training.learning.calibrate import calibrate_alpha, calibration_split, choose_dense_weight
+from training.learning.miners import (
     MinedSplit,
     Triplet,
     extract_doc_pair,
@@ -28,8 +28,8 @@ from training.miners import (
     query_key,
     split_by_query,
 )
-from training.promote import GateDecision, current_release, gate, promote_run
-from training.trainer import (
+from training.releases.promote import GateDecision, current_release, gate, promote_run
+from training.learning.trainer import (
     TrainingError,
     load_run,
     load_split,
@@ -126,7 +126,7 @@ def mine(
         counts["feedback"] = len(got)
         triplets += got
     if "golden" in sources:
-        from training.golden import load_golden
+        from training.evaluation.golden import load_golden
 
         if golden_path is None or not Path(golden_path).is_file():
             raise TrainingError(f"golden source needs a golden.json path, but got {golden_path}")
@@ -176,7 +176,7 @@ def mine(
 def _mine_history(engine: Any, ctx: Any, corpus: str, gen: Any, fixed: dict[str, bool]) -> dict[str, Any]:
     """The history miner on one corpus: questions, triplets, and the time split recorded into ``fixed``."""
     from retrieval.chunking import chunk_file
-    from training.history import history_triplets, mine_history
+    from training.learning.history import history_triplets, mine_history
 
     ts = engine.settings.training
     index_settings = engine.settings.index
@@ -200,7 +200,7 @@ def _mine_history(engine: Any, ctx: Any, corpus: str, gen: Any, fixed: dict[str,
 
 def export_triplets(engine: Any, split: MinedSplit) -> Path:
     """Write ``exports/triplets.jsonl`` (training side only, the seeds' format)."""
-    from training.logs_io import write_jsonl_atomic
+    from training.events.logs_io import write_jsonl_atomic
 
     out = Path(engine.home) / "exports" / "triplets.jsonl"
     write_jsonl_atomic(out, (t.to_dict() for t in split.train))
@@ -293,13 +293,9 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
 
     Saves the report (store ``evaluations`` + ``exports/evals``) and ``runs/<run_id>/evaluation.json``.
     """
-    from training.evaluate import (
-        EvalError,
-        load_rerank_fn,
-        queries_from_feedback,
-        run_evaluation,
-        save_report,
-    )
+    from training.evaluation.datasets import EvalError, queries_from_feedback
+    from training.evaluation.report import save_report
+    from training.evaluation.run import load_rerank_fn, run_evaluation
 
     models_dir = Path(engine.home) / "models"
     run = load_run(models_dir, run_id)
@@ -377,7 +373,7 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
                                     f"blend alpha {(run.get('blend') or {}).get('alpha')}")
     decision.figures["levels"] = {c: report.metrics[c] for c in report.configs}
     decision.figures["candidate_blend"] = run.get("blend")  # the alpha the candidate was judged (and would serve) at
-    from training.evaluate import format_table
+    from training.evaluation.report import format_table
 
     table = format_table(report)
     result = {"run_id": run_id, "eval_id": saved.eval_id, "decision": decision.to_dict(), "table": table,
@@ -437,7 +433,7 @@ def run_loop(
                                            "split": split.info})
         return {"status": LoopOutcome.NOT_PROMOTED, "run_id": ctx.run_id, "decision": "skipped", "reason": msg}
     if ctx.cancelled():
-        from training.trainer import TrainingCancelled
+        from training.learning.trainer import TrainingCancelled
 
         raise TrainingCancelled(f"run {ctx.run_id} was cancelled")
     export_triplets(engine, split)
@@ -463,7 +459,7 @@ def run_loop(
 def cv_folds(split: MinedSplit, ts: Any) -> list[set[str]] | None:
     """Query-key folds for cross-validation, or None when the fixed split holds out enough people-written
     questions (``cv_below``), cross-validation is off, or there are too few questions for ``cv_folds`` folds."""
-    from training.miners import SYNTHETIC_SOURCES, _side
+    from training.learning.miners import SYNTHETIC_SOURCES, _side
 
     if ts.cv_folds < 2:
         return None

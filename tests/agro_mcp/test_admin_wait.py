@@ -17,7 +17,7 @@ from mcp import Client
 
 from agro_mcp.engine import Engine
 from agro_mcp.server import create_server
-from training.jobs import start_job
+from training.releases.jobs import start_job
 
 pytestmark = pytest.mark.anyio
 

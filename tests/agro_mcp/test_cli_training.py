@@ -105,7 +105,7 @@ def test_golden_add_appends_a_validated_row(env, capsys, tmp_path):
 def test_admin_actions_answer_or_say_what_to_do(env):
     from agro_mcp.config import load_settings
     from agro_mcp.engine import Engine
-    from training.admin import AdminError, run_admin_action
+    from training.releases.admin import AdminError, run_admin_action
 
     eng = Engine(load_settings())
     try:

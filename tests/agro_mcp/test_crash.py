@@ -19,7 +19,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.conftest import write_repo
-from training.store import open_event_store
+from training.events.store import open_event_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]

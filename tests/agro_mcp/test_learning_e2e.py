@@ -485,7 +485,7 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
     )
     out = _cli(home, env, "index", str(repo), "--corpus", CORPUS)
     assert out.returncode == 0, out.stderr
-    from training.store import open_event_store
+    from training.events.store import open_event_store
 
     db = open_event_store(home, backend_env["AGRO_BACKEND"], backend_env.get("AGRO_DATABASE_URL"))
 

@@ -12,7 +12,7 @@ from mcp import Client, StdioServerParameters
 
 from tests.conftest import write_repo
 from tests.reranker.conftest import build_tiny_cross_encoder, make_release, point_current
-from training.store import open_event_store
+from training.events.store import open_event_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ async def test_promotion_on_one_machine_reaches_a_server_on_another(tmp_path, pg
     """Team learning: two servers with separate data homes share one database; a release published to it (as
     `agro promote` does) is served by both within one reload period, and so is a rollback."""
     from retrieval.pgdb import open_database
-    from training.releases import PgReleaseRegistry
+    from training.releases.registry import PgReleaseRegistry
 
     benv = {"AGRO_BACKEND": "postgres", "AGRO_DATABASE_URL": pg_url}
     repo = write_repo(tmp_path / "sample")

@@ -238,7 +238,7 @@ def test_a_release_is_blended_with_its_dense_weight_unless_the_user_set_one():
 
 
 def test_a_query_far_longer_than_any_training_question_keeps_the_fused_order(tiny_dir):
-    from training.evaluate import make_rerank_fn
+    from training.evaluation.run import make_rerank_fn
 
     scorer = CrossEncoderScorer.load(tiny_dir, backend="fp32")
     rel = LoadedReranker(scorer=scorer, model_id="r", manifest={"data": {"query_tokens_max": 20}})

@@ -69,7 +69,7 @@ def test_fresh_student_from_the_backbone_is_cut_and_never_served_untrained(tmp_p
 
 
 def test_teacher_labels_blend_the_teachers_sigmoid_with_the_mined_label(tiny_dir):
-    from training.trainer import teacher_labels
+    from training.learning.trainer import teacher_labels
 
     queries = ["parse json", "parse json", "open a file"]
     texts = ["def parse(x): return json.loads(x)", "class A: pass", "def open_file(p): return open(p)"]
@@ -84,7 +84,7 @@ def test_teacher_labels_blend_the_teachers_sigmoid_with_the_mined_label(tiny_dir
 
 
 def _triplets(n=24):
-    from training.miners import Triplet
+    from training.learning.miners import Triplet
 
     return [Triplet(f"how do I parse item {i}", f"def parse_{i}(x):\n    return x[{i}]",
                     f"p{i}.py:1-2", [f"class Other{i}:\n    pass", "x = 1"], [f"o{i}.py:1-2", "z.py:1-1"],
@@ -92,9 +92,9 @@ def _triplets(n=24):
 
 
 def test_student_run_cuts_the_base_distils_from_it_and_saves_a_servable_shallower_model(tmp_path, tiny_dir):
-    from training.miners import split_by_query
+    from training.learning.miners import split_by_query
     from training.settings import TrainingSettings
-    from training.trainer import train_run
+    from training.learning.trainer import train_run
 
     models = tmp_path / "models"
     st = TrainingSettings(model_kind="cross-encoder", base_model=str(tiny_dir), batch_size=8, max_length=64, min_triplets=5, min_steps=0,
@@ -112,9 +112,9 @@ def test_student_run_cuts_the_base_distils_from_it_and_saves_a_servable_shallowe
 
 
 def test_student_without_a_deeper_teacher_trains_on_the_mined_labels(tmp_path, tiny_dir):
-    from training.miners import split_by_query
+    from training.learning.miners import split_by_query
     from training.settings import TrainingSettings
-    from training.trainer import train_run
+    from training.learning.trainer import train_run
 
     st = TrainingSettings(model_kind="cross-encoder", base_model=str(tiny_dir), batch_size=8, max_length=64,
                           min_triplets=5, min_steps=0, student_layers=2)

@@ -9,7 +9,7 @@ from retrieval.backend import EmbeddedIndexBackend
 from retrieval.search import search
 from retrieval.settings import IndexSettings, RetrievalSettings
 from retrieval.view import replaced_view
-from training.miners import extract_doc_pair
+from training.learning.miners import extract_doc_pair
 
 QUESTION = "Exponential backoff with jitter for retrying failed requests."
 

@@ -22,7 +22,7 @@ def open_store(request, store_backend: str, tmp_path: Path) -> Iterator[Callable
 
     The stores it opened are closed after the test.
     """
-    from training.store import open_event_store
+    from training.events.store import open_event_store
 
     url = request.getfixturevalue("pg_url") if store_backend == "postgres" else None
     opened: list[Any] = []

@@ -106,7 +106,7 @@ def test_bootstrap_without_docstrings_or_history_mines_identifier_pairs(tmp_path
 
 def test_bootstrap_on_a_git_work_tree_mines_history_and_holds_out_the_newest_commits(tmp_path, make_settings,
                                                                                         embedder):
-    from tests.training.test_history import Repo
+    from tests.training.learning.test_history import Repo
 
     repo = Repo(tmp_path / "repo")
     names = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
@@ -147,7 +147,7 @@ def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with
     import json
 
     from tests.reranker.conftest import build_tiny_cross_encoder
-    from training.jobs import run_job
+    from training.releases.jobs import run_job
     from training.loop import run_loop
 
     files = {path: f"def {fn}(item):\n    # {words}\n    result = item\n    return result\n"
@@ -189,7 +189,7 @@ def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with
 def test_model_kind_auto_trains_both_kinds_and_records_which_the_gate_chose(tmp_path, make_settings, embedder):
     import json
 
-    from training.jobs import run_job
+    from training.releases.jobs import run_job
     from training.loop import run_loop
 
     files = {path: f"def {fn}(item):\n    # {words}\n    result = item\n    return result\n"

@@ -1,0 +1,1 @@
+"""Evaluation: datasets with gold, metrics, the side-by-side evaluator, reports and plots."""

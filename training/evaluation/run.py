@@ -1,0 +1,236 @@
+"""An evaluation run over the search pipeline: BM25, dense, fused, fused + reranker and fused + candidate on a
+dataset, indexing the corpora it needs first."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from retrieval.types import Hit
+from training.evaluation.datasets import BenchSet, EvalError, EvalQuery, load_dataset, self_paths
+from training.evaluation.evaluate import CONFIGS, LEVELS, RUN_TOP_K, EvalReport, RankFn, Ranking, RerankFn, evaluate
+
+__all__ = ["load_rerank_fn", "make_rerank_fn", "run_evaluation"]
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+
+
+def _ensure_index(backend: Any, corpus: str, root: Path | None, index_settings, retrieval_settings, embedder):
+    """The current generation of ``corpus`` in ``backend``, built from ``root`` first when there is none."""
+    from retrieval.index import IndexVersionError, NoIndexError
+
+    try:
+        gen = backend.load_current(corpus)
+    except IndexVersionError:
+        if root is None:
+            raise
+        gen = None  # written by another format: the build rebuilds it from scratch
+    except NoIndexError as exc:
+        if root is None:
+            raise EvalError(
+                f"No index for corpus {corpus!r}. Run: agro index /path/to/repo --corpus {corpus}"
+            ) from exc
+        gen = None
+    if gen is not None and (root is None or Path(gen.root).resolve() == root.resolve()):
+        logger.info("Reusing index %s of corpus %s", gen.generation_id, corpus)
+        return gen
+    logger.info("Indexing %s as corpus %s", root, corpus)
+    backend.build(root, corpus, index_settings, retrieval_settings, embedder)
+    return backend.load_current(corpus)
+
+
+def _copy_hits(hits: Sequence[Hit]) -> list[Hit]:
+    return [dataclasses.replace(h, extra=dict(h.extra)) for h in hits]
+
+
+def make_rerank_fn(loaded_model: Any, settings: Any, cache: Any = None) -> RerankFn:
+    """Adapt ``reranker.stage.rerank`` (imported lazily) to ``(query, hits) -> (hits, ms)``.
+
+    A query the release keeps in the fused order by design (``long_query_factor``) is scored in that order, as
+    it is served.
+
+    Raises:
+        EvalError: when the reranker fell back instead of reranking (an evaluation must not score a fallback
+            as the reranker).
+    """
+    from reranker.stage import rerank
+
+    def fn(query: str, hits: list[Hit]) -> tuple[list[Hit], float]:
+        out = rerank(query, hits, loaded_model, settings, cache=cache)
+        if out.kept_fused:  # served in the fused order by design (too long for this release): scored so
+            return list(out.hits), float(out.ms)
+        if not out.used:
+            raise EvalError(f"the reranker did not run ({out.fallback_reason}); fix it or drop 'fused+rerank'")
+        return list(out.hits), float(out.ms)
+
+    return fn
+
+
+def _model_manifest(model_dir: Path) -> dict[str, Any] | None:
+    """A release folder's ``manifest.json``, or for a run's ``model/`` folder its ``run.json`` (both may carry the
+    calibrated ``blend``); None for any other folder or hub id."""
+    for p in (model_dir / "manifest.json", model_dir.parent / "run.json"):
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and (p.name == "manifest.json" or model_dir.name == "model"):
+            return m
+    return None
+
+
+def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | None = None,
+                   manifest: dict[str, Any] | None = None) -> RerankFn:
+    """Load a cross-encoder (a candidate run or a release folder) and adapt it with :func:`make_rerank_fn`.
+
+    It is blended as it would be served: with the calibrated alpha of ``manifest`` (default: the release's
+    ``manifest.json`` or the run's ``run.json``), unless the settings set alpha explicitly.
+
+    Raises:
+        reranker.model.RerankerLoadError: when the folder holds no usable cross-encoder.
+    """
+    from reranker.manager import LoadedReranker
+    from reranker.model import load_scorer
+
+    scorer = load_scorer(
+        model_ref, backend=settings.backend, maxlen=settings.maxlen, query_max_tokens=settings.query_max_tokens,
+        threads=settings.threads, release_id=release_id,
+    )
+    # The manifest's ``blend`` (a calibrated alpha) weighs this model as serving would.
+    if manifest is None:
+        manifest = _model_manifest(Path(model_ref))
+    loaded = LoadedReranker(scorer=scorer, model_id=release_id or str(model_ref), release_id=release_id,
+                            target=str(model_ref), manifest=manifest)
+    return make_rerank_fn(loaded, settings)
+
+
+def run_evaluation(
+    dataset: str | Path | Sequence[EvalQuery] | BenchSet,
+    home: Path,
+    index_settings: Any = None,
+    retrieval_settings: Any = None,
+    *,
+    configs: Sequence[str] = ("bm25", "dense", "fused", "fused+rerank"),
+    rerank_fn: RerankFn | None = None,
+    candidate_model: str | None = None,
+    candidate_rerank_fn: RerankFn | None = None,
+    reranker_settings: Any = None,
+    model: str | None = None,
+    roots: Mapping[str, Path] | None = None,
+    embedder: Any = None,
+    levels: Sequence[str] = LEVELS,
+    limit: int | None = None,
+    k: int = RUN_TOP_K,
+    progress: Callable[[int, int], None] | None = None,
+    index_backend: Any = None,
+    generations: Mapping[str, Any] | None = None,
+) -> EvalReport:
+    """Index what the dataset needs (reusing existing indexes), run the configurations, return the report.
+
+    Args:
+        dataset: a golden.json path (or the folder holding it), a bench collection folder, a :class:`BenchSet`, or
+            held-out feedback questions (see :func:`queries_from_feedback`).
+        home: data home holding ``indexes/``. Bench corpora are indexed there as ``bench-docstring_<name>`` or
+            ``bench-swe-<instance_id>``.
+        index_settings, retrieval_settings: defaults when None.
+        configs: among ``bm25``, ``dense``, ``fused``, ``fused+rerank``; ``fused+candidate`` is added when a
+            candidate is given.
+        rerank_fn: the current reranker as ``(query, hits) -> (hits, ms)`` (see :func:`make_rerank_fn`);
+            required for ``fused+rerank``.
+        candidate_model: folder of a candidate cross-encoder, loaded with ``reranker_settings`` (see
+            :func:`load_rerank_fn`) unless ``candidate_rerank_fn`` is given.
+        model: id of the current reranker, recorded in the report.
+        roots: corpus id -> folder, for corpora not indexed yet (golden.json's own folder is known).
+        limit: score only the first ``limit`` queries (smoke runs).
+        k: results kept per query (Recall@50 needs at least 50).
+        index_backend: where the corpora are indexed (``Engine.indexes``); default: the embedded backend in ``home``.
+        generations: corpus -> generation to search instead of the corpus's current one (the gate's views).
+
+    Raises:
+        EvalError: on an empty set, an unknown config, a missing reranker or a corpus with no index and no root.
+    """
+    name, queries, known_roots = load_dataset(dataset, roots)
+    excluded = self_paths(dataset, known_roots)
+    if limit is not None:
+        queries = queries[:limit]
+    if not queries:
+        raise EvalError(f"The evaluation set {name!r} is empty: no queries to score.")
+    configs = list(configs)
+    if (candidate_model or candidate_rerank_fn) and "fused+candidate" not in configs:
+        configs.append("fused+candidate")
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise EvalError(f"configs expects values among {CONFIGS}, but got {unknown}")
+    if "fused+rerank" in configs and rerank_fn is None:
+        raise EvalError("config 'fused+rerank' needs a reranker (rerank_fn); pass one or drop the config")
+    if "fused+candidate" in configs and candidate_rerank_fn is None:
+        if candidate_model is None:
+            raise EvalError("config 'fused+candidate' needs candidate_model or candidate_rerank_fn")
+        from reranker.settings import RerankerSettings
+
+        candidate_rerank_fn = load_rerank_fn(candidate_model, reranker_settings or RerankerSettings())
+
+    from retrieval.embed import load_embedder
+    from retrieval.search import search
+    from retrieval.settings import IndexSettings, RetrievalSettings
+
+    index_settings = index_settings or IndexSettings()
+    retrieval_settings = retrieval_settings or RetrievalSettings()
+    embedder = embedder or load_embedder(retrieval_settings)
+    if index_backend is None:
+        from retrieval.backend import EmbeddedIndexBackend
+
+        index_backend = EmbeddedIndexBackend(home)
+    gens = {
+        c: (generations or {}).get(c)
+        or _ensure_index(index_backend, c, known_roots.get(c), index_settings, retrieval_settings, embedder)
+        for c in dict.fromkeys(q.corpus for q in queries)
+    }
+    fused_cache: dict[str, Ranking] = {}
+
+    def searcher(mode: str) -> RankFn:
+        def fn(q: EvalQuery) -> Ranking:
+            # No query-vector cache: every config pays for its own query embedding, so latencies compare.
+            res = search(gens[q.corpus], embedder, q.query, k, retrieval_settings, mode=mode, use_query_cache=False)
+            skip = excluded.get(q.corpus, ())
+            return Ranking([h for h in res.hits if h.chunk.path not in skip], dict(res.timings))
+
+        return fn
+
+    def fused(q: EvalQuery) -> Ranking:
+        if q.qid not in fused_cache:
+            fused_cache.clear()
+            fused_cache[q.qid] = searcher("fused")(q)
+        return fused_cache[q.qid]
+
+    def reranked(fn: RerankFn) -> RankFn:
+        def rank(q: EvalQuery) -> Ranking:
+            base = fused(q)
+            hits, ms = fn(q.query, _copy_hits(base.hits))
+            timings = dict(base.timings_ms, rerank=ms)
+            timings["total"] = float(base.timings_ms.get("total", 0.0)) + ms
+            return Ranking(hits, timings)
+
+        return rank
+
+    table: dict[str, RankFn] = {}
+    for c in configs:
+        if c in ("bm25", "dense"):
+            table[c] = searcher(c)
+        elif c == "fused":
+            table[c] = fused
+        elif c == "fused+rerank":
+            table[c] = reranked(rerank_fn)  # type: ignore[arg-type]
+        else:
+            table[c] = reranked(candidate_rerank_fn)  # type: ignore[arg-type]
+    report = evaluate(queries, table, levels, name=name, model=model, progress=progress)
+    if candidate_model:
+        report.notes.append(f"candidate: {candidate_model}")
+    return report

@@ -1,0 +1,1 @@
+"""The event store: query events, feedback, chunk texts, evaluations, promotions, jobs; SQLite or PostgreSQL."""

@@ -1,0 +1,303 @@
+"""What every event store holds and returns: its records, errors and shared helpers, and the row mappers.
+
+Both stores (:mod:`training.events.sqlite`, :mod:`training.events.postgres`) read rows whose columns have the same
+names, so one mapper per record serves both (a ``sqlite3.Row`` and a psycopg dict row are both read by key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from retrieval.types import Hit
+
+__all__ = [
+    "ChunkText",
+    "FeedbackRecord",
+    "JOB_STATES",
+    "JobRecord",
+    "PAGE",
+    "QueryEvent",
+    "ResultRecord",
+    "Row",
+    "StoreError",
+    "StoreVersionError",
+    "TERMINAL_STATES",
+    "dedupe_key",
+    "evaluation_from_row",
+    "event_from_row",
+    "feedback_from_row",
+    "job_from_row",
+    "new_run_id",
+    "pid_alive",
+    "query_event_from_hits",
+]
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+PAGE = 500  # rows per read when a store scans a table (tests lower it)
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked; the message says why and what to do."""
+
+
+class StoreVersionError(StoreError):
+    """The database was written by a newer agro-mcp than this one."""
+
+
+class Row(Protocol):
+    """A database row read by column name (``sqlite3.Row``, a psycopg ``dict_row``)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+# --------------------------------------------------------------------------------------------------- records
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """One ranked hit of a query event (rank is 1-based)."""
+
+    rank: int
+    doc_id: str
+    path: str
+    start_line: int | None
+    end_line: int | None
+    chunk_hash: str | None = None
+    fused_score: float | None = None
+    rerank_score: float | None = None
+    score: float | None = None
+    bm25_rank: int | None = None
+    dense_rank: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkText:
+    """A chunk's text, stored once per content hash."""
+
+    hash: str
+    text: str
+    path: str | None = None
+    language: str | None = None
+    symbol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryEvent:
+    """One search (or answer) and what it returned."""
+
+    event_id: str
+    ts: float
+    corpus: str
+    query: str
+    k: int
+    reranker_model: str | None = None
+    reranking_used: bool = False
+    fallback_reason: str | None = None
+    latency_ms: float | None = None
+    index_generation: str | None = None
+    source: str = "search"
+    results: tuple[ResultRecord, ...] = ()
+
+    def result_by_doc_id(self, doc_id: str) -> ResultRecord | None:
+        return next((r for r in self.results if r.doc_id == doc_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """A stored feedback signal. ``created`` is False when the call repeated an existing record exactly."""
+
+    feedback_id: str
+    event_id: str
+    ts: float
+    signal: str
+    doc_id: str | None = None
+    rating: int | None = None
+    path: str | None = None
+    start_line: int | None = None
+    end_line: int | None = None
+    note: str | None = None
+    created: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    run_id: str
+    kind: str
+    state: str
+    progress: float
+    message: str | None
+    params: dict[str, Any]
+    created: float
+    updated: float
+    pid: int | None
+    host: str | None
+    result: Any
+    error: str | None
+    cancel_requested: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def dedupe_key(
+    event_id: str,
+    signal: str,
+    doc_id: str | None,
+    rating: int | None,
+    path: str | None,
+    start_line: int | None,
+    end_line: int | None,
+    note: str | None,
+) -> str:
+    return json.dumps([event_id, signal, doc_id, rating, path, start_line, end_line, note], ensure_ascii=False)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_run_id(kind: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{kind}-{uuid.uuid4().hex[:6]}"
+
+
+def query_event_from_hits(
+    corpus: str,
+    query: str,
+    k: int,
+    hits: Sequence[Hit],
+    *,
+    reranker_model: str | None,
+    reranking_used: bool,
+    fallback_reason: str | None,
+    latency_ms: float,
+    index_generation: str | None,
+    source: str = "search",
+) -> tuple[QueryEvent, list[ChunkText]]:
+    """A new query event (fresh id, now) with its ranked results, and the texts of its hits: what every store's
+    ``log_query`` writes."""
+    event = QueryEvent(
+        event_id=uuid.uuid4().hex,
+        ts=time.time(),
+        corpus=corpus,
+        query=query,
+        k=k,
+        reranker_model=reranker_model,
+        reranking_used=reranking_used,
+        fallback_reason=fallback_reason,
+        latency_ms=latency_ms,
+        index_generation=index_generation,
+        source=source,
+        results=tuple(
+            ResultRecord(
+                rank=i,
+                doc_id=h.chunk.doc_id,
+                path=h.chunk.path,
+                start_line=h.chunk.start_line,
+                end_line=h.chunk.end_line,
+                chunk_hash=h.chunk.hash,
+                fused_score=h.fused_score,
+                rerank_score=h.rerank_score,
+                score=h.score,
+                bm25_rank=h.bm25_rank,
+                dense_rank=h.dense_rank,
+            )
+            for i, h in enumerate(hits, start=1)
+        ),
+    )
+    texts = [ChunkText(h.chunk.hash, h.chunk.text, h.chunk.path, h.chunk.language, h.chunk.symbol) for h in hits]
+    return event, texts
+
+
+# --------------------------------------------------------------------------------------------------- row mappers
+def event_from_row(row: Row, results: Iterable[Row]) -> QueryEvent:
+    """A stored query event and its result rows (in rank order) as a :class:`QueryEvent`."""
+    return QueryEvent(
+        event_id=row["event_id"],
+        ts=row["ts"],
+        corpus=row["corpus"],
+        query=row["query"],
+        k=row["k"],
+        reranker_model=row["reranker_model"],
+        reranking_used=bool(row["reranking_used"]),
+        fallback_reason=row["fallback_reason"],
+        latency_ms=row["latency_ms"],
+        index_generation=row["index_generation"],
+        source=row["source"],
+        results=tuple(
+            ResultRecord(
+                rank=r["rank"],
+                doc_id=r["doc_id"],
+                path=r["path"],
+                start_line=r["start_line"],
+                end_line=r["end_line"],
+                chunk_hash=r["chunk_hash"],
+                fused_score=r["fused_score"],
+                rerank_score=r["rerank_score"],
+                score=r["score"],
+                bm25_rank=r["bm25_rank"],
+                dense_rank=r["dense_rank"],
+            )
+            for r in results
+        ),
+    )
+
+
+def feedback_from_row(row: Row, created: bool = True) -> FeedbackRecord:
+    """A stored feedback row as a :class:`FeedbackRecord` (``created`` False when it repeated a stored one)."""
+    return FeedbackRecord(
+        feedback_id=row["feedback_id"],
+        event_id=row["event_id"],
+        ts=row["ts"],
+        signal=row["signal"],
+        doc_id=row["doc_id"],
+        rating=row["rating"],
+        path=row["path"],
+        start_line=row["start_line"],
+        end_line=row["end_line"],
+        note=row["note"],
+        created=created,
+    )
+
+
+def evaluation_from_row(row: Row) -> dict[str, Any]:
+    """A stored evaluation row as a dict: id, ts, name, model, payload (decoded)."""
+    return {
+        "id": row["id"],
+        "ts": row["ts"],
+        "name": row["name"],
+        "model": row["model"],
+        "payload": json.loads(row["payload"]),
+    }
+
+
+def job_from_row(row: Row) -> JobRecord:
+    """A stored job row as a :class:`JobRecord` (params and result decoded from JSON)."""
+    return JobRecord(
+        run_id=row["run_id"],
+        kind=row["kind"],
+        state=row["state"],
+        progress=row["progress"],
+        message=row["message"],
+        params=json.loads(row["params"]),
+        created=row["created"],
+        updated=row["updated"],
+        pid=row["pid"],
+        host=row["host"],
+        result=json.loads(row["result"]) if row["result"] is not None else None,
+        error=row["error"],
+        cancel_requested=bool(row["cancel_requested"]),
+    )

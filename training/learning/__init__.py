@@ -1,0 +1,1 @@
+"""Learning proper: triplet miners, trainers, calibration of the blend, pretraining a base."""

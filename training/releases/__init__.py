@@ -1,0 +1,1 @@
+"""Releases: the promotion gate, promote and rollback, the shared registry, background jobs and admin actions."""
