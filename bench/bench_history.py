@@ -47,6 +47,11 @@ def _settings(home: Path, args):
         "AGRO_TRAINING_MAX_LENGTH": str(args.max_length),
         "AGRO_RERANKER_TOPN": str(args.topn),
     })
+    if args.no_history:
+        env["AGRO_TRAINING_HISTORY_ENABLED"] = "0"
+    for kv in args.env or []:
+        k, _, v = kv.partition("=")
+        env[k] = v
     return load_settings(env)
 
 
@@ -116,6 +121,14 @@ def run_collection(name: str, base: Path, args) -> dict:
         if "fused+candidate" in rows:
             fig["candidate_over_fused"] = round(rows["fused+candidate"]["MRR@10"] / max(rows["fused"]["MRR@10"], 1e-9), 3)
         fig["latency_ms"] = report.latency_ms
+        for a in args.alphas or []:  # the same candidate served at a fixed blend weight (e.g. a conservative one)
+            if not cand.is_dir():
+                break
+            rs = eng.settings.reranker.model_copy(update={"alpha": a})
+            r = run_evaluation(qs, eng.home, eng.settings.index, eng.settings.retrieval, configs=("fused",),
+                               candidate_model=str(cand), reranker_settings=rs, embedder=eng.embedder(), k=50,
+                               levels=("file",))
+            rows[f"candidate a={a}"] = {m: round(r.metrics["fused+candidate"]["file"][m], 4) for m in METRICS}
     finally:
         eng.close()
     return fig
@@ -128,6 +141,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-questions", type=int, default=1000, help="AGRO_TRAINING_HISTORY_MAX_QUESTIONS")
     p.add_argument("--max-length", type=int, default=256, help="AGRO_TRAINING_MAX_LENGTH")
     p.add_argument("--topn", type=int, default=30, help="AGRO_RERANKER_TOPN")
+    p.add_argument("--no-history", action="store_true",
+                   help="bootstrap without the history miner (docstring pairs): what a synthetic-only run serves")
+    p.add_argument("--alphas", type=float, nargs="*", help="also score the candidate at these fixed blend weights")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra AGRO_* setting for the data home")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
