@@ -125,7 +125,7 @@ def cmd_golden_add(args, settings) -> int:
 
 def cmd_evaluate(args, settings) -> int:
     from training.evaluation.report import format_table, save_report, write_run_jsonl
-    from training.evaluation.run import make_rerank_fn, run_evaluation
+    from training.evaluation.run import run_evaluation
 
     home = settings.server.home
     eng = _engine(settings)
@@ -136,13 +136,13 @@ def cmd_evaluate(args, settings) -> int:
             return _plot(eng, args)
         if not args.dataset:
             raise _Fail("evaluate needs a dataset: golden.json or a bench collection folder (or --plot alone)")
-        rerank_fn = model = None
+        rerank_path = model = None
         configs = ["bm25", "dense", "fused"]
         if not args.no_rerank and settings.reranker.enabled:
             eng.reranker.start()
             loaded = eng.reranker.get(wait=True)
             if loaded is not None:
-                rerank_fn, model = make_rerank_fn(loaded, settings.reranker), loaded.model_id
+                rerank_path, model = eng.ranking_path.with_reranker(loaded), loaded.model_id
                 configs.append("fused+rerank")
             else:
                 echo(f"note: no reranker ({eng.reranker.none_reason}); scoring retrieval only", file=sys.stderr)
@@ -152,7 +152,7 @@ def cmd_evaluate(args, settings) -> int:
 
             candidate = str(run_dir(home / "models", args.candidate) / "model")
         report = run_evaluation(args.dataset, home, settings.index, settings.retrieval, configs=configs,
-                                rerank_fn=rerank_fn, candidate_model=candidate, reranker_settings=settings.reranker,
+                                rerank_path=rerank_path, candidate_model=candidate, reranker_settings=settings.reranker,
                                 model=model, embedder=eng.embedder(), limit=args.limit,
                                 index_backend=eng.indexes)
         saved = save_report(report, eng.store, home / "exports")
@@ -226,7 +226,8 @@ def _run(settings, kind: str, fn, lock: str | None = "training"):
 
     eng = _engine(settings)
     try:
-        run_id, result = run_job(eng.store, settings.server.home, kind, lambda ctx: fn(eng, ctx), lock_name=lock)
+        ws = eng.workspace
+        run_id, result = run_job(eng.store, settings.server.home, kind, lambda ctx: fn(ws, ctx), lock_name=lock)
     finally:
         eng.close()
     return run_id, result
@@ -238,10 +239,10 @@ def cmd_mine(args, settings) -> int:
 
     sources, golden = _sources(args)
 
-    def fn(eng, ctx):
-        split = mine(eng, ctx, sources, golden_path=golden, corpus=args.corpus)
-        write_split(run_dir(eng.home / "models", ctx.run_id), split)
-        path = export_triplets(eng, split)
+    def fn(ws, ctx):
+        split = mine(ws, ctx, sources, golden_path=golden, corpus=args.corpus)
+        write_split(run_dir(ws.home / "models", ctx.run_id), split)
+        path = export_triplets(ws, split)
         return {"train": len(split.train), "heldout": len(split.heldout), "split": split.info.get("sources"),
                 "exported": str(path)}
 
@@ -266,7 +267,7 @@ def cmd_train(args, settings) -> int:
     from training.loop import run_loop
 
     sources, golden = _sources(args)
-    run_id, res = _run(settings, "train", lambda eng, ctx: run_loop(eng, ctx, sources, golden_path=golden,
+    run_id, res = _run(settings, "train", lambda ws, ctx: run_loop(ws, ctx, sources, golden_path=golden,
                                                                      corpus=args.corpus, promote=False))
     _print_loop(run_id, res)
     return 0 if res.get("decision") != "skipped" else 1
@@ -276,7 +277,7 @@ def cmd_loop(args, settings) -> int:
     from training.loop import run_loop
 
     sources, golden = _sources(args)
-    run_id, res = _run(settings, "loop", lambda eng, ctx: run_loop(eng, ctx, sources, golden_path=golden,
+    run_id, res = _run(settings, "loop", lambda ws, ctx: run_loop(ws, ctx, sources, golden_path=golden,
                                                                     corpus=args.corpus))
     return _print_loop(run_id, res)
 
@@ -285,7 +286,7 @@ def cmd_bootstrap(args, settings) -> int:
     from training.loop import run_bootstrap
 
     run_id, res = _run(settings, "bootstrap",
-                       lambda eng, ctx: run_bootstrap(eng, ctx, args.corpus, promote=not args.no_promote))
+                       lambda ws, ctx: run_bootstrap(ws, ctx, args.corpus, promote=not args.no_promote))
     return _print_loop(run_id, res)
 
 
@@ -293,8 +294,8 @@ def cmd_pretrain(args, settings) -> int:
     from training.learning.pretrain import run_pretrain
 
     run_id, res = _run(settings, "pretrain",
-                       lambda eng, ctx: run_pretrain(settings, ctx, args.source, cap=args.cap, max_pairs=args.max_pairs,
-                                                     embedder=eng.embedder()))
+                       lambda ws, ctx: run_pretrain(ws.home, ws.settings, ctx, args.source, cap=args.cap,
+                                                    max_pairs=args.max_pairs, embedder=ws.embedder()))
     if args.json:
         echo(json.dumps({"run_id": run_id, **res}, indent=1, default=str))
         return 0
@@ -314,7 +315,7 @@ def cmd_promote(args, settings) -> int:
 
     home = settings.server.home
     rid = args.run_id or _latest_trained(home / "models")
-    run_id, res = _run(settings, "promote", lambda eng, ctx: promote_step(eng, ctx, rid, force=args.force))
+    run_id, res = _run(settings, "promote", lambda ws, ctx: promote_step(ws, ctx, rid, force=args.force))
     echo(("PROMOTED as " + str(res["release"])) if res["decision"] == "promoted" else "REFUSED")
     for r in res.get("reasons", []):
         echo(f"  {r}")
@@ -339,16 +340,16 @@ def cmd_jobs(args, settings) -> int:
     eng = _engine(settings)
     try:
         if args.cancel:
-            res = run_admin_action(eng, "cancel", run_id=args.cancel)
+            res = run_admin_action(eng.workspace, "cancel", run_id=args.cancel)
         elif args.logs:
-            res = run_admin_action(eng, "logs", run_id=args.logs)
+            res = run_admin_action(eng.workspace, "logs", run_id=args.logs)
             if not args.json:
                 echo("\n".join(res["lines"]) or "(no log lines)")
                 return 0
         elif args.runs:
-            res = run_admin_action(eng, "runs")
+            res = run_admin_action(eng.workspace, "runs")
         else:
-            res = run_admin_action(eng, "status")
+            res = run_admin_action(eng.workspace, "status")
     finally:
         eng.close()
     if args.json or args.cancel or args.runs:

@@ -20,7 +20,6 @@ from retrieval.index import (
     stale_files,
     validate_corpus_id,
 )
-from retrieval.search import search as retrieval_search
 from retrieval.types import Hit
 
 __all__ = ["Engine", "UserError", "MAX_K"]
@@ -170,6 +169,25 @@ class Engine:
                     self._score_cache = ScoreCache(self.settings.reranker.cache_size)
         return self._reranker
 
+    @property
+    def ranking_path(self):
+        """The one ranking path (fused retrieval, the rerank stage, the blend) with this process's hot-reloaded
+        reranker and score cache: what ``rag_search`` serves and what the learning loop evaluates against."""
+        from reranker.path import RankingPath
+
+        manager = self.reranker
+        return RankingPath(self.settings.retrieval, self.settings.reranker, self.embedder, manager, self._score_cache)
+
+    @property
+    def workspace(self):
+        """This data home as the learning loop takes it (:class:`training.workspace.Workspace`): the settings, the
+        store, the indexes, the ranking path with the served reranker, the release registry, and a reload."""
+        from training.workspace import LearningSettings, Workspace
+
+        s = self.settings
+        return Workspace(self.home, LearningSettings(s.index, s.retrieval, s.reranker, s.training), self.store,
+                         self.indexes, self.ranking_path, self.generation, self.releases, self.reranker.reload)
+
     def _chunk_texts(self, limit: int = 20_000):
         """The indexed chunks' located texts (what a reranker sees), corpus by corpus, at most ``limit`` in all (a
         bi-encoder's vector cache): a new bi-encoder release embeds these ahead of the searches that rank them."""
@@ -305,7 +323,7 @@ class Engine:
         path_glob: str | None = None,
         language: str | None = None,
     ) -> RankedResult:
-        """Retrieve, fuse and (optionally) rerank: the ranking every face shares."""
+        """Retrieve, fuse and (optionally) rerank: :class:`reranker.path.RankingPath`, the ranking every face shares."""
         t0 = time.perf_counter()
         gen = self.generation(corpus)
         embedder = self.embedder()
@@ -314,32 +332,10 @@ class Engine:
                 f"The index of corpus {corpus!r} was built with embedding model {gen.embed_model!r}, but the "
                 f"server uses {embedder.model_id!r}. Rebuild it: agro index {gen.root} --corpus {corpus} --full"
             )
-        rs = self.settings.reranker
-        want_rerank = rs.enabled if rerank is None else bool(rerank)
-        n_candidates = max(k, rs.topn if rs.topn > 0 else gen.n_chunks) if want_rerank else k
-        result = retrieval_search(
-            gen, embedder, query, n_candidates, self.settings.retrieval, "fused", path_glob, language
-        )
-        timings = dict(result.timings)
-        hits = result.hits
-        used, model, reason = False, None, None
-        if not want_rerank:
-            reason = "disabled for this call (rerank=false)" if rerank is False else "reranker disabled (AGRO_RERANKER_ENABLED=0)"
-        elif not hits:
-            reason = "no candidates to rerank"
-        else:
-            from reranker.stage import rerank as rerank_stage
-
-            self.reranker.start()  # idempotent: a caller that never started the loader still gets a model
-            loaded = self.reranker.get(wait=True)
-            if loaded is None:
-                reason = self.reranker.none_reason or "no reranker model loaded"
-            else:
-                outcome = rerank_stage(query, hits, loaded, rs, self._score_cache)
-                hits, used, model, reason = outcome.hits, outcome.used, outcome.model, outcome.fallback_reason
-                timings["rerank"] = outcome.ms
-        timings["total"] = (time.perf_counter() - t0) * 1000
-        return RankedResult(hits[:k], gen, timings, used, model, reason)
+        ranked = self.ranking_path.rank(gen, query, k, rerank=rerank, path_glob=path_glob, language=language)
+        ranked.timings["total"] = (time.perf_counter() - t0) * 1000
+        return RankedResult(ranked.hits, gen, ranked.timings, ranked.reranking_used, ranked.reranker_model,
+                            ranked.fallback_reason)
 
     def search(
         self,
@@ -398,20 +394,21 @@ class Engine:
 
     # -- admin ----------------------------------------------------------------------------------------------
     def admin(self, action: str, run_id: str | None = None, dataset: str | None = None) -> dict:
-        """``reranker_admin`` actions. Training actions live in ``training.releases.jobs`` and are dispatched there."""
-        if action == "info":
-            info = dict(self.reranker.info())
-            latest = self._latest_eval()
-            if latest is not None:
-                info["latest_eval"] = latest
-            return info
-        if action == "reload":
-            return dict(self.reranker.reload())
-        from training.releases.admin import (
-            run_admin_action,  # training is optional for search-only use
-        )
+        """``reranker_admin`` actions: ``info`` and ``reload`` are this process's own; the others act on the data
+        home (:func:`training.releases.admin.run_admin_action`, a table of handlers)."""
+        own = {"info": self._admin_info, "reload": lambda: dict(self.reranker.reload())}
+        if action in own:
+            return own[action]()
+        from training.releases.admin import run_admin_action  # training is optional for search-only use
 
-        return run_admin_action(self, action, run_id=run_id, dataset=dataset)
+        return run_admin_action(self.workspace, action, run_id=run_id, dataset=dataset)
+
+    def _admin_info(self) -> dict:
+        info = dict(self.reranker.info())
+        latest = self._latest_eval()
+        if latest is not None:
+            info["latest_eval"] = latest
+        return info
 
     def _latest_eval(self) -> dict | None:
         try:

@@ -234,7 +234,7 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
                 if not wait:
                     return out
                 rid = out["run_id"]
-            return await wait_for_job(eng, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
+            return await wait_for_job(eng.workspace, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
                                       on_progress=notify)
         except (UserError, DatabaseError, AdminError, EvalError, JobBusyError, PromotionError, TrainingError) as exc:
             raise _user_error(exc) from None

@@ -92,7 +92,8 @@ def run_collection(name: str, base: Path, args) -> dict:
         eng.index(repo, name)
         fig["index_sec"] = round(time.time() - t0, 1)
         t0 = time.time()
-        run_id, res = run_job(eng.store, home, "bootstrap", lambda ctx: run_bootstrap(eng, ctx, name, promote=True))
+        run_id, res = run_job(eng.store, home, "bootstrap",
+                              lambda ctx: run_bootstrap(eng.workspace, ctx, name, promote=True))
         fig["bootstrap_sec"] = round(time.time() - t0, 1)
         gate = res.get("gate") or {}
         fig.update(run_id=run_id, decision=res.get("decision"), mined=res.get("mined"), history=res.get("history"),

@@ -115,7 +115,7 @@ def blend_grid(engine, queries, candidate: Path, alphas=(0.0, 0.2, 0.3, 0.5, 0.7
     from reranker.cache import ScoreCache
     from reranker.manager import LoadedReranker
     from reranker.model import load_scorer
-    from training.evaluation.run import make_rerank_fn, run_evaluation
+    from training.evaluation.run import run_evaluation
 
     rr = engine.settings.reranker
     scorer = load_scorer(candidate, backend=rr.backend, maxlen=rr.maxlen,
@@ -125,9 +125,10 @@ def blend_grid(engine, queries, candidate: Path, alphas=(0.0, 0.2, 0.3, 0.5, 0.7
     out = {}
     for a in alphas:
         for w in weights:
-            fn = make_rerank_fn(loaded, rr.model_copy(update={"alpha": float(a), "dense_weight": float(w)}), cache)
+            path = engine.ranking_path.with_reranker(
+                loaded, rr.model_copy(update={"alpha": float(a), "dense_weight": float(w)}), cache)
             r = run_evaluation(queries, engine.home, engine.settings.index, engine.settings.retrieval,
-                               configs=("fused",), candidate_rerank_fn=fn, embedder=engine.embedder(), k=50)
+                               configs=("fused",), candidate_path=path, embedder=engine.embedder(), k=50)
             m = r.metrics["fused+candidate"]
             out[f"alpha {a:.1f} w {w:.1f}"] = {lv: round(m[lv]["MRR@10"], 4) for lv in ("file", "span") if lv in m}
             logger.info("blend grid: alpha %.1f, dense weight %.1f: %s", a, w, out[f"alpha {a:.1f} w {w:.1f}"])
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
                                                     "test half (pre-trained base alone, no feedback)")
         t0 = time.time()
         figures["user"] = simulate_user(eng, corpora[0], train_q, args.k) if len(corpora) == 1 else None
-        run_id, res = run_job(eng.store, home, "loop", lambda ctx: run_loop(eng, ctx, ["feedback"]))
+        run_id, res = run_job(eng.store, home, "loop", lambda ctx: run_loop(eng.workspace, ctx, ["feedback"]))
         figures["loop"] = {"run_id": run_id, "decision": res.get("decision"), "gate": res.get("gate"),
                            "mined": res.get("mined"), "blend": res.get("blend"),
                            "trained_sec": res.get("trained_sec"), "loop_sec": round(time.time() - t0, 1)}
@@ -256,7 +257,7 @@ def main(argv=None) -> int:
             else:
                 eng.index(bench.roots[c], c)
                 run_id, res = run_job(eng.store, home, "bootstrap",
-                                      lambda ctx, c=c: run_bootstrap(eng, ctx, c, promote=True))
+                                      lambda ctx, c=c: run_bootstrap(eng.workspace, ctx, c, promote=True))
             gate = res.get("gate") or {}
             per_corpus[c] = {"run_id": run_id, "decision": res.get("decision"), "gate": gate.get("reasons"),
                              "mined": res.get("mined"), "alpha": (res.get("blend") or {}).get("alpha"),

@@ -109,7 +109,7 @@ def quality_vs_fp32(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """MRR@10 (file and span level) of fused and fused+rerank per backend on ../shared/bench collections.
 
-    Runs ``training.evaluation.run.run_evaluation`` (retrieve -> fuse -> ``reranker.stage.rerank``) with the model loaded by
+    Runs ``training.evaluation.run.run_evaluation`` (``reranker.path.RankingPath``: retrieve -> fuse -> rerank) with the model loaded by
     ``CrossEncoderScorer.load(model_dir, backend=be)``; the first ``limit`` queries of each collection, the top
     ``topn`` fused candidates reranked at ``maxlen`` tokens. Returns
     ``{collection: {backend: {"fused/file": mrr, "fused/span": ..., "rerank/file": ..., "rerank/span": ...,
@@ -118,7 +118,8 @@ def quality_vs_fp32(
     from reranker.manager import LoadedReranker
     from reranker.model import CrossEncoderScorer
     from retrieval.embed import load_embedder
-    from training.evaluation.run import make_rerank_fn, run_evaluation
+    from reranker.path import RankingPath
+    from training.evaluation.run import run_evaluation
 
     base = pipeline_settings(home, model_dir, "fp32", topn=topn, maxlen=maxlen, threads=threads)
     embedder = load_embedder(base.retrieval, batch=base.index.embed_batch)
@@ -133,7 +134,8 @@ def quality_vs_fp32(
             loaded = LoadedReranker(scorer=scorer, model_id=f"{model_dir}:{be}", target=str(model_dir))
             t = time.perf_counter()
             rep = run_evaluation(coll, home, st.index, st.retrieval, configs=("fused", "fused+rerank"),
-                                 rerank_fn=make_rerank_fn(loaded, rs), reranker_settings=rs, embedder=embedder,
+                                 rerank_path=RankingPath(st.retrieval, rs, lambda: embedder, loaded), reranker_settings=rs,
+                                 embedder=embedder,
                                  limit=limit)
             row = {f"{'fused' if c == 'fused' else 'rerank'}/{lvl}": rep.metrics[c][lvl]["MRR@10"]
                    for c in ("fused", "fused+rerank") for lvl in rep.levels if lvl in rep.metrics[c]}

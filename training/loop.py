@@ -1,8 +1,9 @@
-"""The learning loop's steps over a live engine: mine, train, evaluate on held-out questions, promote.
+"""The learning loop's steps: mine, train, evaluate on held-out questions, promote.
 
-Each step takes the engine (duck-typed: ``home``, ``settings``, ``store``, ``generation(corpus)``, ``embedder()``,
-``corpora()``) and a :class:`training.releases.jobs.JobContext`, so the CLI, ``reranker_admin`` and the nightly ``agro loop``
-run the same code. ``training`` never imports ``agro_mcp``.
+Each step takes a :class:`training.workspace.Workspace` (the data home, its settings, store, indexes and ranking
+path) and a :class:`training.releases.jobs.JobContext`, so the CLI, ``reranker_admin`` and the nightly ``agro loop``
+run the same code. It sits at the top of ``training`` because it composes all four subpackages: events (feedback
+to mine), learning (miners, trainer, calibration), evaluation and releases (gate, promote).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from training.learning.miners import (
     split_by_query,
 )
 from training.releases.promote import GateDecision, current_release, gate, promote_run
+from training.workspace import Workspace
 from training.learning.trainer import (
     TrainingError,
     load_run,
@@ -58,25 +60,21 @@ logger = logging.getLogger(__name__)
 SOURCES = ("feedback", "golden", "bootstrap")
 
 
-def fused_rank_fn(engine: Any, k: int = 30):
+def fused_rank_fn(ws: Workspace, k: int = 30):
     """``(query, corpus) -> fused hits`` on the corpus's current generation (what the reranker reranks)."""
-    from retrieval.search import search
-
-    embedder = engine.embedder()
-    rs = engine.settings.retrieval
 
     def rank(query: str, corpus: str):
-        return search(engine.generation(corpus), embedder, query, k, rs, "fused").hits
+        return ws.path.retrieve(ws.generation(corpus), query, k, "fused").hits
 
     return rank
 
 
-def chunk_lookup(engine: Any):
+def chunk_lookup(ws: Workspace):
     """``(corpus, path, start, end) -> (doc_id, text)`` of the indexed chunk overlapping the span most."""
 
     def look(corpus: str, path: str, start: int, end: int):
         try:
-            gen = engine.generation(corpus)
+            gen = ws.generation(corpus)
         except (ValueError, OSError):
             return None
         best, overlap = None, 0
@@ -104,7 +102,7 @@ def parse_sources(dataset: str | None) -> tuple[list[str], Path | None, str | No
 
 
 def mine(
-    engine: Any,
+    ws: Workspace,
     ctx: Any,
     sources: Sequence[str] = ("feedback",),
     *,
@@ -112,7 +110,7 @@ def mine(
     corpus: str | None = None,
 ) -> MinedSplit:
     """Mine every requested source and split by query (seeded, ``TrainingSettings.heldout_fraction``)."""
-    ts = engine.settings.training
+    ts = ws.settings.training
     bad = [s for s in sources if s not in SOURCES]
     if bad:
         raise TrainingError(f"mining sources expect values among {SOURCES}, but got {bad}")
@@ -121,8 +119,8 @@ def mine(
     fixed: dict[str, bool] = {}  # history questions: held out when among the newest (a time split)
     history: dict[str, dict] = {}
     if "feedback" in sources:
-        got = mine_feedback(engine.store, corpus=corpus, negatives_per_query=ts.negatives_per_query,
-                            chunk_lookup=chunk_lookup(engine))
+        got = mine_feedback(ws.store, corpus=corpus, negatives_per_query=ts.negatives_per_query,
+                            chunk_lookup=chunk_lookup(ws))
         counts["feedback"] = len(got)
         triplets += got
     if "golden" in sources:
@@ -130,27 +128,27 @@ def mine(
 
         if golden_path is None or not Path(golden_path).is_file():
             raise TrainingError(f"golden source needs a golden.json path, but got {golden_path}")
-        items = [it for it in load_golden(golden_path) if it.repo in set(engine.corpora())]
-        got = mine_golden(items, fused_rank_fn(engine), negatives_per_query=ts.negatives_per_query)
+        items = [it for it in load_golden(golden_path) if it.repo in set(ws.corpora())]
+        got = mine_golden(items, fused_rank_fn(ws), negatives_per_query=ts.negatives_per_query)
         counts["golden"] = len(got)
         triplets += got
     if "bootstrap" in sources:
-        targets = [corpus] if corpus else list(engine.corpora())
+        targets = [corpus] if corpus else list(ws.corpora())
         if not targets:
             raise TrainingError("No corpus is indexed: run `agro index /path/to/repo` before `agro bootstrap`")
         for c in targets:
-            gen = engine.generation(c)
+            gen = ws.generation(c)
             ctx.log("bootstrap: mining %s (%d chunks)", c, len(gen.chunks))
             n_history = 0
             if ts.history_enabled:
-                hist = _mine_history(engine, ctx, c, gen, fixed)
+                hist = _mine_history(ws, ctx, c, gen, fixed)
                 history[c] = hist["report"]
                 n_history = hist["questions"]
                 counts[f"history:{c}"] = n_history
                 triplets += hist["triplets"]
                 if n_history and not ts.history_with_docstrings:
                     continue
-            got = mine_bootstrap(gen.chunks, fused_rank_fn(engine), c, cap=ts.bootstrap_cap,
+            got = mine_bootstrap(gen.chunks, fused_rank_fn(ws), c, cap=ts.bootstrap_cap,
                                  usage_share=ts.bootstrap_usage_share,
                                  negatives_per_query=ts.negatives_per_query, seed=ts.seed,
                                  progress=lambda i, n: ctx.progress(0.2 * i / max(n, 1), f"mining {i}/{n}"),
@@ -160,7 +158,7 @@ def mine(
                 counts[f"bootstrap_usage:{c}"] = sum(t.source == "corpus_usage" for t in got)
             triplets += got
             if not n_history and len(got) < ts.min_triplets:  # neither docstrings nor history: names and signatures
-                ids = mine_identifiers(gen.chunks, fused_rank_fn(engine), c, cap=ts.bootstrap_cap,
+                ids = mine_identifiers(gen.chunks, fused_rank_fn(ws), c, cap=ts.bootstrap_cap,
                                        negatives_per_query=ts.negatives_per_query, seed=ts.seed)
                 counts[f"identifiers:{c}"] = len(ids)
                 triplets += ids
@@ -173,20 +171,20 @@ def mine(
     return split
 
 
-def _mine_history(engine: Any, ctx: Any, corpus: str, gen: Any, fixed: dict[str, bool]) -> dict[str, Any]:
+def _mine_history(ws: Workspace, ctx: Any, corpus: str, gen: Any, fixed: dict[str, bool]) -> dict[str, Any]:
     """The history miner on one corpus: questions, triplets, and the time split recorded into ``fixed``."""
     from retrieval.chunking import chunk_file
     from training.learning.history import history_triplets, mine_history
 
-    ts = engine.settings.training
-    index_settings = engine.settings.index
+    ts = ws.settings.training
+    index_settings = ws.settings.index
     qs, report = mine_history(
         Path(gen.root), gen.chunks, lambda path, text: chunk_file(path, text, index_settings),
         max_questions=ts.history_max_questions, max_commits=ts.history_max_commits,
         since_days=ts.history_max_age_days, max_files=ts.history_max_files, max_positives=ts.history_max_positives,
         cancelled=ctx.cancelled)
     ctx.log("bootstrap: %s", report.summary())
-    got = history_triplets(qs, fused_rank_fn(engine), corpus, negatives_per_query=ts.negatives_per_query,
+    got = history_triplets(qs, fused_rank_fn(ws), corpus, negatives_per_query=ts.negatives_per_query,
                            progress=lambda i, n: ctx.progress(0.2 * i / max(n, 1), f"history {i}/{n}"),
                            cancelled=ctx.cancelled)
     # qs is newest first: the newest share is held out, so the gate asks the past to predict the future
@@ -198,16 +196,16 @@ def _mine_history(engine: Any, ctx: Any, corpus: str, gen: Any, fixed: dict[str,
                        "heldout_since": qs[n_held - 1].ts if n_held else None}}
 
 
-def export_triplets(engine: Any, split: MinedSplit) -> Path:
+def export_triplets(ws: Workspace, split: MinedSplit) -> Path:
     """Write ``exports/triplets.jsonl`` (training side only, the seeds' format)."""
     from training.events.logs_io import write_jsonl_atomic
 
-    out = Path(engine.home) / "exports" / "triplets.jsonl"
+    out = Path(ws.home) / "exports" / "triplets.jsonl"
     write_jsonl_atomic(out, (t.to_dict() for t in split.train))
     return out
 
 
-def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None = None,
+def train_step(ws: Workspace, ctx: Any, split: MinedSplit, *, extra: dict | None = None,
                weigh_dense: bool = True, kind: str | None = None) -> dict[str, Any]:
     """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json.
 
@@ -215,10 +213,10 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
     training questions (unless ``weigh_dense`` is off: a pre-trained base is never served) and the alpha calibrated
     on its calibration slice, or ``uncalibrated_alpha``.
     """
-    ts = engine.settings.training
+    ts = ws.settings.training
     kind = kind or (ts.model_kind if ts.model_kind != "auto" else "bi-encoder")
     ts = ts.model_copy(update={"model_kind": kind})
-    rr = engine.settings.reranker
+    rr = ws.settings.reranker
     if "dense_weight" in rr.model_fields_set or not weigh_dense:  # set by the user: it is what will be served
         weighing = {"dense_weight": rr.dense_weight,
                     "reason": "AGRO_RERANKER_DENSE_WEIGHT is set" if weigh_dense else "not weighed (a base)"}
@@ -227,26 +225,26 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
         # as many training questions as a calibration slice of calibration_min_queries needs: below that, the best
         # grid point is noise (docstring_httpx's 52 training questions preferred 0.25, its test half 1.0)
         need = math.ceil(ts.calibration_min_queries / ts.calibration_fraction)
-        weighing = choose_dense_weight(engine, split.train, min_queries=need, seed=ts.seed,
-                                       views=lambda ts_: bootstrap_gate_views(engine, ts_))
+        weighing = choose_dense_weight(ws, split.train, min_queries=need, seed=ts.seed,
+                                       views=lambda ts_: bootstrap_gate_views(ws, ts_))
     dense_weight = float(weighing["dense_weight"])
     calibration: list = []
     if ts.calibrate_alpha:
         split, calibration = calibration_split(split, ts.calibration_fraction, ts.seed, ts.calibration_min_queries)
-    models_dir = Path(engine.home) / "models"
+    models_dir = Path(ws.home) / "models"
     run = train_run(
         models_dir, ctx.run_id, split, ts,
         progress=lambda f, m: ctx.progress(0.2 + 0.55 * f, m), cancelled=ctx.cancelled, extra=extra,
-        max_train_pairs=getattr(ts, "max_train_pairs", None), embed_model=engine.settings.retrieval.embed_model,
+        max_train_pairs=getattr(ts, "max_train_pairs", None), embed_model=ws.settings.retrieval.embed_model,
     )
     bi = run.get("model_kind") == "bi-encoder"
     default_alpha, default_name = ((ts.bi_encoder_alpha, "AGRO_TRAINING_BI_ENCODER_ALPHA") if bi
                                    else (ts.uncalibrated_alpha, "AGRO_TRAINING_UNCALIBRATED_ALPHA"))
     if calibration:
         ctx.log("calibrating the blend weight of run %s on %d calibration triplets", ctx.run_id, len(calibration))
-        blend = calibrate_alpha(engine, run_dir(models_dir, ctx.run_id) / "model", calibration,
+        blend = calibrate_alpha(ws, run_dir(models_dir, ctx.run_id) / "model", calibration,
                                 progress=lambda i, n: ctx.progress(0.75 + 0.05 * i / n, f"calibrating alpha {i}/{n}"),
-                                generations=bootstrap_gate_views(engine, calibration), dense_weight=dense_weight,
+                                generations=bootstrap_gate_views(ws, calibration), dense_weight=dense_weight,
                                 default=default_alpha)
     else:
         blend = {"alpha": None, "reason": split.info.get("calibration", {}).get("reason", "calibration is off "
@@ -261,7 +259,7 @@ def train_step(engine: Any, ctx: Any, split: MinedSplit, *, extra: dict | None =
     return run
 
 
-def bootstrap_gate_views(engine: Any, heldout: Sequence[Triplet]) -> dict[str, Any]:
+def bootstrap_gate_views(ws: Workspace, heldout: Sequence[Triplet]) -> dict[str, Any]:
     """corpus -> an in-memory view of its index in which each held-out corpus-bootstrap answer has lost its
     docstring (the question). Without it, retrieval finds a docstring question verbatim in its own chunk and no
     reranker can beat it; real questions do not quote the code's documentation."""
@@ -274,7 +272,7 @@ def bootstrap_gate_views(engine: Any, heldout: Sequence[Triplet]) -> dict[str, A
     views = {}
     for corpus, doc_ids in wanted.items():
         try:
-            gen = engine.generation(corpus)
+            gen = ws.generation(corpus)
         except (ValueError, OSError):
             continue
         texts = {}
@@ -284,37 +282,38 @@ def bootstrap_gate_views(engine: Any, heldout: Sequence[Triplet]) -> dict[str, A
                 if pair is not None:
                     texts[c.doc_id] = pair[1]
         if texts:
-            views[corpus] = replaced_view(gen, texts, engine.embedder(), engine.settings.retrieval)
+            views[corpus] = replaced_view(gen, texts, ws.embedder(), ws.settings.retrieval)
     return views
 
 
-def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
+def evaluate_run(ws: Workspace, ctx: Any, run_id: str) -> dict[str, Any]:
     """Candidate vs current release vs retrieval alone on the run's held-out questions, and the gate's decision.
 
     Saves the report (store ``evaluations`` + ``exports/evals``) and ``runs/<run_id>/evaluation.json``.
     """
     from training.evaluation.datasets import EvalError, queries_from_feedback
     from training.evaluation.report import save_report
-    from training.evaluation.run import load_rerank_fn, run_evaluation
+    from training.evaluation.run import load_reranker, run_evaluation
 
-    models_dir = Path(engine.home) / "models"
+    models_dir = Path(ws.home) / "models"
     run = load_run(models_dir, run_id)
     if run.get("state") != "succeeded":
         raise TrainingError(f"run {run_id} is {run.get('state')!r}; only a succeeded run can be evaluated")
     d = run_dir(models_dir, run_id)
     split = load_split(d)
     rows = heldout_questions(split.heldout)
-    known = set(engine.corpora())
+    known = set(ws.corpora())
     rows = [r for r in rows if r["corpus"] in known]
-    ts = engine.settings.training
-    rr = engine.settings.reranker
+    ts = ws.settings.training
+    rr = ws.settings.reranker
     configs = ["fused"]
-    rerank_fn = None
+    rerank_path = None
     cur = current_release(models_dir)
     notes = []
     if cur is not None:
         try:
-            rerank_fn = load_rerank_fn(cur["_dir"], rr, release_id=str(cur.get("id")), manifest=cur)
+            current = load_reranker(cur["_dir"], rr, release_id=str(cur.get("id")), manifest=cur)
+            rerank_path = ws.path.with_reranker(current, rr)
             configs.append("fused+rerank")
         except (ValueError, OSError, RuntimeError) as exc:
             notes.append(f"current release {cur.get('id')} could not be loaded ({exc}); compared with retrieval only")
@@ -335,23 +334,23 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
             run["blend"] = blend
             write_json_atomic(d / "run.json", run)
     ctx.log("evaluating run %s on %d held-out questions (%s + candidate)", run_id, len(rows), ", ".join(configs))
-    views = bootstrap_gate_views(engine, split.heldout)
+    views = bootstrap_gate_views(ws, split.heldout)
     for c, v in views.items():
         notes.append(f"corpus-bootstrap questions of {c} scored on a view of the index without their answers' "
                      f"docstrings ({v.generation_id})")
     try:
         report = run_evaluation(
-            queries_from_feedback(rows), Path(engine.home), engine.settings.index, engine.settings.retrieval,
-            configs=configs, rerank_fn=rerank_fn, candidate_model=str(d / "model"), reranker_settings=rr,
-            model=str(cur.get("id")) if cur else None, embedder=engine.embedder(), levels=("span", "file"),
-            index_backend=engine.indexes, generations=views,
+            queries_from_feedback(rows), Path(ws.home), ws.settings.index, ws.settings.retrieval,
+            configs=configs, rerank_path=rerank_path, candidate_model=str(d / "model"), reranker_settings=rr,
+            model=str(cur.get("id")) if cur else None, embedder=ws.embedder(), levels=("span", "file"),
+            index_backend=ws.indexes, generations=views,
             k=50, progress=lambda i, n: ctx.progress(0.8 + 0.15 * i / max(n, 1), f"evaluating {i}/{n}"),
         )
     except EvalError as exc:
         raise TrainingError(f"evaluation of run {run_id} failed: {exc}") from None
     report.name = f"heldout-{run_id}"
     report.notes.extend(notes)
-    saved = save_report(report, engine.store, Path(engine.home) / "exports")
+    saved = save_report(report, ws.store, Path(ws.home) / "exports")
     names = {"fused+candidate": "candidate", "fused": "retrieval", "fused+rerank": "current"}
     per_query = {names[c]: report.per_query[c]["span"] for c in report.configs}
     if human:  # questions people wrote decide whenever there are any; synthetic ones are reported only
@@ -383,21 +382,21 @@ def evaluate_run(engine: Any, ctx: Any, run_id: str) -> dict[str, Any]:
     return result
 
 
-def promote_step(engine: Any, ctx: Any, run_id: str, *, force: bool = False, reload: bool = False) -> dict[str, Any]:
+def promote_step(ws: Workspace, ctx: Any, run_id: str, *, force: bool = False, reload: bool = False) -> dict[str, Any]:
     """Evaluate (unless ``runs/<id>/evaluation.json`` exists and was made against the release that is current now)
     and promote or refuse; record the decision."""
-    models_dir = Path(engine.home) / "models"
+    models_dir = Path(ws.home) / "models"
     d = run_dir(models_dir, run_id)
     ev_path = d / "evaluation.json"
     ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.is_file() else None
     cur = current_release(models_dir)
     if ev is None or ev.get("current_release") != (cur.get("id") if cur else None):
-        ev = evaluate_run(engine, ctx, run_id)  # the gate must compare with the release serving now
+        ev = evaluate_run(ws, ctx, run_id)  # the gate must compare with the release serving now
     dec = ev["decision"]
     decision = GateDecision(dec["promote"], dec["reasons"], dec["figures"])
-    out = promote_run(Path(engine.home), run_id, decision, engine.store, force=force, registry=engine.releases)
-    if out["decision"] == "promoted" and reload and hasattr(engine, "reranker"):
-        engine.reranker.reload()  # this process serves the new release at once; others on their next check
+    out = promote_run(Path(ws.home), run_id, decision, ws.store, force=force, registry=ws.releases)
+    if out["decision"] == "promoted" and reload and ws.reload is not None:
+        ws.reload()  # this process serves the new release at once; others on their next check
     ctx.log("promotion of %s: %s %s", run_id, out["decision"], out.get("release") or "")
     return out
 
@@ -410,7 +409,7 @@ class LoopOutcome:
 
 
 def run_loop(
-    engine: Any,
+    ws: Workspace,
     ctx: Any,
     sources: Sequence[str] = ("feedback",),
     *,
@@ -420,14 +419,14 @@ def run_loop(
     reload: bool = False,
 ) -> dict[str, Any]:
     """Mine, train, evaluate and (gate permitting) promote, once. Too few triplets ends with ``status`` 1."""
-    split = mine(engine, ctx, sources, golden_path=golden_path, corpus=corpus)
-    ts = engine.settings.training
+    split = mine(ws, ctx, sources, golden_path=golden_path, corpus=corpus)
+    ts = ws.settings.training
     if len(split.train) < ts.min_triplets:
         msg = (_bootstrap_shortfall(split, ts.min_triplets) if "bootstrap" in sources else
                f"Too few training triplets: {len(split.train)} (need {ts.min_triplets}). Send more feedback, "
                "add golden.json questions, or run `agro bootstrap`.")
         ctx.log(msg)
-        d = run_dir(Path(engine.home) / "models", ctx.run_id)
+        d = run_dir(Path(ws.home) / "models", ctx.run_id)
         write_split(d, split)
         write_json_atomic(d / "run.json", {"run_id": ctx.run_id, "state": "skipped", "reason": msg,
                                            "split": split.info})
@@ -436,21 +435,21 @@ def run_loop(
         from training.learning.trainer import TrainingCancelled
 
         raise TrainingCancelled(f"run {ctx.run_id} was cancelled")
-    export_triplets(engine, split)
+    export_triplets(ws, split)
     folds = cv_folds(split, ts) if "bootstrap" not in sources else None
     if folds is not None:
-        return _run_cross_validated(engine, ctx, split, folds, sources, promote=promote, reload=reload)
+        return _run_cross_validated(ws, ctx, split, folds, sources, promote=promote, reload=reload)
     if ts.model_kind == "auto":
-        return _run_both_kinds(engine, ctx, split, sources, promote=promote, reload=reload)
-    run = train_step(engine, ctx, split, extra={"sources": list(sources)})
-    ev = evaluate_run(engine, ctx, ctx.run_id)
+        return _run_both_kinds(ws, ctx, split, sources, promote=promote, reload=reload)
+    run = train_step(ws, ctx, split, extra={"sources": list(sources)})
+    ev = evaluate_run(ws, ctx, ctx.run_id)
     out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": ev["decision"],
                            "table": ev.get("table"), "mined": split.info.get("sources"), "blend": run.get("blend"),
                            "history": split.info.get("history"), "train_triplets": len(split.train)}
     if not promote:
         out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
         return out
-    pr = promote_step(engine, ctx, ctx.run_id, reload=reload)
+    pr = promote_step(ws, ctx, ctx.run_id, reload=reload)
     out.update(decision=pr["decision"], release=pr.get("release"),
                status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
     return out
@@ -489,12 +488,12 @@ class _FoldCtx:
         return self.parent.cancelled()
 
 
-def _run_cross_validated(engine: Any, ctx: Any, split: MinedSplit, folds: list[set[str]], sources: Sequence[str],
+def _run_cross_validated(ws: Workspace, ctx: Any, split: MinedSplit, folds: list[set[str]], sources: Sequence[str],
                          *, promote: bool, reload: bool) -> dict[str, Any]:
     """k candidates, each trained without one fold and judged on it; the gate decides on the pooled per-question
     rows; then one model trained on every question is the run's candidate, released with that evidence."""
-    ts = engine.settings.training
-    models_dir = Path(engine.home) / "models"
+    ts = ws.settings.training
+    models_dir = Path(ws.home) / "models"
     every = split.train + split.heldout
     k = len(folds)
     pooled: dict[str, list] = {}
@@ -506,8 +505,8 @@ def _run_cross_validated(engine: Any, ctx: Any, split: MinedSplit, folds: list[s
         held = [t for t in every if query_key(t.corpus, t.query) in keys]
         train = [t for t in every if query_key(t.corpus, t.query) not in keys]
         fsplit = MinedSplit(train, held, {**split.info, "cv": {"fold": i, "folds": k, "questions": len(keys)}})
-        train_step(engine, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id})
-        ev = evaluate_run(engine, fctx, fctx.run_id)
+        train_step(ws, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id})
+        ev = evaluate_run(ws, fctx, fctx.run_id)
         for c, rows in (ev.get("per_query") or {}).items():
             pooled.setdefault(c, []).extend(rows)
         info.append({"fold": i, "run_id": fctx.run_id, "questions": len(keys),
@@ -519,7 +518,7 @@ def _run_cross_validated(engine: Any, ctx: Any, split: MinedSplit, folds: list[s
                                f"({len(pooled.get('candidate', []))} pooled)")
     final = MinedSplit(every, [], {**split.info, "cv": {"folds": k, "trained_on": "every question"}})
     final_ctx = _FoldCtx(ctx, ctx.run_id, k / (k + 1), 0.97)
-    run = train_step(engine, final_ctx, final, extra={"sources": list(sources), "cross_validated": k})
+    run = train_step(ws, final_ctx, final, extra={"sources": list(sources), "cross_validated": k})
     cur = current_release(models_dir)
     result = {"run_id": ctx.run_id, "decision": decision.to_dict(), "table": None,
               "notes": [f"released with the pooled evidence of {k} cross-validation folds"],
@@ -533,21 +532,21 @@ def _run_cross_validated(engine: Any, ctx: Any, split: MinedSplit, folds: list[s
     if not promote:
         out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
         return out
-    pr = promote_step(engine, ctx, ctx.run_id, reload=reload)
+    pr = promote_step(ws, ctx, ctx.run_id, reload=reload)
     out.update(decision=pr["decision"], release=pr.get("release"),
                status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
     return out
 
 
-def _run_both_kinds(engine: Any, ctx: Any, split: MinedSplit, sources: Sequence[str], *, promote: bool,
+def _run_both_kinds(ws: Workspace, ctx: Any, split: MinedSplit, sources: Sequence[str], *, promote: bool,
                     reload: bool) -> dict[str, Any]:
     """``model_kind=auto``: a bi-encoder candidate, then a cross-encoder one when the first took less than half
     of ``time_budget_sec``; each is judged by the gate on the same held-out questions, and the one with the larger
     paired MRR@10 gain among those the gate accepts is promoted (its run.json records the choice and why)."""
     import time
 
-    ts = engine.settings.training
-    models_dir = Path(engine.home) / "models"
+    ts = ws.settings.training
+    models_dir = Path(ws.home) / "models"
     t0 = time.monotonic()
     tried: list[dict[str, Any]] = []
     for i, kind in enumerate(("bi-encoder", "cross-encoder")):
@@ -557,8 +556,8 @@ def _run_both_kinds(engine: Any, ctx: Any, split: MinedSplit, sources: Sequence[
                                                    f"AGRO_TRAINING_TIME_BUDGET_SEC {ts.time_budget_sec}"})
             continue
         sub = _FoldCtx(ctx, f"{ctx.run_id}-{'bi' if kind == 'bi-encoder' else 'ce'}", 0.45 * i, 0.45 * (i + 1))
-        run = train_step(engine, sub, split, extra={"sources": list(sources), "kind_of": ctx.run_id}, kind=kind)
-        ev = evaluate_run(engine, sub, sub.run_id)
+        run = train_step(ws, sub, split, extra={"sources": list(sources), "kind_of": ctx.run_id}, kind=kind)
+        ev = evaluate_run(ws, sub, sub.run_id)
         best = ev["decision"]["figures"].get("best_other")
         gain = (ev["decision"]["figures"].get(f"mrr_gain_vs_{best}") or {}).get("mean") if best else None
         tried.append({"kind": kind, "run_id": sub.run_id, "promote": ev["decision"]["promote"], "gain": gain,
@@ -583,7 +582,7 @@ def _run_both_kinds(engine: Any, ctx: Any, split: MinedSplit, sources: Sequence[
     if not promote:
         out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
         return out
-    pr = promote_step(engine, ctx, chosen["run_id"], reload=reload)
+    pr = promote_step(ws, ctx, chosen["run_id"], reload=reload)
     out.update(decision=pr["decision"], release=pr.get("release"),
                status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
     return out
@@ -614,7 +613,7 @@ def _bootstrap_shortfall(split: MinedSplit, need: int) -> str:
             "write golden.json questions and run `agro loop --golden golden.json`.")
 
 
-def run_bootstrap(engine: Any, ctx: Any, corpus: str | None = None, *, promote: bool = True,
+def run_bootstrap(ws: Workspace, ctx: Any, corpus: str | None = None, *, promote: bool = True,
                   reload: bool = False) -> dict[str, Any]:
     """The corpus bootstrap end to end: mine (doc, code) pairs of the indexed corpus, train, evaluate, promote."""
-    return run_loop(engine, ctx, ("bootstrap",), corpus=corpus, promote=promote, reload=reload)
+    return run_loop(ws, ctx, ("bootstrap",), corpus=corpus, promote=promote, reload=reload)

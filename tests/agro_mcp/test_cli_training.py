@@ -107,25 +107,25 @@ def test_admin_actions_answer_or_say_what_to_do(env):
 
     eng = Engine(load_settings())
     try:
-        st = run_admin_action(eng, "status")
+        st = run_admin_action(eng.workspace, "status")
         assert st == {"jobs": [], "training_lock": None, "current_release": None}
-        assert run_admin_action(eng, "runs") == {"runs": [], "releases": []}
+        assert run_admin_action(eng.workspace, "runs") == {"runs": [], "releases": []}
         for action, kw, msg in [("eval_latest", {}, "No evaluation yet"), ("logs", {}, "needs run_id"),
                                 ("cancel", {"run_id": "nope"}, "Unknown run_id"), ("rollback", {}, "No current release"),
                                 ("promote", {}, "No succeeded training run"), ("train", {"run_id": "../x"}, "run_id"),
                                 ("bogus", {}, "action expects")]:
             with pytest.raises(AdminError, match=msg):
-                run_admin_action(eng, action, **kw)
-        rid = run_admin_action(eng, "mine")["run_id"]
+                run_admin_action(eng.workspace, action, **kw)
+        rid = run_admin_action(eng.workspace, "mine")["run_id"]
         import time
 
         for _ in range(200):
-            job = run_admin_action(eng, "status", run_id=rid)["job"]
+            job = run_admin_action(eng.workspace, "status", run_id=rid)["job"]
             if job["state"] in ("succeeded", "failed"):
                 break
             time.sleep(0.05)
         assert job["state"] == "succeeded" and job["result"]["train"] == 0
-        assert any("mined" in line for line in run_admin_action(eng, "logs", run_id=rid)["lines"])
+        assert any("mined" in line for line in run_admin_action(eng.workspace, "logs", run_id=rid)["lines"])
     finally:
         eng.close()
 

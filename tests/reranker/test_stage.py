@@ -238,7 +238,8 @@ def test_a_release_is_blended_with_its_dense_weight_unless_the_user_set_one():
 
 
 def test_a_query_far_longer_than_any_training_question_keeps_the_fused_order(tiny_dir):
-    from training.evaluation.run import make_rerank_fn
+    from reranker.path import RankingPath
+    from retrieval.settings import RetrievalSettings
 
     scorer = CrossEncoderScorer.load(tiny_dir, backend="fp32")
     rel = LoadedReranker(scorer=scorer, model_id="r", manifest={"data": {"query_tokens_max": 20}})
@@ -255,9 +256,9 @@ def test_a_query_far_longer_than_any_training_question_keeps_the_fused_order(tin
     # switched off, or a model without the record (named by path, an older release): every query is reranked
     assert rerank(long_q, hits, rel, RerankerSettings(query_max_tokens=16, long_query_factor=0), None).used
     assert rerank(long_q, hits, loaded(scorer), st, None).used
-    # evaluations score such a query in the order it is served in (fused), instead of failing
-    ranked, ms = make_rerank_fn(rel, st)(long_q, hits)
-    assert [h.doc_id for h in ranked] == [h.doc_id for h in hits] and ms >= 0.0
+    # the ranking path (what evaluations score) serves such a query in the fused order, marked as by design
+    path_out = RankingPath(RetrievalSettings(), st, lambda: None, rel).rerank(long_q, hits)
+    assert path_out.kept_fused and [h.doc_id for h in path_out.hits] == [h.doc_id for h in hits]
 
 
 class KeywordScorer(TableScorer):

@@ -55,7 +55,7 @@ def test_bootstrap_mines_usage_pairs_from_call_sites_when_given_a_share(tmp_path
                  embedder=embedder)
     try:
         eng.index(repo, "trips")
-        split = mine(eng, Ctx(), ["bootstrap"], corpus="trips")
+        split = mine(eng.workspace, Ctx(), ["bootstrap"], corpus="trips")
     finally:
         eng.close()
     rows = split.train + split.heldout
@@ -92,7 +92,7 @@ def test_bootstrap_without_docstrings_or_history_mines_identifier_pairs(tmp_path
     eng = Engine(make_settings(AGRO_TRAINING_HELDOUT_FRACTION="0.01"), embedder=embedder)
     try:
         eng.index(repo, "net")
-        split = mine(eng, Ctx(), ["bootstrap"], corpus="net")
+        split = mine(eng.workspace, Ctx(), ["bootstrap"], corpus="net")
     finally:
         eng.close()
     rows = split.train + split.heldout
@@ -117,7 +117,7 @@ def test_bootstrap_on_a_git_work_tree_mines_history_and_holds_out_the_newest_com
     eng = Engine(make_settings(AGRO_TRAINING_HELDOUT_FRACTION="0.3"), embedder=embedder)
     try:
         eng.index(repo.root, "calc")
-        split = mine(eng, Ctx(), ["bootstrap"], corpus="calc")
+        split = mine(eng.workspace, Ctx(), ["bootstrap"], corpus="calc")
     finally:
         eng.close()
     assert split.info["sources"] == {"history:calc": 10}  # history alone: docstring pairs are not mined beside it
@@ -168,7 +168,8 @@ def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with
     try:
         eng.index(repo, "jobs")
         run_id, res = run_job(eng.store, settings.server.home, "loop",
-                              lambda ctx: run_loop(eng, ctx, ["golden"], golden_path=tmp_path / "golden.json"))
+                              lambda ctx: run_loop(eng.workspace, ctx, ["golden"],
+                                                   golden_path=tmp_path / "golden.json"))
     finally:
         eng.close()
     folds = res["cross_validation"]
@@ -206,7 +207,8 @@ def test_model_kind_auto_trains_both_kinds_and_records_which_the_gate_chose(tmp_
     try:
         eng.index(repo, "jobs")
         run_id, res = run_job(eng.store, settings.server.home, "loop",
-                              lambda ctx: run_loop(eng, ctx, ["golden"], golden_path=tmp_path / "golden.json"))
+                              lambda ctx: run_loop(eng.workspace, ctx, ["golden"],
+                                                   golden_path=tmp_path / "golden.json"))
     finally:
         eng.close()
     choice = res["kind_choice"]

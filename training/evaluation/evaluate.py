@@ -36,7 +36,6 @@ __all__ = [
     "RUN_TOP_K",
     "RankFn",
     "Ranking",
-    "RerankFn",
     "evaluate",
     "loc_of",
 ]
@@ -56,7 +55,6 @@ class Ranking:
 
 
 RankFn = Callable[[EvalQuery], "Sequence[Hit] | Ranking"]
-RerankFn = Callable[[str, list[Hit]], tuple[list[Hit], float]]  # (reordered hits, rerank ms)
 
 
 def loc_of(item: Any) -> Loc:

@@ -3,18 +3,19 @@ dataset, indexing the corpora it needs first."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from retrieval.types import Hit
+from reranker.manager import LoadedReranker
+from reranker.path import RankingPath
+from reranker.settings import RerankerSettings
 from training.evaluation.datasets import BenchSet, EvalError, EvalQuery, load_dataset, self_paths
-from training.evaluation.evaluate import CONFIGS, LEVELS, RUN_TOP_K, EvalReport, RankFn, Ranking, RerankFn, evaluate
+from training.evaluation.evaluate import CONFIGS, LEVELS, RUN_TOP_K, EvalReport, RankFn, Ranking, evaluate
 
-__all__ = ["load_rerank_fn", "make_rerank_fn", "run_evaluation"]
+__all__ = ["load_reranker", "run_evaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,33 +47,6 @@ def _ensure_index(backend: Any, corpus: str, root: Path | None, index_settings, 
     return backend.load_current(corpus)
 
 
-def _copy_hits(hits: Sequence[Hit]) -> list[Hit]:
-    return [dataclasses.replace(h, extra=dict(h.extra)) for h in hits]
-
-
-def make_rerank_fn(loaded_model: Any, settings: Any, cache: Any = None) -> RerankFn:
-    """Adapt ``reranker.stage.rerank`` (imported lazily) to ``(query, hits) -> (hits, ms)``.
-
-    A query the release keeps in the fused order by design (``long_query_factor``) is scored in that order, as
-    it is served.
-
-    Raises:
-        EvalError: when the reranker fell back instead of reranking (an evaluation must not score a fallback
-            as the reranker).
-    """
-    from reranker.stage import rerank
-
-    def fn(query: str, hits: list[Hit]) -> tuple[list[Hit], float]:
-        out = rerank(query, hits, loaded_model, settings, cache=cache)
-        if out.kept_fused:  # served in the fused order by design (too long for this release): scored so
-            return list(out.hits), float(out.ms)
-        if not out.used:
-            raise EvalError(f"the reranker did not run ({out.fallback_reason}); fix it or drop 'fused+rerank'")
-        return list(out.hits), float(out.ms)
-
-    return fn
-
-
 def _model_manifest(model_dir: Path) -> dict[str, Any] | None:
     """A release folder's ``manifest.json``, or for a run's ``model/`` folder its ``run.json`` (both may carry the
     calibrated ``blend``); None for any other folder or hub id."""
@@ -86,17 +60,16 @@ def _model_manifest(model_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | None = None,
-                   manifest: dict[str, Any] | None = None) -> RerankFn:
-    """Load a cross-encoder (a candidate run or a release folder) and adapt it with :func:`make_rerank_fn`.
+def load_reranker(model_ref: str | Path, settings: RerankerSettings, *, release_id: str | None = None,
+                  manifest: dict[str, Any] | None = None) -> LoadedReranker:
+    """Load a cross-encoder (a candidate run or a release folder) to rank with as it would be served.
 
-    It is blended as it would be served: with the calibrated alpha of ``manifest`` (default: the release's
-    ``manifest.json`` or the run's ``run.json``), unless the settings set alpha explicitly.
+    It is blended with the calibrated alpha of ``manifest`` (default: the release's ``manifest.json`` or the run's
+    ``run.json``), unless the settings set alpha explicitly.
 
     Raises:
         reranker.model.RerankerLoadError: when the folder holds no usable cross-encoder.
     """
-    from reranker.manager import LoadedReranker
     from reranker.model import load_scorer
 
     scorer = load_scorer(
@@ -106,9 +79,8 @@ def load_rerank_fn(model_ref: str | Path, settings: Any, *, release_id: str | No
     # The manifest's ``blend`` (a calibrated alpha) weighs this model as serving would.
     if manifest is None:
         manifest = _model_manifest(Path(model_ref))
-    loaded = LoadedReranker(scorer=scorer, model_id=release_id or str(model_ref), release_id=release_id,
-                            target=str(model_ref), manifest=manifest)
-    return make_rerank_fn(loaded, settings)
+    return LoadedReranker(scorer=scorer, model_id=release_id or str(model_ref), release_id=release_id,
+                          target=str(model_ref), manifest=manifest)
 
 
 def run_evaluation(
@@ -118,10 +90,10 @@ def run_evaluation(
     retrieval_settings: Any = None,
     *,
     configs: Sequence[str] = ("bm25", "dense", "fused", "fused+rerank"),
-    rerank_fn: RerankFn | None = None,
+    rerank_path: RankingPath | None = None,
     candidate_model: str | None = None,
-    candidate_rerank_fn: RerankFn | None = None,
-    reranker_settings: Any = None,
+    candidate_path: RankingPath | None = None,
+    reranker_settings: RerankerSettings | None = None,
     model: str | None = None,
     roots: Mapping[str, Path] | None = None,
     embedder: Any = None,
@@ -142,10 +114,11 @@ def run_evaluation(
         index_settings, retrieval_settings: defaults when None.
         configs: among ``bm25``, ``dense``, ``fused``, ``fused+rerank``; ``fused+candidate`` is added when a
             candidate is given.
-        rerank_fn: the current reranker as ``(query, hits) -> (hits, ms)`` (see :func:`make_rerank_fn`);
-            required for ``fused+rerank``.
+        rerank_path: the ranking path with the current reranker (required for ``fused+rerank``). Its second stage
+            (reranker, stage settings, cache) ranks this evaluation's fused candidates, exactly as a search does.
         candidate_model: folder of a candidate cross-encoder, loaded with ``reranker_settings`` (see
-            :func:`load_rerank_fn`) unless ``candidate_rerank_fn`` is given.
+            :func:`load_reranker`) unless ``candidate_path`` is given.
+        candidate_path: the ranking path with the candidate's second stage (``fused+candidate``).
         model: id of the current reranker, recorded in the report.
         roots: corpus id -> folder, for corpora not indexed yet (golden.json's own folder is known).
         limit: score only the first ``limit`` queries (smoke runs).
@@ -163,27 +136,33 @@ def run_evaluation(
     if not queries:
         raise EvalError(f"The evaluation set {name!r} is empty: no queries to score.")
     configs = list(configs)
-    if (candidate_model or candidate_rerank_fn) and "fused+candidate" not in configs:
+    if (candidate_model or candidate_path) and "fused+candidate" not in configs:
         configs.append("fused+candidate")
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise EvalError(f"configs expects values among {CONFIGS}, but got {unknown}")
-    if "fused+rerank" in configs and rerank_fn is None:
-        raise EvalError("config 'fused+rerank' needs a reranker (rerank_fn); pass one or drop the config")
-    if "fused+candidate" in configs and candidate_rerank_fn is None:
-        if candidate_model is None:
-            raise EvalError("config 'fused+candidate' needs candidate_model or candidate_rerank_fn")
-        from reranker.settings import RerankerSettings
-
-        candidate_rerank_fn = load_rerank_fn(candidate_model, reranker_settings or RerankerSettings())
+    if "fused+rerank" in configs and rerank_path is None:
+        raise EvalError("config 'fused+rerank' needs a reranker (rerank_path); pass one or drop the config")
+    if "fused+candidate" in configs and candidate_path is None and candidate_model is None:
+        raise EvalError("config 'fused+candidate' needs candidate_model or candidate_path")
 
     from retrieval.embed import load_embedder
-    from retrieval.search import search
     from retrieval.settings import IndexSettings, RetrievalSettings
 
     index_settings = index_settings or IndexSettings()
     retrieval_settings = retrieval_settings or RetrievalSettings()
+    reranker_settings = reranker_settings or RerankerSettings()
     embedder = embedder or load_embedder(retrieval_settings)
+    base = RankingPath(retrieval_settings, reranker_settings, lambda: embedder)
+    stages: dict[str, RankingPath] = {}
+    if "fused+rerank" in configs:
+        stages["fused+rerank"] = base.with_reranker(rerank_path.reranker, rerank_path.settings,  # type: ignore[union-attr]
+                                                    rerank_path.cache)  # type: ignore[union-attr]
+    if "fused+candidate" in configs:
+        if candidate_path is None:
+            candidate_path = base.with_reranker(load_reranker(candidate_model, reranker_settings))  # type: ignore[arg-type]
+        stages["fused+candidate"] = base.with_reranker(candidate_path.reranker, candidate_path.settings,
+                                                       candidate_path.cache)
     if index_backend is None:
         from retrieval.backend import EmbeddedIndexBackend
 
@@ -193,43 +172,29 @@ def run_evaluation(
         or _ensure_index(index_backend, c, known_roots.get(c), index_settings, retrieval_settings, embedder)
         for c in dict.fromkeys(q.corpus for q in queries)
     }
-    fused_cache: dict[str, Ranking] = {}
 
     def searcher(mode: str) -> RankFn:
         def fn(q: EvalQuery) -> Ranking:
             # No query-vector cache: every config pays for its own query embedding, so latencies compare.
-            res = search(gens[q.corpus], embedder, q.query, k, retrieval_settings, mode=mode, use_query_cache=False)
-            skip = excluded.get(q.corpus, ())
-            return Ranking([h for h in res.hits if h.chunk.path not in skip], dict(res.timings))
+            res = base.retrieve(gens[q.corpus], q.query, k, mode, exclude_paths=excluded.get(q.corpus, ()),
+                                use_query_cache=False)
+            return Ranking(res.hits, dict(res.timings))
 
         return fn
 
-    def fused(q: EvalQuery) -> Ranking:
-        if q.qid not in fused_cache:
-            fused_cache.clear()
-            fused_cache[q.qid] = searcher("fused")(q)
-        return fused_cache[q.qid]
-
-    def reranked(fn: RerankFn) -> RankFn:
+    def ranked(path: RankingPath) -> RankFn:
         def rank(q: EvalQuery) -> Ranking:
-            base = fused(q)
-            hits, ms = fn(q.query, _copy_hits(base.hits))
-            timings = dict(base.timings_ms, rerank=ms)
-            timings["total"] = float(base.timings_ms.get("total", 0.0)) + ms
-            return Ranking(hits, timings)
+            r = path.rank(gens[q.corpus], q.query, k, rerank=True, exclude_paths=excluded.get(q.corpus, ()),
+                          use_query_cache=False)
+            # A query the release keeps in the fused order by design (``long_query_factor``) is scored in that
+            # order, as it is served; any other fallback must not be scored as the reranker.
+            if r.hits and not r.reranking_used and not r.kept_fused:
+                raise EvalError(f"the reranker did not run ({r.fallback_reason}); fix it or drop the config")
+            return Ranking(r.hits, r.timings)
 
         return rank
 
-    table: dict[str, RankFn] = {}
-    for c in configs:
-        if c in ("bm25", "dense"):
-            table[c] = searcher(c)
-        elif c == "fused":
-            table[c] = fused
-        elif c == "fused+rerank":
-            table[c] = reranked(rerank_fn)  # type: ignore[arg-type]
-        else:
-            table[c] = reranked(candidate_rerank_fn)  # type: ignore[arg-type]
+    table: dict[str, RankFn] = {c: ranked(stages[c]) if c in stages else searcher(c) for c in configs}
     report = evaluate(queries, table, levels, name=name, model=model, progress=progress)
     if candidate_model:
         report.notes.append(f"candidate: {candidate_model}")

@@ -7,10 +7,11 @@ names, so one mapper per record serves both (a ``sqlite3.Row`` and a psycopg dic
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -33,11 +34,17 @@ __all__ = [
     "evaluation_from_row",
     "event_from_row",
     "feedback_from_row",
+    "check_job_transition",
     "job_from_row",
+    "job_update_sets",
+    "lock_is_held",
+    "promotion_from_row",
     "new_run_id",
     "pid_alive",
     "query_event_from_hits",
 ]
+
+logger = logging.getLogger(__name__)
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -301,3 +308,69 @@ def job_from_row(row: Row) -> JobRecord:
         error=row["error"],
         cancel_requested=bool(row["cancel_requested"]),
     )
+
+
+def promotion_from_row(row: Row) -> dict[str, Any]:
+    """A stored promotion row as a dict: id, ts, decision, candidate, release, payload (decoded)."""
+    return {
+        "id": row["id"],
+        "ts": row["ts"],
+        "decision": row["decision"],
+        "candidate": row["candidate"],
+        "release": row["release"],
+        "payload": json.loads(row["payload"]),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- jobs, locks
+def job_update_sets(
+    state: str | None,
+    progress: float | None,
+    message: str | None,
+    result: Any,
+    error: str | None,
+    pid: int | None,
+    mark: str,
+) -> tuple[list[str], list[Any]]:
+    """The ``column = <mark>`` assignments and their values for a job update: ``updated`` always, each field given,
+    and ``pid`` when given or when the job starts running (this process). ``mark`` is the driver's placeholder.
+
+    Raises:
+        StoreError: for a state that is not one of :data:`JOB_STATES`.
+    """
+    if state is not None and state not in JOB_STATES:
+        raise StoreError(f"job state expects one of {', '.join(JOB_STATES)}, but got {state!r}")
+    sets, args = [f"updated = {mark}"], [time.time()]
+    for col, value in (("state", state), ("progress", progress), ("message", message), ("error", error)):
+        if value is not None:
+            sets.append(f"{col} = {mark}")
+            args.append(value)
+    if result is not None:
+        sets.append(f"result = {mark}")
+        args.append(json.dumps(result, ensure_ascii=False))
+    if pid is not None or state == "running":
+        sets.append(f"pid = {mark}")
+        args.append(pid if pid is not None else os.getpid())
+    return sets, args
+
+
+def check_job_transition(run_id: str, current: str | None, state: str | None) -> None:
+    """Refuse an update of an unknown job (``current`` None) or a change of a finished job's state."""
+    if current is None:
+        raise StoreError(f"Unknown run_id {run_id!r}: list jobs with `agro jobs` or reranker_admin status")
+    if state is not None and current in TERMINAL_STATES and state != current:
+        raise StoreError(f"job {run_id} already {current}; cannot move it to {state}")
+
+
+def lock_is_held(name: str, row: Row | None, owner: str, now: float, host: str, stale_after: float,
+                 is_alive: Callable[[int], bool]) -> bool:
+    """Whether lock ``name`` (its stored ``row``: owner, pid, host, heartbeat) is held by another owner that is still
+    alive. A stale holder (its process on this host gone, or a heartbeat older than ``stale_after`` seconds) is not:
+    the takeover is logged."""
+    if row is None or row["owner"] == owner:
+        return False
+    dead = row["host"] == host and row["pid"] is not None and not is_alive(row["pid"])
+    if not dead and now - row["heartbeat"] <= stale_after:
+        return True
+    logger.warning("taking over stale lock %r from %s (pid %s on %s)", name, row["owner"], row["pid"], row["host"])
+    return False

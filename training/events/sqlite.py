@@ -12,25 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.types import Hit
 from training.events import records
+from training.events.base import StoreBase
+from training.events.sqlite_jobs import SqliteJobs
+from training.events.sqlite_schema import MIGRATIONS as _MIGRATIONS
+from training.events.sqlite_schema import SCHEMA_VERSION
 from training.events.records import (
-    JOB_STATES,
-    TERMINAL_STATES,
     ChunkText,
     FeedbackRecord,
-    JobRecord,
     QueryEvent,
     StoreError,
     StoreVersionError,
@@ -38,10 +36,7 @@ from training.events.records import (
     evaluation_from_row,
     event_from_row,
     feedback_from_row,
-    job_from_row,
-    new_run_id,
-    pid_alive,
-    query_event_from_hits,
+    promotion_from_row,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
@@ -49,110 +44,6 @@ __all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
 logger = logging.getLogger(__name__)
 
 _BUSY_TIMEOUT_MS = 30_000
-
-
-# --------------------------------------------------------------------------------------------------- schema
-# Append only: never edit a migration that has shipped, add a new one. Each runs in one transaction.
-_MIGRATIONS: list[tuple[str, ...]] = [
-    (  # 1: initial schema
-        """CREATE TABLE corpora (
-            id TEXT PRIMARY KEY,
-            root TEXT,
-            created REAL NOT NULL)""",
-        """CREATE TABLE query_events (
-            event_id TEXT PRIMARY KEY,
-            ts REAL NOT NULL,
-            corpus TEXT NOT NULL,
-            query TEXT NOT NULL,
-            k INTEGER NOT NULL,
-            reranker_model TEXT,
-            reranking_used INTEGER NOT NULL DEFAULT 0,
-            fallback_reason TEXT,
-            latency_ms REAL,
-            index_generation TEXT,
-            source TEXT NOT NULL DEFAULT 'search')""",
-        "CREATE INDEX query_events_ts ON query_events(ts)",
-        "CREATE INDEX query_events_corpus_ts ON query_events(corpus, ts)",
-        """CREATE TABLE query_results (
-            event_id TEXT NOT NULL REFERENCES query_events(event_id) ON DELETE CASCADE,
-            rank INTEGER NOT NULL,
-            doc_id TEXT NOT NULL,
-            chunk_hash TEXT,
-            path TEXT NOT NULL,
-            start_line INTEGER,
-            end_line INTEGER,
-            fused_score REAL,
-            rerank_score REAL,
-            score REAL,
-            bm25_rank INTEGER,
-            dense_rank INTEGER,
-            PRIMARY KEY (event_id, rank)) WITHOUT ROWID""",
-        """CREATE TABLE chunk_texts (
-            hash TEXT PRIMARY KEY,
-            text TEXT NOT NULL,
-            path TEXT,
-            language TEXT,
-            symbol TEXT)""",
-        """CREATE TABLE feedback (
-            feedback_id TEXT PRIMARY KEY,
-            event_id TEXT NOT NULL REFERENCES query_events(event_id) ON DELETE CASCADE,
-            ts REAL NOT NULL,
-            signal TEXT NOT NULL,
-            doc_id TEXT,
-            rating INTEGER,
-            path TEXT,
-            start_line INTEGER,
-            end_line INTEGER,
-            note TEXT,
-            dedupe_key TEXT NOT NULL UNIQUE)""",
-        "CREATE INDEX feedback_event ON feedback(event_id)",
-        "CREATE INDEX feedback_ts ON feedback(ts)",
-        """CREATE TABLE evaluations (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts REAL NOT NULL,
-            name TEXT NOT NULL,
-            model TEXT,
-            payload TEXT NOT NULL)""",
-        "CREATE INDEX evaluations_name_ts ON evaluations(name, ts)",
-        """CREATE TABLE promotions (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts REAL NOT NULL,
-            decision TEXT NOT NULL,
-            candidate TEXT,
-            release TEXT,
-            payload TEXT NOT NULL)""",
-        """CREATE TABLE jobs (
-            run_id TEXT PRIMARY KEY,
-            kind TEXT NOT NULL,
-            state TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','cancelled')),
-            progress REAL NOT NULL DEFAULT 0,
-            message TEXT,
-            params TEXT NOT NULL DEFAULT '{}',
-            created REAL NOT NULL,
-            updated REAL NOT NULL,
-            pid INTEGER,
-            host TEXT,
-            result TEXT,
-            error TEXT,
-            cancel_requested INTEGER NOT NULL DEFAULT 0)""",
-        "CREATE INDEX jobs_created ON jobs(created)",
-        """CREATE TABLE job_logs (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            run_id TEXT NOT NULL REFERENCES jobs(run_id) ON DELETE CASCADE,
-            ts REAL NOT NULL,
-            line TEXT NOT NULL)""",
-        "CREATE INDEX job_logs_run ON job_logs(run_id, id)",
-        """CREATE TABLE locks (
-            name TEXT PRIMARY KEY,
-            owner TEXT NOT NULL,
-            pid INTEGER,
-            host TEXT,
-            acquired REAL NOT NULL,
-            heartbeat REAL NOT NULL)""",
-    ),
-]
-
-SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 @dataclass(slots=True)
@@ -175,7 +66,7 @@ def _set_wal(conn: sqlite3.Connection) -> str:
             time.sleep(0.02)
 
 
-class SqliteEventStore:
+class SqliteEventStore(SqliteJobs, StoreBase):
     """Durable store for the learning loop. Safe to share across threads and processes.
 
     Args:
@@ -278,12 +169,6 @@ class SqliteEventStore:
                     conn.close()
                     del self._conns.by_thread[ident]
 
-    def __enter__(self) -> SqliteEventStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # ---------------------------------------------------------------------------------------- migrations
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -328,29 +213,6 @@ class SqliteEventStore:
         return [(r[0], Path(r[1]) if r[1] is not None else None) for r in rows]
 
     # ---------------------------------------------------------------------------------------- query events
-    def log_query(
-        self,
-        corpus: str,
-        query: str,
-        k: int,
-        hits: Sequence[Hit],
-        *,
-        reranker_model: str | None,
-        reranking_used: bool,
-        fallback_reason: str | None,
-        latency_ms: float,
-        index_generation: str | None,
-        source: str = "search",
-    ) -> str:
-        """Store one search with its ranked hits and their texts in one transaction; return its event_id."""
-        event, texts = query_event_from_hits(
-            corpus, query, k, hits, reranker_model=reranker_model, reranking_used=reranking_used,
-            fallback_reason=fallback_reason, latency_ms=latency_ms, index_generation=index_generation, source=source,
-        )
-        if not self.insert_event(event, texts, durable=False):  # pragma: no cover - uuid4 collision
-            raise StoreError(f"event_id collision on {event.event_id}")
-        return event.event_id
-
     def insert_event(
         self,
         event: QueryEvent,
@@ -457,14 +319,6 @@ class SqliteEventStore:
         row = self._conn().execute("SELECT text FROM chunk_texts WHERE hash = ?", (hash,)).fetchone()
         return row[0] if row is not None else None
 
-    def chunk_texts(self, hashes: Iterable[str]) -> dict[str, str]:
-        """Texts for many hashes at once; missing hashes are absent from the result."""
-        return self._chunk_column(hashes, "text")
-
-    def chunk_symbols(self, hashes: Iterable[str]) -> dict[str, str | None]:
-        """The symbol stored with each chunk text (``None`` for a chunk without one); missing hashes are absent."""
-        return self._chunk_column(hashes, "symbol")
-
     def _chunk_column(self, hashes: Iterable[str], column: str) -> dict[str, Any]:
         assert column in ("text", "symbol")
         wanted = list(dict.fromkeys(hashes))
@@ -477,35 +331,7 @@ class SqliteEventStore:
         return out
 
     # ---------------------------------------------------------------------------------------- feedback
-    def add_feedback(
-        self,
-        event_id: str,
-        signal: str,
-        *,
-        doc_id: str | None = None,
-        rating: int | None = None,
-        path: str | None = None,
-        start_line: int | None = None,
-        end_line: int | None = None,
-        note: str | None = None,
-        ts: float | None = None,
-    ) -> FeedbackRecord:
-        """Store one feedback signal, committed before return. An exact repeat returns the existing record.
-
-        This does no validation beyond the event existing: call :func:`training.events.feedback.submit_feedback`.
-        """
-        record = FeedbackRecord(
-            feedback_id=uuid.uuid4().hex,
-            event_id=event_id,
-            ts=time.time() if ts is None else ts,
-            signal=signal,
-            doc_id=doc_id,
-            rating=rating,
-            path=path,
-            start_line=start_line,
-            end_line=end_line,
-            note=note,
-        )
+    def _store_feedback(self, record: FeedbackRecord) -> FeedbackRecord:
         with self._write() as conn:
             return self._insert_feedback(conn, record)
 
@@ -604,10 +430,6 @@ class SqliteEventStore:
             ).fetchall()
         return [evaluation_from_row(r) for r in rows]
 
-    def latest_evaluation(self, name: str | None = None) -> dict[str, Any] | None:
-        rows = self.list_evaluations(limit=1, name=name)
-        return rows[0] if rows else None
-
     # ---------------------------------------------------------------------------------------- promotions
     def add_promotion(
         self, decision: str, candidate: str | None, release: str | None, payload: dict[str, Any]
@@ -623,172 +445,4 @@ class SqliteEventStore:
     def list_promotions(self, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first: dicts with id, ts, decision, candidate, release, payload."""
         rows = self._conn().execute("SELECT * FROM promotions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [
-            {
-                "id": r["id"],
-                "ts": r["ts"],
-                "decision": r["decision"],
-                "candidate": r["candidate"],
-                "release": r["release"],
-                "payload": json.loads(r["payload"]),
-            }
-            for r in rows
-        ]
-
-    # ---------------------------------------------------------------------------------------- jobs
-    def create_job(self, kind: str, params: dict[str, Any] | None = None, *, run_id: str | None = None) -> str:
-        """Create a queued job and return its run_id (``YYYYmmdd-HHMMSS-<kind>-<hex>``)."""
-        run_id = run_id or new_run_id(kind)
-        now = time.time()
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO jobs (run_id, kind, state, progress, params, created, updated, host) "
-                "VALUES (?, ?, 'queued', 0, ?, ?, ?, ?)",
-                (run_id, kind, json.dumps(params or {}, ensure_ascii=False), now, now, socket.gethostname()),
-            )
-        return run_id
-
-    def update_job(
-        self,
-        run_id: str,
-        state: str | None = None,
-        progress: float | None = None,
-        message: str | None = None,
-        result: Any = None,
-        error: str | None = None,
-        pid: int | None = None,
-    ) -> JobRecord:
-        """Update the given fields of a job. A finished job's state cannot change.
-
-        Raises:
-            StoreError: unknown run_id, unknown state, or a change to a finished job's state.
-        """
-        if state is not None and state not in JOB_STATES:
-            raise StoreError(f"job state expects one of {', '.join(JOB_STATES)}, but got {state!r}")
-        sets, args = ["updated = ?"], [time.time()]
-        for col, value in (("state", state), ("progress", progress), ("message", message), ("error", error)):
-            if value is not None:
-                sets.append(f"{col} = ?")
-                args.append(value)
-        if result is not None:
-            sets.append("result = ?")
-            args.append(json.dumps(result, ensure_ascii=False))
-        if pid is not None or state == "running":
-            sets.append("pid = ?")
-            args.append(pid if pid is not None else os.getpid())
-        with self._write() as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise StoreError(f"Unknown run_id {run_id!r}: list jobs with `agro jobs` or reranker_admin status")
-            if state is not None and row[0] in TERMINAL_STATES and state != row[0]:
-                raise StoreError(f"job {run_id} already {row[0]}; cannot move it to {state}")
-            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE run_id = ?", (*args, run_id))
-            new = conn.execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
-        return job_from_row(new)
-
-    def request_cancel(self, run_id: str) -> JobRecord | None:
-        """Ask a job to stop; a queued job is cancelled at once, a running one when it next checks."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE jobs SET cancel_requested = 1, updated = ?, "
-                "state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END WHERE run_id = ?",
-                (time.time(), run_id),
-            )
-        return self.get_job(run_id)
-
-
-    def get_job(self, run_id: str) -> JobRecord | None:
-        row = self._conn().execute("SELECT * FROM jobs WHERE run_id = ?", (run_id,)).fetchone()
-        return job_from_row(row) if row is not None else None
-
-    def list_jobs(self, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[JobRecord]:
-        """Newest first."""
-        where, args = ["1=1"], []
-        if kind is not None:
-            where.append("kind = ?")
-            args.append(kind)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        rows = self._conn().execute(
-            f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY created DESC, rowid DESC LIMIT ?",
-            (*args, limit),
-        ).fetchall()
-        return [job_from_row(r) for r in rows]
-
-    def reap_dead_jobs(self) -> list[str]:
-        """Mark running jobs whose process on this host has died as failed; return their run_ids."""
-        host = socket.gethostname()
-        dead = [
-            r["run_id"]
-            for r in self._conn().execute("SELECT run_id, pid FROM jobs WHERE state = 'running' AND host = ?", (host,))
-            if r["pid"] is not None and not pid_alive(r["pid"])
-        ]
-        for run_id in dead:
-            with self._write() as conn:
-                conn.execute(
-                    "UPDATE jobs SET state = 'failed', error = 'process died', updated = ? "
-                    "WHERE run_id = ? AND state = 'running'",
-                    (time.time(), run_id),
-                )
-        return dead
-
-    def append_job_log(self, run_id: str, line: str) -> None:
-        with self._write() as conn:
-            conn.execute("INSERT INTO job_logs (run_id, ts, line) VALUES (?,?,?)", (run_id, time.time(), line))
-
-    def job_logs(self, run_id: str, tail: int = 200) -> list[str]:
-        rows = self._conn().execute(
-            "SELECT line FROM job_logs WHERE run_id = ? ORDER BY id DESC LIMIT ?", (run_id, tail)
-        ).fetchall()
-        return [r[0] for r in reversed(rows)]
-
-    # ---------------------------------------------------------------------------------------- locks
-    def acquire_lock(
-        self,
-        name: str,
-        owner: str,
-        *,
-        stale_after: float = 900.0,
-        is_alive: Callable[[int], bool] = pid_alive,
-    ) -> bool:
-        """Take the named lock for ``owner`` (e.g. a run_id); True if now held by it.
-
-        A held lock is taken over when it is stale: its process on this host is gone, or its heartbeat is older
-        than ``stale_after`` seconds (a process on another host, or a hung one). Holders should call
-        :meth:`heartbeat_lock` more often than that.
-        """
-        now, host, pid = time.time(), socket.gethostname(), os.getpid()
-        with self._write() as conn:
-            row = conn.execute("SELECT * FROM locks WHERE name = ?", (name,)).fetchone()
-            if row is not None and row["owner"] != owner:
-                dead = row["host"] == host and row["pid"] is not None and not is_alive(row["pid"])
-                if not dead and now - row["heartbeat"] <= stale_after:
-                    return False
-                logger.warning(
-                    "taking over stale lock %r from %s (pid %s on %s)", name, row["owner"], row["pid"], row["host"]
-                )
-            conn.execute(
-                "INSERT INTO locks (name, owner, pid, host, acquired, heartbeat) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, host = excluded.host, "
-                "acquired = excluded.acquired, heartbeat = excluded.heartbeat",
-                (name, owner, pid, host, now, now),
-            )
-        return True
-
-    def heartbeat_lock(self, name: str, owner: str) -> bool:
-        """Refresh the lock's heartbeat; False if ``owner`` no longer holds it."""
-        with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE locks SET heartbeat = ? WHERE name = ? AND owner = ?", (time.time(), name, owner)
-            )
-        return cur.rowcount == 1
-
-    def release_lock(self, name: str, owner: str) -> bool:
-        with self._write() as conn:
-            cur = conn.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
-        return cur.rowcount == 1
-
-    def lock_holder(self, name: str) -> dict[str, Any] | None:
-        row = self._conn().execute("SELECT * FROM locks WHERE name = ?", (name,)).fetchone()
-        return dict(row) if row is not None else None
+        return [promotion_from_row(r) for r in rows]

@@ -21,7 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from reranker.path import RankingPath, RetrievalBlend
 from training.learning.miners import MinedSplit, Triplet, heldout_questions, split_by_query
+from training.workspace import Workspace
 
 __all__ = ["ALPHA_GRID", "DENSE_WEIGHT_GRID", "calibrate_alpha", "calibration_split", "choose_dense_weight",
            "pick_with_prior"]
@@ -64,22 +66,22 @@ def pick_with_prior(mrr_by_weight: dict[float, float], default: float, margin: f
 
 
 def _mrr_by_weight(
-    engine: Any,
+    ws: Workspace,
     queries: Sequence[Any],
     grid: Sequence[float],
-    rerank_fn_for: Callable[[float], Any],
+    path_for: Callable[[float], RankingPath],
     generations: Mapping[str, Any] | None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[str, dict[float, float], float | None]:
-    """``(level, MRR@10 of fused + rerank_fn_for(w) at each w of grid, fused MRR@10)``: span level, or file level
+    """``(level, MRR@10 of the ranking path_for(w) at each w of grid, fused MRR@10)``: span level, or file level
     where the questions have no span gold."""
     from training.evaluation.run import run_evaluation
 
     level, mrr, fused_mrr = "span", {}, None
     for i, w in enumerate(grid, 1):
-        report = run_evaluation(queries, Path(engine.home), engine.settings.index, engine.settings.retrieval,
-                                configs=("fused",), candidate_rerank_fn=rerank_fn_for(w), embedder=engine.embedder(),
-                                levels=("span", "file"), index_backend=engine.indexes, generations=generations,
+        report = run_evaluation(queries, Path(ws.home), ws.settings.index, ws.settings.retrieval,
+                                configs=("fused",), candidate_path=path_for(w), embedder=ws.embedder(),
+                                levels=("span", "file"), index_backend=ws.indexes, generations=generations,
                                 k=50)
         if not report.metrics["fused+candidate"].get("span"):
             level = "file"
@@ -91,7 +93,7 @@ def _mrr_by_weight(
 
 
 def choose_dense_weight(
-    engine: Any,
+    ws: Workspace,
     questions: Sequence[Triplet],
     *,
     grid: Sequence[float] = DENSE_WEIGHT_GRID,
@@ -111,11 +113,10 @@ def choose_dense_weight(
     gate scores them).
     Returns ``{"dense_weight", "default", "level", "n_queries", "mrr_by_dense_weight"}``.
     """
-    from reranker.stage import retrieval_scores
     from training.evaluation.datasets import queries_from_feedback
 
-    default = float(engine.settings.reranker.dense_weight)
-    known = set(engine.corpora())
+    default = float(ws.settings.reranker.dense_weight)
+    known = set(ws.corpora())
     rows = [r for r in heldout_questions(questions) if r["corpus"] in known]
     if len(rows) < min_queries:
         return {"dense_weight": default, "default": default, "n_queries": len(rows), "reason": (
@@ -125,19 +126,12 @@ def choose_dense_weight(
         rows = random.Random(seed).sample(rows, max_queries)
     chosen = {(r["corpus"], r["query"]) for r in rows}
     generations = views([t for t in questions if (t.corpus, t.query) in chosen]) if views else None
-    topn = engine.settings.reranker.topn
 
-    def reorder(w: float):
-        def fn(query: str, hits: list) -> tuple[list, float]:
-            n = len(hits) if topn == 0 else min(topn, len(hits))
-            head = hits[:n]
-            s = retrieval_scores([h.fused_score for h in head], [h.dense_score for h in head], w)
-            order = sorted(range(n), key=lambda i: -s[i])  # stable: ties keep fused order
-            return [head[i] for i in order] + list(hits[n:]), 0.0
-        return fn
+    def retrieval_blend(w: float) -> RankingPath:  # the head ordered by the blend's retrieval side at w, no model
+        return ws.path.with_reranker(RetrievalBlend(w))
 
-    level, mrr, _ = _mrr_by_weight(engine, queries_from_feedback(rows), sorted({*map(float, grid), default}),
-                                   reorder, generations)
+    level, mrr, _ = _mrr_by_weight(ws, queries_from_feedback(rows), sorted({*map(float, grid), default}),
+                                   retrieval_blend, generations)
     w = pick_with_prior(mrr, default)
     logger.info("dense weight on %d training questions (%s level): %.2f (default %.2f; MRR@10 by weight %s)",
                 len(rows), level, w, default, ", ".join(f"{k:.2f}: {m:.3f}" for k, m in mrr.items()))
@@ -146,7 +140,7 @@ def choose_dense_weight(
 
 
 def calibrate_alpha(
-    engine: Any,
+    ws: Workspace,
     model_dir: Path,
     calibration: Sequence[Triplet],
     *,
@@ -169,11 +163,10 @@ def calibrate_alpha(
     from reranker.manager import LoadedReranker
     from reranker.model import load_scorer
     from training.evaluation.datasets import queries_from_feedback
-    from training.evaluation.run import make_rerank_fn
 
-    known = set(engine.corpora())
+    known = set(ws.corpora())
     rows = [r for r in heldout_questions(calibration) if r["corpus"] in known]
-    rr = engine.settings.reranker
+    rr = ws.settings.reranker
     if not rows:
         return {"alpha": None, "reason": "no calibration question is on an indexed corpus", "n_queries": 0}
     scorer = load_scorer(model_dir, backend=rr.backend, maxlen=rr.maxlen,
@@ -182,10 +175,11 @@ def calibrate_alpha(
     cache = ScoreCache(max(1024, 2 * len(rows) * max(rr.topn, 50)))
     prior = float(rr.alpha if default is None else default)
 
-    def blend_at(a: float):
-        return make_rerank_fn(loaded, rr.model_copy(update={"alpha": a, "dense_weight": float(dense_weight)}), cache)
+    def blend_at(a: float) -> RankingPath:
+        return ws.path.with_reranker(loaded, rr.model_copy(update={"alpha": a, "dense_weight": float(dense_weight)}),
+                                     cache)
 
-    level, mrr, fused_mrr = _mrr_by_weight(engine, queries_from_feedback(rows), sorted({*map(float, grid), prior}),
+    level, mrr, fused_mrr = _mrr_by_weight(ws, queries_from_feedback(rows), sorted({*map(float, grid), prior}),
                                            blend_at, generations, progress)
     alpha = pick_with_prior(mrr, prior)
     logger.info("calibration on %d questions (%s level): alpha %.1f (default %.1f; MRR@10 %.3f; fused %.3f; by alpha "

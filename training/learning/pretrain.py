@@ -10,7 +10,7 @@ pairs, scored on a view of the index without their docstrings (the bootstrap gat
 
 The result is published as ``models/base/<id>/`` (the model files, then ``manifest.json`` last) and
 ``models/base/current`` is pointed at it atomically (new symlink, ``os.replace``). A crash at any instant leaves
-the previous base, or none, in use. ``trainer.resolve_base`` starts a run from it when there is no release and no
+the previous base, or none, in use. ``bases.resolve_base`` starts a run from it when there is no release and no
 ``AGRO_TRAINING_BASE_MODEL``. A base is never served by itself: only a run trained from it and promoted by the gate
 reaches ``rag_search``.
 
@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import fsync_dir, write_json_atomic
+from training.learning.bases import base_dir
 from training.learning.trainer import TrainingError
+from training.workspace import LearningSettings
 
 __all__ = [
     "STDLIB_IGNORES",
     "PretrainError",
-    "base_dir",
-    "current_base",
     "run_pretrain",
     "stdlib_root",
 ]
@@ -60,19 +60,8 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
-def base_dir(home: Path) -> Path:
-    return Path(home) / "models" / "base"
-
-
-def current_base(home: Path) -> dict[str, Any] | None:
-    """The manifest of ``models/base/current`` with ``_dir`` set, or None when there is no complete base."""
-    from training.releases.promote import pointed_manifest
-
-    return pointed_manifest(base_dir(home) / "current")
-
-
-def _scratch_settings(settings: Any, work: Path, source: Path, default_source: bool, cap: int | None,
-                      max_pairs: int | None) -> Any:
+def _scratch_settings(settings: LearningSettings, source: Path, default_source: bool, cap: int | None,
+                      max_pairs: int | None) -> LearningSettings:
     ignores = list(settings.index.extra_ignores) + (STDLIB_IGNORES if default_source else [])
     ts = settings.training
     training = ts.model_copy(update={
@@ -83,35 +72,35 @@ def _scratch_settings(settings: Any, work: Path, source: Path, default_source: b
         "heldout_fraction": HELDOUT_FRACTION,
     })
     rr = settings.reranker
-    return settings.model_copy(update={
-        "server": settings.server.model_copy(update={"home": work, "backend": "embedded", "database_url": None}),
+    return LearningSettings(
+        index=settings.index.model_copy(update={"extra_ignores": ignores}),
+        retrieval=settings.retrieval,
         # the held-out judgement reranks the top 30 (as the benches do), not the serving head: it only informs
-        "reranker": rr.model_copy(update={"topn": min(rr.topn or 30, 30)}),
-        "index": settings.index.model_copy(update={"extra_ignores": ignores}),
-        "training": training,
-    })
+        reranker=rr.model_copy(update={"topn": min(rr.topn or 30, 30)}),
+        training=training,
+    )
 
 
-def run_pretrain(settings: Any, ctx: Any, source: str | Path | None = None, *, cap: int | None = None,
-                 max_pairs: int | None = None, embedder: Any = None, keep_work: bool = False) -> dict[str, Any]:
+def run_pretrain(home: Path, settings: LearningSettings, ctx: Any, source: str | Path | None = None, *,
+                 cap: int | None = None, max_pairs: int | None = None, embedder: Any = None,
+                 keep_work: bool = False) -> dict[str, Any]:
     """Index ``source`` (default: the standard library) in a scratch home, bootstrap-train a fresh-head
-    cross-encoder on it, evaluate it on its held-out pairs, and publish it as ``models/base/current``.
+    cross-encoder on it, evaluate it on its held-out pairs, and publish it as ``home/models/base/current``.
 
     Raises:
         PretrainError: the source is not a folder, or it yields too few documented functions.
     """
-    from agro_mcp.engine import Engine
+    from training.learning.trainer import run_dir
     from training.loop import evaluate_run, mine, train_step
     from training.releases.promote import switch_current
-    from training.learning.trainer import run_dir
+    from training.workspace import open_workspace
 
     default_source = source is None
     src = stdlib_root() if default_source else Path(source).expanduser().resolve()
     if not src.is_dir():
         raise PretrainError(f"pretrain source {src} is not a folder: pass a folder of documented code "
                             "(default: the Python standard library)")
-    home = Path(settings.server.home)
-    root = base_dir(home)
+    root = base_dir(Path(home))
     root.mkdir(parents=True, exist_ok=True)
     for stale in [*root.glob(".work-*"), *root.glob(".*.partial")]:
         # left by a killed pretrain: the training lock says none is running now
@@ -120,23 +109,23 @@ def run_pretrain(settings: Any, ctx: Any, source: str | Path | None = None, *, c
     work = root / f".work-{ctx.run_id}"
     if settings.training.base_model:
         logger.info("pretrain starts from AGRO_TRAINING_BASE_MODEL=%s", settings.training.base_model)
-    scratch = _scratch_settings(settings, work, src, default_source, cap, max_pairs)
+    scratch = _scratch_settings(settings, src, default_source, cap, max_pairs)
     t0 = time.perf_counter()
-    eng = Engine(scratch, embedder=embedder)
+    ws = open_workspace(work, scratch, embedder=embedder)
     try:
         ctx.log("pretrain: indexing %s into a scratch home (%s)", src, work)
         ctx.progress(0.0, "indexing the pre-training corpus")
-        summary = eng.index(src, CORPUS, full=True)
+        summary = ws.indexes.build(src, CORPUS, scratch.index, scratch.retrieval, ws.embedder(), None, True)
         ctx.log("pretrain: %d files, %d chunks indexed", summary.files, summary.chunks)
-        split = mine(eng, ctx, ("bootstrap",), corpus=CORPUS)
+        split = mine(ws, ctx, ("bootstrap",), corpus=CORPUS)
         ts = scratch.training
         if len(split.train) < ts.min_triplets:
             raise PretrainError(
                 f"{src} gave {len(split.train)} training pairs (need {ts.min_triplets}): pass a folder with more "
                 "documented functions (docstrings or leading comments)")
-        run = train_step(eng, ctx, split, extra={"sources": ["pretrain"], "pretrain_source": str(src)},
+        run = train_step(ws, ctx, split, extra={"sources": ["pretrain"], "pretrain_source": str(src)},
                          weigh_dense=False)
-        ev = evaluate_run(eng, ctx, ctx.run_id)
+        ev = evaluate_run(ws, ctx, ctx.run_id)
         model = run_dir(work / "models", ctx.run_id) / "model"
         base_id = ctx.run_id
         dest = root / base_id
@@ -170,6 +159,6 @@ def run_pretrain(settings: Any, ctx: Any, source: str | Path | None = None, *, c
         ctx.log("pretrain: base %s published as models/base/current in %.0fs", base_id, manifest["elapsed_sec"])
         return {"base": base_id, "dir": str(dest), "manifest": manifest, "table": ev.get("table")}
     finally:
-        eng.close()
+        ws.store.close()
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)

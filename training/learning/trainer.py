@@ -21,22 +21,20 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import atomic_write, write_json_atomic
+from training.learning.bases import BaseModel, resolve_base
 from training.learning.miners import MinedSplit, Triplet, data_hash
 
 __all__ = [
-    "BaseModel",
     "TrainingCancelled",
     "TrainingError",
     "load_run",
     "load_split",
     "planned_epochs",
-    "resolve_base",
     "run_dir",
     "train_run",
     "write_json_atomic",
@@ -55,17 +53,6 @@ class TrainingError(RuntimeError):
 
 class TrainingCancelled(TrainingError):
     """The run was cancelled; its folder is marked cancelled and is never promoted."""
-
-
-@dataclass(frozen=True, slots=True)
-class BaseModel:
-    """Where a run starts from: ``kind`` is ``release``, ``configured``, ``pretrained`` or ``backbone`` (fresh head)."""
-
-    ref: str
-    kind: str
-    release_id: str | None = None
-
-
 
 
 def run_dir(models_dir: Path, run_id: str) -> Path:
@@ -117,49 +104,6 @@ def load_split(d: Path) -> MinedSplit:
                           json.loads((d / "data" / "split.json").read_text(encoding="utf-8")))
     except FileNotFoundError as exc:
         raise TrainingError(f"{d} has no mined data ({exc.filename}); run `agro mine` or `agro train`") from None
-
-
-def resolve_base(models_dir: Path, base_model: str | None, workdir: Path, num_layers: int | None = None,
-                 kind: str = "cross-encoder", embed_model: str | None = None) -> BaseModel:
-    """Where a run of ``kind`` starts.
-
-    cross-encoder: the current release (if it is one), else ``base_model``, else the pre-trained base
-    (``models/base/current``, made by ``agro pretrain``), else a fresh-head MiniLM cross-encoder built in ``workdir``
-    (``num_layers`` only shapes that case; a release or a configured base is cut when training loads it).
-
-    bi-encoder: the current release (if it is one), else ``base_model`` (a sentence-transformers folder or hub id),
-    else the embedding model ``embed_model`` (default: the offline MiniLM), which already ranks code.
-    """
-    from reranker.model import is_bi_encoder_dir
-
-    current = Path(models_dir) / "current"
-    if current.exists():
-        target = current.resolve()
-        try:
-            manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            manifest = None
-        if not isinstance(manifest, dict):
-            logger.warning("models/current -> %s has no manifest; not used as a base", target)
-        elif is_bi_encoder_dir(target) == (kind == "bi-encoder"):
-            return BaseModel(str(target), "release", str(manifest.get("id") or target.name))
-        else:
-            logger.info("models/current is not a %s; the %s run starts from its own base", kind, kind)
-    from retrieval.models import resolve_model_ref
-
-    if base_model:
-        return BaseModel(resolve_model_ref(base_model), "configured")
-    if kind == "bi-encoder":
-        return BaseModel(resolve_model_ref(embed_model), "embedder")
-    from training.learning.pretrain import current_base
-
-    pre = current_base(Path(models_dir).parent)
-    if pre is not None:
-        return BaseModel(pre["_dir"], "pretrained", str(pre.get("id")))
-    from reranker.model import create_from_backbone
-
-    out = create_from_backbone(Path(workdir) / "base", num_layers=num_layers)
-    return BaseModel(str(out), "backbone")
 
 
 def _datasets(train: Sequence[Triplet], loss_name: str, negatives: int, max_chars: int):

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reranker.manager import RerankerManager
+from reranker.path import RankingPath
+from training.learning.trainer import TrainingError, load_run, run_dir
 from training.releases.jobs import TRAINING_LOCK, JobBusyError, start_job
 from training.releases.promote import PromotionError, current_release, list_releases, rollback
-from training.learning.trainer import TrainingError, load_run, run_dir
+from training.workspace import Workspace
 
 __all__ = ["ACTIONS", "JOB_ACTIONS", "AdminError", "list_runs", "run_admin_action", "wait_for_job"]
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("status", "mine", "train", "evaluate", "promote", "rollback", "runs", "eval_latest", "logs", "cancel")
 # Actions that start a background job (their result carries its run_id), so a caller may wait for it.
 JOB_ACTIONS = ("mine", "train", "evaluate", "promote")
 # How often wait_for_job reads the job's record, and how many reads between checks for a dead job process.
@@ -74,144 +77,205 @@ def _latest_trained(models_dir: Path) -> str:
     raise AdminError("No succeeded training run to promote; start one with action 'train' (or `agro train`)")
 
 
-def run_admin_action(engine: Any, action: str, *, run_id: str | None = None, dataset: str | None = None) -> dict:
-    """Run one admin action against ``engine`` and return a JSON-ready dict.
+@dataclass(frozen=True)
+class _Request:
+    """One admin call: the workspace it acts on and its arguments (``run_id`` already checked to be well-formed)."""
 
-    Raises:
-        AdminError: unknown action, missing run_id, a busy lock, or a failed rollback (message says what to do).
-    """
-    from training import loop
+    ws: Workspace
+    run_id: str | None
+    dataset: str | None
 
-    home = Path(engine.home)
-    models_dir = home / "models"
-    store = engine.store
-    if action not in ACTIONS:
-        raise AdminError(f"action expects one of info, reload, {', '.join(ACTIONS)}, but got {action!r}")
-    if run_id is not None:
+    @property
+    def home(self) -> Path:
+        return Path(self.ws.home)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def started(self, kind: str, fn: Callable[[Any], Any], lock: str | None = TRAINING_LOCK) -> dict:
+        """Start ``fn(ctx)`` as a background job; ``{"run_id", "state": "started", "note"}``."""
         try:
-            run_dir(models_dir, run_id)
-        except TrainingError as exc:
-            raise AdminError(str(exc)) from None
-
-    if action == "status":
-        store.reap_dead_jobs()
-        from training.releases.jobs import job_lock
-
-        lock = job_lock(store, home, TRAINING_LOCK, "")
-        if run_id:
-            job = store.get_job(run_id)
-            if job is None:
-                raise AdminError(f"Unknown run_id {run_id!r}; list jobs with action 'status'")
-            return {"job": _job_dict(job)}
-        cur = current_release(models_dir)
-        return {
-            "jobs": [_job_dict(j) for j in store.list_jobs(limit=20)],
-            "training_lock": lock.holder() if lock.held_by_someone() else None,
-            "current_release": cur.get("id") if cur else None,
-        }
-    if action == "runs":
-        return {"runs": list_runs(models_dir), "releases": list_releases(models_dir)}
-    if action == "eval_latest":
-        latest = store.latest_evaluation()
-        if latest is None:
-            raise AdminError("No evaluation yet: run action 'evaluate' (or `agro evaluate golden.json`)")
-        return latest
-    if action == "logs":
-        if not run_id:
-            raise AdminError("action 'logs' needs run_id (from 'status' or 'runs')")
-        return {"run_id": run_id, "lines": store.job_logs(run_id)}
-    if action == "cancel":
-        if not run_id:
-            raise AdminError("action 'cancel' needs run_id (from 'status')")
-        job = store.request_cancel(run_id)
-        if job is None:
-            raise AdminError(f"Unknown run_id {run_id!r}; list jobs with action 'status'")
-        return {"job": _job_dict(job), "note": "cancellation requested; the job stops at its next check"}
-    if action == "rollback":
-        try:
-            out = rollback(home, store, registry=engine.releases)
-        except PromotionError as exc:
-            raise AdminError(str(exc)) from None
-        engine.reranker.reload()
-        return out
-
-    def started(kind: str, fn, lock: str | None = TRAINING_LOCK) -> dict:
-        try:
-            rid = start_job(store, home, kind, fn, params={"run_id": run_id, "dataset": dataset}, lock_name=lock)
+            rid = start_job(self.ws.store, self.home, kind, fn, params={"run_id": self.run_id, "dataset": self.dataset},
+                            lock_name=lock)
         except JobBusyError as exc:
             raise AdminError(str(exc)) from None
         return {"run_id": rid, "state": "started", "note": f"poll with reranker_admin status run_id={rid}"}
 
-    if action == "mine":
-        sources, golden, corpus = loop.parse_sources(dataset)
 
-        def do_mine(ctx):
-            from training.learning.trainer import write_split
+def _status(r: _Request) -> dict:
+    from training.releases.jobs import job_lock
 
-            split = loop.mine(engine, ctx, sources, golden_path=golden, corpus=corpus)
-            write_split(run_dir(models_dir, ctx.run_id), split)
-            loop.export_triplets(engine, split)
-            return {"train": len(split.train), "heldout": len(split.heldout), "sources": split.info.get("sources")}
+    store = r.ws.store
+    store.reap_dead_jobs()
+    lock = job_lock(store, r.home, TRAINING_LOCK, "")
+    if r.run_id:
+        job = store.get_job(r.run_id)
+        if job is None:
+            raise AdminError(f"Unknown run_id {r.run_id!r}; list jobs with action 'status'")
+        return {"job": _job_dict(job)}
+    cur = current_release(r.models_dir)
+    return {
+        "jobs": [_job_dict(j) for j in store.list_jobs(limit=20)],
+        "training_lock": lock.holder() if lock.held_by_someone() else None,
+        "current_release": cur.get("id") if cur else None,
+    }
 
-        return started("mine", do_mine, lock=None)
-    if action == "train":
-        sources, golden, corpus = loop.parse_sources(dataset)
 
-        def do_train(ctx):
-            out = loop.run_loop(engine, ctx, sources, golden_path=golden, corpus=corpus, promote=False)
-            out.pop("table", None)
-            return out
+def _runs(r: _Request) -> dict:
+    return {"runs": list_runs(r.models_dir), "releases": list_releases(r.models_dir)}
 
-        return started("train", do_train)
-    if action == "evaluate":
-        if run_id:
-            def do_eval_run(ctx):
-                ev = loop.evaluate_run(engine, ctx, run_id)
-                return {"run_id": run_id, "decision": ev["decision"], "eval_id": ev.get("eval_id")}
 
-            return started("evaluate", do_eval_run, lock=None)
-        if dataset == "heldout":
-            return run_admin_action(engine, "evaluate", run_id=_latest_trained(models_dir))
-        if dataset == "golden":
-            dataset = "golden.json"
-        if not dataset:
-            raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset (golden.json or a bench folder)")
+def _eval_latest(r: _Request) -> dict:
+    latest = r.ws.store.latest_evaluation()
+    if latest is None:
+        raise AdminError("No evaluation yet: run action 'evaluate' (or `agro evaluate golden.json`)")
+    return latest
 
-        def do_eval(ctx):
-            from training.evaluation.report import save_report
-            from training.evaluation.run import run_evaluation
 
-            fn, model = _current_rerank_fn(engine)
-            configs = ("bm25", "dense", "fused") + (("fused+rerank",) if fn else ())
-            report = run_evaluation(dataset, home, engine.settings.index, engine.settings.retrieval,
-                                    configs=configs, rerank_fn=fn, model=model, embedder=engine.embedder(),
-                                    index_backend=engine.indexes,
-                                    progress=lambda i, n: ctx.progress(i / max(n, 1), f"{i}/{n}"))
-            saved = save_report(report, store, home / "exports")
-            return {"eval_id": saved.eval_id, "metrics": report.metrics}
+def _logs(r: _Request) -> dict:
+    if not r.run_id:
+        raise AdminError("action 'logs' needs run_id (from 'status' or 'runs')")
+    return {"run_id": r.run_id, "lines": r.ws.store.job_logs(r.run_id)}
 
-        return started("evaluate", do_eval, lock=None)
-    if action == "promote":
-        rid = run_id or _latest_trained(models_dir)
+
+def _cancel(r: _Request) -> dict:
+    if not r.run_id:
+        raise AdminError("action 'cancel' needs run_id (from 'status')")
+    job = r.ws.store.request_cancel(r.run_id)
+    if job is None:
+        raise AdminError(f"Unknown run_id {r.run_id!r}; list jobs with action 'status'")
+    return {"job": _job_dict(job), "note": "cancellation requested; the job stops at its next check"}
+
+
+def _rollback(r: _Request) -> dict:
+    try:
+        out = rollback(r.home, r.ws.store, registry=r.ws.releases)
+    except PromotionError as exc:
+        raise AdminError(str(exc)) from None
+    if r.ws.reload is not None:
+        r.ws.reload()
+    return out
+
+
+def _mine(r: _Request) -> dict:
+    from training import loop
+
+    sources, golden, corpus = loop.parse_sources(r.dataset)
+
+    def do_mine(ctx):
+        from training.learning.trainer import write_split
+
+        split = loop.mine(r.ws, ctx, sources, golden_path=golden, corpus=corpus)
+        write_split(run_dir(r.models_dir, ctx.run_id), split)
+        loop.export_triplets(r.ws, split)
+        return {"train": len(split.train), "heldout": len(split.heldout), "sources": split.info.get("sources")}
+
+    return r.started("mine", do_mine, lock=None)
+
+
+def _train(r: _Request) -> dict:
+    from training import loop
+
+    sources, golden, corpus = loop.parse_sources(r.dataset)
+
+    def do_train(ctx):
+        out = loop.run_loop(r.ws, ctx, sources, golden_path=golden, corpus=corpus, promote=False)
+        out.pop("table", None)
+        return out
+
+    return r.started("train", do_train)
+
+
+def _evaluate(r: _Request) -> dict:
+    from training import loop
+
+    run_id, dataset = r.run_id, r.dataset
+    if run_id:
+        def do_eval_run(ctx):
+            ev = loop.evaluate_run(r.ws, ctx, run_id)
+            return {"run_id": run_id, "decision": ev["decision"], "eval_id": ev.get("eval_id")}
+
+        return r.started("evaluate", do_eval_run, lock=None)
+    if dataset == "heldout":
+        return _evaluate(_Request(r.ws, _latest_trained(r.models_dir), None))
+    if dataset == "golden":
+        dataset = "golden.json"
+    if not dataset:
+        raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset (golden.json or a bench folder)")
+
+    def do_eval(ctx):
+        from training.evaluation.report import save_report
+        from training.evaluation.run import run_evaluation
+
+        ws = r.ws
+        path, model = _current_rerank_path(ws)
+        configs = ("bm25", "dense", "fused") + (("fused+rerank",) if path else ())
+        report = run_evaluation(dataset, r.home, ws.settings.index, ws.settings.retrieval,
+                                configs=configs, rerank_path=path, model=model, embedder=ws.embedder(),
+                                index_backend=ws.indexes,
+                                progress=lambda i, n: ctx.progress(i / max(n, 1), f"{i}/{n}"))
+        saved = save_report(report, ws.store, r.home / "exports")
+        return {"eval_id": saved.eval_id, "metrics": report.metrics}
+
+    return r.started("evaluate", do_eval, lock=None)
+
+
+def _promote(r: _Request) -> dict:
+    from training import loop
+
+    rid = r.run_id or _latest_trained(r.models_dir)
+    try:
+        run = load_run(r.models_dir, rid)
+    except TrainingError as exc:
+        raise AdminError(str(exc)) from None
+    if run.get("state") != "succeeded":
+        raise AdminError(f"run {rid} is {run.get('state')!r}; only a succeeded run can be promoted")
+
+    def do_promote(ctx):
+        out = loop.promote_step(r.ws, ctx, rid, reload=True)
+        return {k: v for k, v in out.items() if k != "figures"}
+
+    return r.started("promote", do_promote)
+
+
+# action -> handler; the order is the one error messages list them in.
+_HANDLERS: dict[str, Callable[[_Request], dict]] = {
+    "status": _status,
+    "mine": _mine,
+    "train": _train,
+    "evaluate": _evaluate,
+    "promote": _promote,
+    "rollback": _rollback,
+    "runs": _runs,
+    "eval_latest": _eval_latest,
+    "logs": _logs,
+    "cancel": _cancel,
+}
+ACTIONS = tuple(_HANDLERS)
+
+
+def run_admin_action(ws: Workspace, action: str, *, run_id: str | None = None, dataset: str | None = None) -> dict:
+    """Run one admin action on ``ws`` and return a JSON-ready dict.
+
+    Raises:
+        AdminError: unknown action, missing run_id, a busy lock, or a failed rollback (message says what to do).
+    """
+    handler = _HANDLERS.get(action)
+    if handler is None:
+        raise AdminError(f"action expects one of info, reload, {', '.join(ACTIONS)}, but got {action!r}")
+    if run_id is not None:
         try:
-            run = load_run(models_dir, rid)
+            run_dir(Path(ws.home) / "models", run_id)
         except TrainingError as exc:
             raise AdminError(str(exc)) from None
-        if run.get("state") != "succeeded":
-            raise AdminError(f"run {rid} is {run.get('state')!r}; only a succeeded run can be promoted")
-
-        def do_promote(ctx):
-            out = loop.promote_step(engine, ctx, rid, reload=True)
-            return {k: v for k, v in out.items() if k != "figures"}
-
-        return started("promote", do_promote)
-    raise AdminError(f"unhandled action {action!r}")  # pragma: no cover
+    return handler(_Request(ws, run_id, dataset))
 
 
 ProgressFn = Callable[[float, str | None], Awaitable[None]]
 
 
-async def wait_for_job(engine: Any, run_id: str | None, *, timeout: float, on_progress: ProgressFn | None = None,
+async def wait_for_job(ws: Workspace, run_id: str | None, *, timeout: float, on_progress: ProgressFn | None = None,
                        poll: float = WAIT_POLL_SEC) -> dict:
     """Wait until job ``run_id`` ends (succeeded, failed, cancelled) or ``timeout`` seconds pass; return its status.
 
@@ -232,10 +296,10 @@ async def wait_for_job(engine: Any, run_id: str | None, *, timeout: float, on_pr
 
     if not run_id:
         raise AdminError("action 'wait' needs run_id (returned by mine/train/evaluate/promote, or listed by 'status')")
-    store = engine.store
+    store = ws.store
 
     def status() -> dict:
-        return run_admin_action(engine, "status", run_id=run_id)
+        return run_admin_action(ws, "status", run_id=run_id)
 
     await anyio.to_thread.run_sync(status)  # validates run_id and says so when the job is unknown
     deadline = anyio.current_time() + timeout
@@ -263,10 +327,11 @@ async def wait_for_job(engine: Any, run_id: str | None, *, timeout: float, on_pr
     return out
 
 
-def _current_rerank_fn(engine: Any):
-    loaded = engine.reranker.get(wait=True) if engine.settings.reranker.enabled else None
+def _current_rerank_path(ws: Workspace) -> tuple[RankingPath | None, str | None]:
+    """The ranking path pinned to the model this process serves now (an evaluation must not switch models midway),
+    and its id; (None, None) when reranking is off or no model is loaded."""
+    stage = ws.path.reranker if ws.settings.reranker.enabled else None
+    loaded = stage.get(wait=True) if isinstance(stage, RerankerManager) else stage
     if loaded is None:
         return None, None
-    from training.evaluation.run import make_rerank_fn
-
-    return make_rerank_fn(loaded, engine.settings.reranker), loaded.model_id
+    return ws.path.with_reranker(loaded), loaded.model_id

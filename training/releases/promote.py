@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import fsync_dir
+from training.learning.bases import pointed_manifest
 from training.learning.trainer import TrainingError, load_run, run_dir, write_json_atomic
 
 __all__ = [
@@ -135,20 +136,6 @@ def gate(
 
 
 # ------------------------------------------------------------------------------------------------- releases
-
-
-def pointed_manifest(link: Path) -> dict[str, Any] | None:
-    """The ``manifest.json`` of the folder ``link`` points at (with ``_dir``), or None when there is none: a folder
-    without its manifest is incomplete and never used."""
-    link = Path(link)
-    if not link.exists():
-        return None
-    target = link.resolve()
-    try:
-        m = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return {**m, "_dir": str(target)} if isinstance(m, dict) else None
 
 
 def current_release(models_dir: Path) -> dict[str, Any] | None:

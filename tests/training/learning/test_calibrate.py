@@ -116,16 +116,16 @@ def test_the_dense_weight_follows_whichever_signal_ranks_the_training_questions_
         dense_wins = _questions_answered_by(eng, lambda head, best: best if best is not head[0] else None)
         fused_wins = _questions_answered_by(eng, lambda head, best: head[0] if best is not head[0] else None)
         assert len(dense_wins) >= 5
-        got = choose_dense_weight(eng, dense_wins, min_queries=5)
+        got = choose_dense_weight(eng.workspace, dense_wins, min_queries=5)
         mrr = got["mrr_by_dense_weight"]
         assert got["default"] == 0.5 and got["n_queries"] == len(dense_wins)
         assert mrr["1.0"] == 1.0 > mrr["0.0"] and got["dense_weight"] >= 0.5
-        got = choose_dense_weight(eng, fused_wins, min_queries=5)
+        got = choose_dense_weight(eng.workspace, fused_wins, min_queries=5)
         mrr = got["mrr_by_dense_weight"]
         assert mrr["0.0"] == 1.0 > mrr["1.0"] and got["dense_weight"] <= 0.5
-        few = choose_dense_weight(eng, dense_wins[:4], min_queries=5)
+        few = choose_dense_weight(eng.workspace, dense_wins[:4], min_queries=5)
         assert few["dense_weight"] == 0.5 and "need at least 5" in few["reason"]
-        capped = choose_dense_weight(eng, dense_wins, min_queries=5, max_queries=5)
+        capped = choose_dense_weight(eng.workspace, dense_wins, min_queries=5, max_queries=5)
         assert capped["n_queries"] == 5
     finally:
         eng.close()

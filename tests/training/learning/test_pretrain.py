@@ -9,8 +9,9 @@ import pytest
 from agro_mcp.config import IndexSettings
 from retrieval.discovery import discover_files
 from tests.agro_mcp.test_cli_training import make_repo, run
-from training.learning.pretrain import STDLIB_IGNORES, current_base, stdlib_root
-from training.learning.trainer import resolve_base
+from training.learning.bases import current_base
+from training.learning.pretrain import STDLIB_IGNORES, stdlib_root
+from training.learning.bases import resolve_base
 
 
 def test_the_default_source_is_the_standard_library_without_its_tests_or_gui_tools():

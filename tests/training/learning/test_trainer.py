@@ -8,7 +8,8 @@ from reranker.model import UNTRAINED_MARKER, BiEncoderScorer, CrossEncoderScorer
 from tests.reranker.conftest import build_tiny_cross_encoder, make_release, point_current
 from training.learning.miners import Triplet, split_by_query
 from training.settings import TrainingSettings
-from training.learning.trainer import TrainingCancelled, TrainingError, load_run, resolve_base, run_dir, train_run
+from training.learning.bases import resolve_base
+from training.learning.trainer import TrainingCancelled, TrainingError, load_run, run_dir, train_run
 
 
 @pytest.fixture(scope="module")
