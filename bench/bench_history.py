@@ -120,7 +120,8 @@ def run_collection(name: str, base: Path, args) -> dict:
         fig["file"] = rows
         fig["served_over_fused"] = round(rows["served"]["MRR@10"] / max(rows["fused"]["MRR@10"], 1e-9), 3)
         if "fused+candidate" in rows:
-            fig["candidate_over_fused"] = round(rows["fused+candidate"]["MRR@10"] / max(rows["fused"]["MRR@10"], 1e-9), 3)
+            fig["candidate_over_fused"] = round(
+                rows["fused+candidate"]["MRR@10"] / max(rows["fused"]["MRR@10"], 1e-9), 3)
         fig["latency_ms"] = report.latency_ms
         for a in args.alphas or []:  # the same candidate served at a fixed blend weight (e.g. a conservative one)
             if not cand.is_dir():

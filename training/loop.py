@@ -146,7 +146,7 @@ def mine(
                 n_history = hist["questions"]
                 counts[f"history:{c}"] = n_history
                 triplets += hist["triplets"]
-                if n_history and not ts.history_with_docstrings:
+                if len(hist["triplets"]) >= ts.min_triplets and not ts.history_with_docstrings:  # enough alone
                     continue
             got = mine_bootstrap(gen.chunks, fused_rank_fn(ws), c, cap=ts.bootstrap_cap,
                                  usage_share=ts.bootstrap_usage_share,
@@ -329,8 +329,8 @@ def evaluate_run(ws: Workspace, ctx: Any, run_id: str) -> dict[str, Any]:
         blend = dict(run.get("blend") or {})
         if blend.get("alpha") is None or blend["alpha"] > ts.synthetic_alpha:
             blend.update(alpha=ts.synthetic_alpha, calibrated=False,
-                         reason=f"judged only on synthetic questions: AGRO_TRAINING_SYNTHETIC_ALPHA {ts.synthetic_alpha}"
-                         f" (was {blend.get('alpha')})")
+                         reason=f"judged only on synthetic questions: AGRO_TRAINING_SYNTHETIC_ALPHA "
+                         f"{ts.synthetic_alpha} (was {blend.get('alpha')})")
             run["blend"] = blend
             write_json_atomic(d / "run.json", run)
     ctx.log("evaluating run %s on %d held-out questions (%s + candidate)", run_id, len(rows), ", ".join(configs))
@@ -509,9 +509,9 @@ def _run_cross_validated(ws: Workspace, ctx: Any, split: MinedSplit, folds: list
         ev = evaluate_run(ws, fctx, fctx.run_id)
         for c, rows in (ev.get("per_query") or {}).items():
             pooled.setdefault(c, []).extend(rows)
-        info.append({"fold": i, "run_id": fctx.run_id, "questions": len(keys),
-                     "decision": ev["decision"]["promote"], "figures": {
-                         c: v for c, v in ev["decision"]["figures"].items() if c in ("candidate", "retrieval", "current")}})
+        figs = ev["decision"]["figures"]
+        info.append({"fold": i, "run_id": fctx.run_id, "questions": len(keys), "decision": ev["decision"]["promote"],
+                     "figures": {c: v for c, v in figs.items() if c in ("candidate", "retrieval", "current")}})
     decision = gate(pooled, delta=ts.promote_delta, min_queries=ts.promote_min_queries, seed=ts.seed)
     decision.figures["cross_validation"] = {"folds": info, "pooled_questions": len(pooled.get("candidate", []))}
     decision.reasons.insert(0, f"cross-validated: {k} folds, each candidate judged on questions it did not see "

@@ -103,7 +103,8 @@ class TrainingSettings(BaseModel):
     history_max_questions: int = Field(1000, ge=1, description="Most history questions mined (newest commits first).")
     history_max_commits: int = Field(5000, ge=1, description="Most commits walked (merges excluded) per mining run.")
     history_max_age_days: int = Field(0, ge=0, description="Only commits younger than this many days (0 = any age).")
-    history_max_files: int = Field(10, ge=1, description="A commit changing more files than this is skipped (too broad).")
+    history_max_files: int = Field(
+        10, ge=1, description="A commit changing more files than this is skipped (too broad).")
     history_max_positives: int = Field(6, ge=1, description="Most chunks one commit's question has as answers.")
     history_with_docstrings: bool = Field(
         False, description="Also mine docstring pairs when the history gives questions (off: history alone).")
@@ -117,8 +118,9 @@ class TrainingSettings(BaseModel):
     pretrain_max_pairs: int = Field(
         8000, ge=10, description="agro pretrain: cap on (query, text) training pairs (500 steps at batch 16).",
     )
-    promote_delta: float = Field(0.02, ge=0, description="Mean per-question MRR@10 gain required to promote, as a share "
-                                 "of the best alternative's MRR@10 (0.02 = 2%).")
+    promote_delta: float = Field(
+        0.02, ge=0, description="Mean per-question MRR@10 gain required to promote, as a share of the best "
+        "alternative's MRR@10 (0.02 = 2%).")
     promote_min_queries: int = Field(
         6, ge=1, description="Fewest held-out questions a gate decision may rest on; 6 is the fewest on which a 95% "
         "paired interval can exclude chance at all, so on small samples the interval decides.")

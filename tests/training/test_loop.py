@@ -114,7 +114,7 @@ def test_bootstrap_on_a_git_work_tree_mines_history_and_holds_out_the_newest_com
     for i, n in enumerate(names):
         files[f"pkg/{n}.py"] = f"def compute_{n}(value):\n    total = value + {i}\n    return total * {i + 1}\n"
         repo.commit(f"Add the {n} computation for the report totals", {f"pkg/{n}.py": files[f"pkg/{n}.py"]})
-    eng = Engine(make_settings(AGRO_TRAINING_HELDOUT_FRACTION="0.3"), embedder=embedder)
+    eng = Engine(make_settings(AGRO_TRAINING_HELDOUT_FRACTION="0.3", AGRO_TRAINING_MIN_TRIPLETS="5"), embedder=embedder)
     try:
         eng.index(repo.root, "calc")
         split = mine(eng.workspace, Ctx(), ["bootstrap"], corpus="calc")
@@ -196,9 +196,11 @@ def test_model_kind_auto_trains_both_kinds_and_records_which_the_gate_chose(tmp_
     files = {path: f"def {fn}(item):\n    # {words}\n    result = item\n    return result\n"
              for path, (fn, words) in TOPICS.items()}
     repo = write_repo(tmp_path / "repo", files)
-    golden = [{"q": f"how do we {words}", "repo": "jobs", "expect_paths": [path]} for path, (_, words) in TOPICS.items()]
+    golden = [{"q": f"how do we {words}", "repo": "jobs", "expect_paths": [path]}
+              for path, (_, words) in TOPICS.items()]
     (tmp_path / "golden.json").write_text(json.dumps(golden))
-    settings = make_settings(AGRO_TRAINING_MODEL_KIND="auto", AGRO_TRAINING_MIN_TRIPLETS="3", AGRO_TRAINING_MAX_LENGTH="64",
+    settings = make_settings(AGRO_TRAINING_MODEL_KIND="auto", AGRO_TRAINING_MIN_TRIPLETS="3",
+                             AGRO_TRAINING_MAX_LENGTH="64",
                              AGRO_TRAINING_MIN_STEPS="0", AGRO_TRAINING_CALIBRATE_ALPHA="0",
                              AGRO_TRAINING_BI_ENCODER_MAX_STEPS="2", AGRO_TRAINING_CV_FOLDS="0",
                              AGRO_TRAINING_HELDOUT_FRACTION="0.5", AGRO_RERANKER_TOPN="10",

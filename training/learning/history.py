@@ -59,6 +59,7 @@ _TRAILER = re.compile(r"^\s*(?:co-authored-by|signed-off-by|reviewed-by|acked-by
 _PR_REF = re.compile(r"\s*\((?:#\d+(?:,\s*)?)+\)")
 _DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc", ".rdoc")
 _DOC_DIRS = ("docs/", "doc/", "documentation/", "changelog.d/", "changes/", "news/")
+_DOC_NAMES = ("changelog", "changes", "history", "news", "readme", "authors", "license")
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
 _IMPORT = re.compile(r"(?:from\s+\S+\s+)?import\s|#include\b|use\s+\w|require\(")
 _TEST_WORD = re.compile(r"(?:^|[/_. -])(?:tests?|testing)(?:[/_. -]|$)", re.I)
@@ -161,7 +162,8 @@ def read_commits(root: Path, *, max_commits: int, since_days: int = 0, prefix: s
             and their paths are given relative to ``root``.
     """
     args = ["log", "--no-merges", "--no-color", "--no-ext-diff", "--no-textconv", "-M", "-p", "-U0",
-            "--diff-filter=AMR", "--src-prefix=a/", "--dst-prefix=b/", f"-n{int(max_commits)}", f"--format={_REC}%H{_FLD}%ct{_FLD}%an <%ae>{_FLD}%B{_END}"]
+            "--diff-filter=AMR", "--src-prefix=a/", "--dst-prefix=b/", f"-n{int(max_commits)}",
+            f"--format={_REC}%H{_FLD}%ct{_FLD}%an <%ae>{_FLD}%B{_END}"]
     if since_days > 0:
         args.append(f"--since={int(since_days)}.days.ago")
     proc = subprocess.Popen(["git", *_GIT_SAFE, "-C", str(root), *args, "--", "."], env=_git_env(),
@@ -268,7 +270,7 @@ def _is_doc_path(path: str) -> bool:
     low = path.lower()
     name = low.rsplit("/", 1)[-1]
     return (low.endswith(_DOC_SUFFIXES) or low.startswith(_DOC_DIRS) or "/docs/" in low
-            or ("." not in name and name in ("changelog", "changes", "history", "news", "readme", "authors", "license")))
+            or ("." not in name and name in _DOC_NAMES))
 
 
 def _squash(lines: Iterable[str]) -> list[str]:

@@ -580,8 +580,8 @@ def heldout_questions(heldout: Sequence[Triplet]) -> list[dict[str, Any]]:
     """Held-out triplets as evaluation questions: one per query, every positive of it as gold.
 
     Rows are ``{"qid", "query", "corpus", "gold": ["path:start-end", ...], "sources": [...]}`` for
-    :func:`training.evaluation.datasets.queries_from_feedback`; ``synthetic`` is True when every triplet of the question came
-    from a synthetic source (:data:`SYNTHETIC_SOURCES`), False when a person wrote it.
+    :func:`training.evaluation.datasets.queries_from_feedback`; ``synthetic`` is True when every triplet of the
+    question came from a synthetic source (:data:`SYNTHETIC_SOURCES`), False when a person wrote it.
     """
     by_key: dict[str, dict[str, Any]] = {}
     for t in heldout:

@@ -3,7 +3,9 @@
 A candidate is compared with the current release and with retrieval alone on the same held-out questions; it is
 promoted only when its paired per-question MRR@10 gain over each has a 95% bootstrap interval above zero, with a mean
 of at least ``delta`` times the better one's MRR@10, and no Hit@1 drop beyond noise (the interval of the paired Hit@1
-difference lies wholly below zero). See :func:`gate`. Promotion copies the run's model into ``models/releases/<id>/``, writes ``manifest.json`` last, then
+difference lies wholly below zero). See :func:`gate`.
+
+Promotion copies the run's model into ``models/releases/<id>/``, writes ``manifest.json`` last, then
 points ``current`` at it with a new symlink and ``os.replace``. A crash at any instant leaves ``current`` on a
 complete release (the old or the new one).
 """
