@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -32,6 +33,8 @@ import mcp_types as types
 from pydantic import ValidationError
 
 from agro_mcp.schemas import AnswerResponse, Citation
+from retrieval.errors import AgroError
+from retrieval.redact import redact, url_secrets
 from retrieval.types import Chunk, Hit
 
 if TYPE_CHECKING:
@@ -76,7 +79,7 @@ Sampler = Callable[[str, str, int], Awaitable[str]]
 """``(system_prompt, user_message, max_tokens) -> answer text``; raises :class:`AnswerSourceError` to fall back."""
 
 
-class AnswerSourceError(Exception):
+class AnswerSourceError(AgroError):
     """An answer source (sampling, endpoint) gave no usable answer; the message is the reason shown in ``note``."""
 
 
@@ -175,15 +178,22 @@ def build_context(
 
 # -- citations ----------------------------------------------------------------------------------------------------
 
-# path:start-end, path:line, path:L12-L20; a path is a run of file-name characters with '/' separators.
+# path:start-end, path:line, path:L12-L20, in any form a location can take: relative, absolute, '../', '~/', with
+# backslashes. Whatever does not name a context block is dropped (an absolute /etc/passwd:1-2 included).
 _CITATION = re.compile(
-    r"(?<![\w./~@+-])(?P<path>[\w.~@+-]+(?:/[\w.~@+-]+)*):L?(?P<start>\d+)(?:\s*[-\u2013]\s*L?(?P<end>\d+))?(?![\w])"
+    r"(?<![\w.~@+/\\-])(?P<path>[\w.~@+/\\-]*\w):L?(?P<start>\d+)(?:\s*[-\u2013]\s*L?(?P<end>\d+))?(?![\w])"
 )
 
 
 def _match_path(cited: str, paths: set[str]) -> str | None:
-    """The context path ``cited`` names: exact, else the one path it is a ``/``-suffix of (when unique)."""
+    """The context path ``cited`` names: exact, else the one path it is a ``/``-suffix of (when unique).
+
+    Only a plain relative path can name a context block: an absolute one, one with ``..``, ``~`` or backslashes
+    never does, whatever file it reaches.
+    """
     cited = cited.removeprefix("./")
+    if cited.startswith(("/", "~")) or "\\" in cited or ".." in cited.split("/"):
+        return None
     if cited in paths:
         return cited
     suffixed = [p for p in paths if p.endswith("/" + cited)]
@@ -196,8 +206,9 @@ def extract_citations(answer: str, context_hits: Sequence[Hit]) -> tuple[list[Ci
     A citation is kept when its line range overlaps a context block of the same file (the path may be given in full
     or as a unique ``/``-suffix); it yields one :class:`Citation` per overlapping block, with that block's ``doc_id``
     (what ``submit_feedback`` expects) and the cited lines clipped to the block. Any other citation is dropped and
-    replaced in the text by :data:`DROPPED_MARK`. A ``word:12`` without ``/`` or ``.`` that names no context file is
-    not taken for a citation.
+    replaced in the text by :data:`DROPPED_MARK`, whatever its form (absolute, ``../``, ``~/``, backslashes, a
+    bare ``name:1-2``). A single ``word:12`` without ``/`` or ``.`` that names no context file is not taken for a
+    citation.
 
     Returns:
         ``(kept, dropped, cleaned_answer)``: kept citations in order of first mention, the dropped citation strings,
@@ -210,8 +221,13 @@ def extract_citations(answer: str, context_hits: Sequence[Hit]) -> tuple[list[Ci
 
     def check(m: re.Match[str]) -> str:
         raw_path, text = m.group("path"), m.group(0)
+        if raw_path.startswith("//") and not raw_path.startswith("///"):
+            return text  # a URL's host:port (http://example.com:8080), not a file
         path = _match_path(raw_path, paths)
-        if path is None and "/" not in raw_path and "." not in raw_path:
+        looks_located = any(ch in raw_path for ch in "/.\\") or (
+            m.group("end") is not None and any(ch.isalpha() for ch in raw_path)  # id_rsa:1-5, not 10:30-11:00
+        )
+        if path is None and not looks_located:
             return text  # e.g. "step:2": not a location at all
         start = int(m.group("start"))
         end = int(m.group("end") or start)
@@ -256,7 +272,7 @@ async def endpoint_answer(
     Raises:
         AnswerSourceError: unreachable, timed out, an HTTP error, or a reply without a text answer.
     """
-    url = chat_completions_url(base_url)
+    url, auth = _split_userinfo(chat_completions_url(base_url))
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     body = {
         "model": model,
@@ -264,24 +280,52 @@ async def endpoint_answer(
         "temperature": 0,
         "max_tokens": max_tokens,
     }
+    secrets = (api_key, *url_secrets(base_url))
+    shown = redact(url, secrets)
+
+    def failed(reason: str) -> AnswerSourceError:
+        # The endpoint's reply may echo the request (its Authorization header) and httpx errors name the URL.
+        return AnswerSourceError(redact(f"the LLM endpoint {shown} {reason}", secrets))
+
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:
-            resp = await client.post(url, json=body, headers=headers)
+            resp = await client.post(url, json=body, headers=headers, auth=None if api_key else auth)
     except httpx.TimeoutException:
-        raise AnswerSourceError(f"the LLM endpoint {url} timed out after {timeout:g}s (AGRO_LLM_TIMEOUT_SEC)") from None
+        raise failed(f"timed out after {timeout:g}s (AGRO_LLM_TIMEOUT_SEC)") from None
     except httpx.HTTPError as exc:
-        raise AnswerSourceError(f"the LLM endpoint {url} is unreachable: {type(exc).__name__}: {exc}") from None
+        raise failed(f"is unreachable: {type(exc).__name__}: {exc}") from None
     if resp.status_code >= 400:
-        raise AnswerSourceError(f"the LLM endpoint {url} answered HTTP {resp.status_code}: {resp.text[:200]!r}")
+        raise failed(f"answered HTTP {resp.status_code}: {_body(resp, secrets)!r}")
     try:
         content = resp.json()["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise AnswerSourceError(
-            f"the LLM endpoint {url} sent a malformed reply (expected choices[0].message.content): {resp.text[:200]!r}"
+        raise failed(
+            f"sent a malformed reply (expected choices[0].message.content): {_body(resp, secrets)!r}"
         ) from None
     if not isinstance(content, str) or not content.strip():
-        raise AnswerSourceError(f"the LLM endpoint {url} sent an empty answer")
+        raise failed("sent an empty answer")
+    # An endpoint that echoes the request could put the key in the answer itself.
+    content = redact(content, secrets, patterns=False)
     return content
+
+
+def _split_userinfo(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """``scheme://user:key@host/…`` as the URL without its credentials plus Basic auth (so no log line names them)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return bare, httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def _body(resp: httpx.Response, secrets: tuple[str | None, ...]) -> str:
+    """The start of a reply body for an error message: redacted whole, then cut (a cut key would slip through)."""
+    return redact(resp.text[:20_000], secrets)[:200]
 
 
 def _sampling_request(system: str, user: str, max_tokens: int) -> types.CreateMessageRequest:
@@ -323,7 +367,7 @@ def session_sampler(ctx: Context, timeout: float) -> Sampler:
                 metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
             )
         except MCPError as exc:
-            raise AnswerSourceError(f"the client declined or failed the sampling request: {exc}") from None
+            raise AnswerSourceError(redact(f"the client declined or failed the sampling request: {exc}")) from None
         except ValidationError:
             raise AnswerSourceError("the client's sampling reply was not a CreateMessageResult") from None
         return _sampled_text(result)

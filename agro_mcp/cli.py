@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agro_mcp.config import ConfigError, Settings, load_settings
 from agro_mcp.logging_setup import configure_logging
+from retrieval.errors import AgroUserError
 
 logger = logging.getLogger("agro")
 
@@ -271,13 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     if settings.retrieval.embed_model == "auto" or Path(settings.retrieval.embed_model).expanduser().exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local weights: never ask a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from agro_mcp.engine import UserError
-    from retrieval.index import IndexError_
-    from retrieval.pgdb import DatabaseError
-
     try:
         return args.func(args, settings) or 0
-    except (UserError, IndexError_, ConfigError, DatabaseError) as exc:
+    except AgroUserError as exc:
         print(f"agro: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

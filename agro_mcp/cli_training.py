@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 from agro_mcp.cli import echo
+from retrieval.errors import AgroUserError
 
 __all__ = ["register"]
 
 
-class _Fail(Exception):
+class _Fail(AgroUserError):
     """A user-fixable failure: printed as ``agro: <message>``, exit 2."""
 
 
@@ -34,19 +35,9 @@ def _guard(fn):
     """Turn the training package's user-facing errors into ``agro: message`` and exit 2."""
 
     def wrapped(args, settings) -> int:
-        from training.releases.admin import AdminError
-        from training.evaluation.datasets import EvalError
-        from training.events.feedback import FeedbackError
-        from training.evaluation.golden import GoldenError
-        from training.releases.jobs import JobBusyError
-        from training.releases.promote import PromotionError
-        from training.events.records import StoreError
-        from training.learning.trainer import TrainingError
-
         try:
             return fn(args, settings) or 0
-        except (_Fail, AdminError, EvalError, FeedbackError, GoldenError, JobBusyError, PromotionError, StoreError,
-                TrainingError, FileNotFoundError) as exc:
+        except (AgroUserError, FileNotFoundError) as exc:
             echo(f"agro: {exc}", file=sys.stderr)
             return 2
 
@@ -63,7 +54,7 @@ def cmd_feedback(args, settings) -> int:
     try:
         rec = submit_feedback(eng.store, args.event_id, args.signal, doc_id=args.doc_id, rating=args.rating,
                               path=args.path, start_line=args.start_line, end_line=args.end_line, note=args.note,
-                              corpus_root=eng.corpus_root)
+                              corpus_root=eng.corpus_root, indexed_files=eng.indexed_files)
     finally:
         eng.close()
     state = "recorded" if rec.created else "already recorded"
@@ -363,6 +354,33 @@ def cmd_jobs(args, settings) -> int:
     return 0
 
 
+def cmd_db_compact(args, settings) -> int:
+    """Apply the retention rules now and give the space back to the file system."""
+    from training.releases.retention import compact
+
+    days = settings.server.events_retention_days if args.days is None else args.days
+    eng = _engine(settings)
+    try:
+        before = _db_bytes(settings.server.home)
+        res = compact(eng.store, settings.server.home, days, vacuum=True)
+        after = _db_bytes(settings.server.home)
+    finally:
+        eng.close()
+    if args.json:
+        _dump({**res, "retention_days": days, "db_bytes_before": before, "db_bytes_after": after})
+        return 0
+    echo(f"removed {res['events']} query events older than {days:g} days without feedback, "
+         f"{res['chunk_texts']} unreferenced chunk texts, {len(res['folders'])} incomplete model folders"
+         + (f"; agro.db {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB" if before else ""))
+    return 0
+
+
+def _db_bytes(home) -> int:
+    from pathlib import Path
+
+    return sum(p.stat().st_size for p in (Path(home) / "agro.db", Path(home) / "agro.db-wal") if p.is_file())
+
+
 # ------------------------------------------------------------------------------------------ parser
 
 
@@ -451,3 +469,10 @@ def register(sub) -> None:
     s.add_argument("--runs", action="store_true", help="list runs and releases")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_guard(cmd_jobs))
+    db = sub.add_parser("db", help="the event store: retention")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    s = dsub.add_parser("compact", help="delete query events past AGRO_EVENTS_RETENTION_DAYS without feedback and "
+                                        "incomplete model folders; reclaim the space")
+    s.add_argument("--days", type=float, help="retention in days (default AGRO_EVENTS_RETENTION_DAYS, 90)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_guard(cmd_db_compact))

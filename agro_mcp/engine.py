@@ -7,19 +7,24 @@ It composes the library packages: index generations from ``retrieval``, the cros
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from agro_mcp.config import Settings
 from agro_mcp.schemas import SearchHit, SearchResponse
+from retrieval.errors import AgroUserError
 from retrieval.index import (
     IndexGeneration,
     NoIndexError,
     stale_files,
     validate_corpus_id,
 )
+from retrieval.redact import clip, register_secret
+from retrieval.search import glob_to_regex
 from retrieval.types import Hit
 
 __all__ = ["Engine", "UserError", "MAX_K"]
@@ -30,7 +35,7 @@ MAX_K = 50
 _UNSET = object()
 
 
-class UserError(ValueError):
+class UserError(AgroUserError, ValueError):
     """Bad input from a caller; the message says how to fix it (surfaces as a ToolError / CLI error)."""
 
 
@@ -50,6 +55,8 @@ class Engine:
     def __init__(self, settings: Settings, embedder=None) -> None:
         """``embedder`` may be passed in (already loaded) to share one model between engines."""
         self.settings = settings
+        register_secret(settings.server.llm_api_key)  # masked in every log line and message from here on
+        register_secret(settings.server.database_url)
         _single_threaded_blas()
         self.home = settings.server.home
         self.home.mkdir(parents=True, exist_ok=True)
@@ -186,7 +193,8 @@ class Engine:
 
         s = self.settings
         return Workspace(self.home, LearningSettings(s.index, s.retrieval, s.reranker, s.training), self.store,
-                         self.indexes, self.ranking_path, self.generation, self.releases, self.reranker.reload)
+                         self.indexes, self.ranking_path, self.generation, self.releases, self.reranker.reload,
+                         retention_days=s.server.events_retention_days)
 
     def _chunk_texts(self, limit: int = 20_000):
         """The indexed chunks' located texts (what a reranker sees), corpus by corpus, at most ``limit`` in all (a
@@ -332,6 +340,11 @@ class Engine:
                 f"The index of corpus {corpus!r} was built with embedding model {gen.embed_model!r}, but the "
                 f"server uses {embedder.model_id!r}. Rebuild it: agro index {gen.root} --corpus {corpus} --full"
             )
+        if path_glob:
+            try:
+                glob_to_regex(path_glob)
+            except re.error as exc:
+                raise UserError(f"path_glob {clip(path_glob)} is not a valid glob ({exc}); e.g. 'src/**/*.py'") from None
         ranked = self.ranking_path.rank(gen, query, k, rerank=rerank, path_glob=path_glob, language=language)
         ranked.timings["total"] = (time.perf_counter() - t0) * 1000
         return RankedResult(ranked.hits, gen, ranked.timings, ranked.reranking_used, ranked.reranker_model,
@@ -392,8 +405,15 @@ class Engine:
         except (UserError, ValueError):
             return None
 
+    def indexed_files(self, corpus: str) -> Collection[str]:
+        """Relative paths of the files in the corpus's current index (empty when it has none)."""
+        try:
+            return self.generation(corpus).files.keys()
+        except (UserError, ValueError):
+            return ()
+
     # -- admin ----------------------------------------------------------------------------------------------
-    def admin(self, action: str, run_id: str | None = None, dataset: str | None = None) -> dict:
+    def admin(self, action: str, run_id: str | None = None, dataset: str | None = None, force: bool = False) -> dict:
         """``reranker_admin`` actions: ``info`` and ``reload`` are this process's own; the others act on the data
         home (:func:`training.releases.admin.run_admin_action`, a table of handlers)."""
         own = {"info": self._admin_info, "reload": lambda: dict(self.reranker.reload())}
@@ -401,7 +421,7 @@ class Engine:
             return own[action]()
         from training.releases.admin import run_admin_action  # training is optional for search-only use
 
-        return run_admin_action(self.workspace, action, run_id=run_id, dataset=dataset)
+        return run_admin_action(self.workspace, action, run_id=run_id, dataset=dataset, force=force)
 
     def _admin_info(self) -> dict:
         info = dict(self.reranker.info())
@@ -419,8 +439,12 @@ class Engine:
 
     # -- indexing -----------------------------------------------------------------------------------------
     def index(self, path: str | Path, corpus: str | None = None, full: bool = False, progress=None):
-        root = Path(path).expanduser()
-        corpus = corpus or root.resolve().name
+        try:
+            root = Path(path).expanduser()
+            resolved = root.resolve()
+        except (ValueError, RuntimeError, OSError) as exc:  # NUL byte, ~unknownuser, a name too long
+            raise UserError(f"Cannot index {clip(str(path))}: {exc}. Pass an existing folder, e.g. ~/src/myrepo") from None
+        corpus = corpus or resolved.name
         try:
             validate_corpus_id(corpus)
         except ValueError as exc:
@@ -432,6 +456,8 @@ class Engine:
             )
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:  # e.g. ENAMETOOLONG, EACCES on the root itself
+            raise UserError(f"Cannot index {clip(str(path))}: {exc.strerror or exc}") from None
         self._stale.pop(corpus, None)
         return summary
 

@@ -5,25 +5,33 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import Resolve
 from mcp_types import InputRequiredResult, ToolAnnotations
 from pydantic import Field
 
 from agro_mcp.answer import rag_answer_call
 from agro_mcp.config import Settings
+from agro_mcp.confirm import Confirm, admin_confirmation, index_confirmation, require_confirmed
 from agro_mcp.engine import MAX_K, Engine, UserError
-from retrieval.pgdb import DatabaseError
+from retrieval.errors import AgroUserError
+from agro_mcp.guard import GuardedMCPServer
 from agro_mcp.schemas import (
+    AdminResult,
     AnswerResponse,
     FeedbackResponse,
     IndexResponse,
     SearchResponse,
+    admin_output_schema,
+    admin_result,
 )
+from retrieval.pgdb import DatabaseError
 
 __all__ = ["create_server"]
 
@@ -38,6 +46,20 @@ INSTRUCTIONS = """agro-mcp searches the user's indexed repositories and learns f
    - 'thumbs_down' for a top hit that was clearly irrelevant,
    - 'click' when you opened/read a hit, 'thumbs_up' / 'rating' (1-5) when the user judged the results.
 Feedback trains the reranker, so the right code comes first next time."""
+
+
+# Bounds of the string arguments: generous for real use, never a megabyte stored or echoed.
+MAX_QUERY = 100_000  # the engine's own limit (AGRO_RETRIEVAL_MAX_QUERY_CHARS, 20,000) answers with its fix first
+MAX_ID = 200
+MAX_PATH = 4096
+MAX_GLOB = 1000
+
+# Honest hints: search and answer change nothing the user sees (they log a query event); rag_answer may send the
+# retrieved code to the configured LLM endpoint; rag_index and reranker_admin change what every later search returns.
+READ_ONLY = {"readOnlyHint": True, "destructiveHint": False, "idempotentHint": True}
+CorpusArg = Annotated[
+    str | None, Field(max_length=MAX_ID, description="Corpus id; default: the only or configured corpus")
+]
 
 
 def _user_error(exc: Exception) -> ToolError:
@@ -57,20 +79,22 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
             if engine is None:
                 eng.close()
 
-    server = MCPServer("agro-mcp", instructions=INSTRUCTIONS, lifespan=lifespan, version="0.1.0")
+    server = GuardedMCPServer("agro-mcp", instructions=INSTRUCTIONS, lifespan=lifespan, version="0.1.0")
 
     def _engine(ctx: Context) -> Engine:
         return ctx.request_context.lifespan_context
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
+    @server.tool(title="Search code", annotations=ToolAnnotations(**READ_ONLY, openWorldHint=False))
     def rag_search(
         ctx: Context,
-        query: Annotated[str, Field(min_length=1, description="Question or identifiers; long text (an issue) is fine")],
-        corpus: Annotated[str | None, Field(description="Corpus id; default: the only or configured corpus")] = None,
+        query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY,
+                                    description="Question or identifiers; long text (an issue) is fine")],
+        corpus: CorpusArg = None,
         k: Annotated[int, Field(ge=1, le=MAX_K, description="Number of hits")] = 10,
         rerank: Annotated[bool | None, Field(description="false skips the cross-encoder for this call")] = None,
-        path_glob: Annotated[str | None, Field(description="Only paths matching this glob, e.g. 'src/**/*.py'")] = None,
-        language: Annotated[str | None, Field(description="Only this language, e.g. 'python'")] = None,
+        path_glob: Annotated[str | None, Field(max_length=MAX_GLOB,
+                                               description="Only paths matching this glob, e.g. 'src/**/*.py'")] = None,
+        language: Annotated[str | None, Field(max_length=64, description="Only this language, e.g. 'python'")] = None,
     ) -> SearchResponse:
         """Search the indexed code for where something is implemented; returns ranked chunks as path:start-end.
 
@@ -80,14 +104,15 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         """
         try:
             return _engine(ctx).search(query, corpus, k, rerank, path_glob, language)
-        except (UserError, DatabaseError) as exc:
+        except AgroUserError as exc:
             raise _user_error(exc) from None
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    @server.tool(title="Answer from code", annotations=ToolAnnotations(**READ_ONLY, openWorldHint=True))
     async def rag_answer(
         ctx: Context,
-        question: Annotated[str, Field(min_length=1, description="The question about the indexed code")],
-        corpus: Annotated[str | None, Field(description="Corpus id; default: the only or configured corpus")] = None,
+        question: Annotated[str, Field(min_length=1, max_length=MAX_QUERY,
+                                       description="The question about the indexed code")],
+        corpus: CorpusArg = None,
         k: Annotated[int, Field(ge=1, le=MAX_K, description="Hits to retrieve for the context")] = 8,
     ) -> AnswerResponse | InputRequiredResult:
         """Answer a question about the indexed code with path:start-end citations, grounded in retrieved code only.
@@ -99,21 +124,28 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         """
         try:
             return await rag_answer_call(_engine(ctx), ctx, question, corpus, k)
-        except (UserError, DatabaseError) as exc:
+        except AgroUserError as exc:
             raise _user_error(exc) from None
 
-    @server.tool()
+    @server.tool(
+        title="Index a repository",
+        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True,
+                                    openWorldHint=False),
+    )
     async def rag_index(
         ctx: Context,
+        confirmation: Annotated[ElicitationResult[Confirm], Resolve(index_confirmation)],
         action: Annotated[Literal["index", "refresh", "status", "list"], Field(description="What to do")] = "status",
-        path: Annotated[str | None, Field(description="Repository folder (action 'index')")] = None,
-        corpus: Annotated[str | None, Field(description="Corpus id; default: the folder name")] = None,
+        path: Annotated[str | None, Field(max_length=MAX_PATH, description="Repository folder (action 'index')")] = None,
+        corpus: Annotated[str | None, Field(max_length=MAX_ID, description="Corpus id; default: the folder name")] = None,
         full: Annotated[bool, Field(description="Rebuild from scratch instead of incrementally")] = False,
     ) -> IndexResponse:
         """Build, refresh or inspect a code index: 'index' a folder, 'refresh' changed files, 'status', 'list'.
 
         Use 'status' when rag_search reports index_stale_files > 0 or results look outdated, then 'refresh'.
+        Indexing a folder that is not yet a corpus asks the user first (or names the CLI command to run).
         """
+        require_confirmed(confirmation)
         eng = _engine(ctx)
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -135,28 +167,29 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
             else:
                 summary = await anyio.to_thread.run_sync(lambda: eng.refresh(corpus, progress))
             return IndexResponse(action=action, corpus=summary.corpus, data=summary.to_dict())
-        except (UserError, DatabaseError) as exc:
+        except AgroUserError as exc:
             raise _user_error(exc) from None
-        except Exception as exc:  # index errors carry their fix in the message
-            from retrieval.index import IndexError_
 
-            if isinstance(exc, IndexError_):
-                raise ToolError(str(exc)) from None
-            raise
-
-    @server.tool()
+    @server.tool(
+        title="Send search feedback",
+        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True,
+                                    openWorldHint=False),
+    )
     def submit_feedback(
         ctx: Context,
-        event_id: Annotated[str, Field(min_length=1, description="event_id returned by rag_search / rag_answer")],
+        event_id: Annotated[str, Field(min_length=1, max_length=MAX_ID,
+                                       description="event_id returned by rag_search / rag_answer")],
         signal: Annotated[
             Literal["click", "used", "thumbs_up", "thumbs_down", "rating", "correct_location"],
             Field(description="What happened"),
         ],
-        doc_id: Annotated[str | None, Field(description="The hit (path:start-end) the signal is about")] = None,
+        doc_id: Annotated[str | None, Field(max_length=MAX_PATH + 40,
+                                            description="The hit (path:start-end) the signal is about")] = None,
         rating: Annotated[int | None, Field(ge=1, le=5, description="1..5, with signal='rating'")] = None,
-        path: Annotated[str | None, Field(description="correct_location: file path relative to the repo")] = None,
-        start_line: Annotated[int | None, Field(ge=1)] = None,
-        end_line: Annotated[int | None, Field(ge=1)] = None,
+        path: Annotated[str | None, Field(max_length=MAX_PATH,
+                                          description="correct_location: file path relative to the repo")] = None,
+        start_line: Annotated[int | None, Field(ge=1, le=10_000_000)] = None,
+        end_line: Annotated[int | None, Field(ge=1, le=10_000_000)] = None,
         note: Annotated[str | None, Field(max_length=2000)] = None,
     ) -> FeedbackResponse:
         """Tell agro-mcp which results helped, so its reranker learns. Call it after every rag_search you act on.
@@ -165,40 +198,51 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         path:start_line-end_line (even if not among the results; the strongest signal); 'thumbs_down' = this hit
         was irrelevant; 'click' = you opened it; 'thumbs_up' / 'rating' (1-5) = the user's judgement.
         """
-        from training.events.feedback import FeedbackError
         from training.events.feedback import submit_feedback as submit
 
         eng = _engine(ctx)
         try:
             rec = submit(
                 eng.store, event_id, signal, doc_id=doc_id, rating=rating, path=path, start_line=start_line,
-                end_line=end_line, note=note, corpus_root=eng.corpus_root,
+                end_line=end_line, note=note, corpus_root=eng.corpus_root, indexed_files=eng.indexed_files,
             )
-        except (FeedbackError, DatabaseError) as exc:
-            raise ToolError(str(exc)) from None
+        except AgroUserError as exc:
+            raise _user_error(exc) from None
         return FeedbackResponse(
             feedback_id=rec.feedback_id, event_id=rec.event_id, signal=rec.signal, created=rec.created,
             message="recorded" if rec.created else "already recorded (identical feedback)",
         )
 
-    @server.tool()
+    @server.tool(
+        title="Manage the learning reranker",
+        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=False,
+                                    openWorldHint=False),
+    )
     async def reranker_admin(
         ctx: Context,
+        confirmation: Annotated[ElicitationResult[Confirm], Resolve(admin_confirmation)],
         action: Annotated[
             Literal["info", "reload", "status", "mine", "train", "evaluate", "promote", "rollback", "runs",
                     "eval_latest", "logs", "cancel", "wait"],
             Field(description="Admin action"),
         ] = "info",
         run_id: Annotated[
-            str | None, Field(description="Job / training run id (status, logs, cancel, promote, wait)")
+            str | None, Field(max_length=MAX_ID, description="Job / training run id (status, logs, cancel, promote, wait)")
         ] = None,
-        dataset: Annotated[str | None, Field(description="evaluate: 'golden', 'heldout' or a bench collection name")] = None,
+        dataset: Annotated[
+            str | None,
+            Field(max_length=MAX_ID, description="evaluate/mine/train: 'golden' (the corpus's golden file), 'heldout', "
+                                                 "or the name of a dataset in AGRO_HOME/datasets/"),
+        ] = None,
+        force: Annotated[
+            bool, Field(description="promote: even if the gate refuses (asks the user first; recorded as forced)")
+        ] = False,
         wait: Annotated[
             bool,
             Field(description="mine/train/evaluate/promote: keep the call open until the job ends (or "
                               "AGRO_ADMIN_WAIT_TIMEOUT_SEC), sending progress notifications when asked for"),
         ] = False,
-    ) -> dict[str, Any]:
+    ) -> AdminResult:
         """Inspect and manage the learning reranker: 'info', 'reload', and the training loop actions.
 
         'info' shows the serving model; 'reload' checks models/current now; 'train' / 'evaluate' / 'promote' start
@@ -206,16 +250,14 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
         previous release. With wait=true a job-starting action (or action 'wait' with a run_id) returns only when
         the job has ended, with its final status, and reports the job's progress meanwhile; if the job outlasts
         the server's wait timeout, its current status comes back with a note that it is still running.
+        'rollback' and a forced 'promote' ask the user first (or name the CLI command to run).
         """
+        require_confirmed(confirmation)
         eng = _engine(ctx)
         read_only = ("info", "status", "runs", "eval_latest", "logs", "wait")
         if action not in read_only and not eng.settings.server.admin_enabled:
             raise ToolError("reranker_admin actions that change state are disabled (AGRO_ADMIN_ENABLED=0).")
         from training.releases.admin import JOB_ACTIONS, AdminError, wait_for_job
-        from training.evaluation.datasets import EvalError
-        from training.releases.jobs import JobBusyError
-        from training.releases.promote import PromotionError
-        from training.learning.trainer import TrainingError
 
         async def notify(progress: float, message: str | None) -> None:
             try:
@@ -227,18 +269,26 @@ def create_server(settings: Settings, engine: Engine | None = None) -> MCPServer
             if wait and action not in JOB_ACTIONS + ("wait",):
                 raise AdminError(f"wait=true applies to {', '.join(JOB_ACTIONS)} (or use action 'wait' with a "
                                  f"run_id), not to {action!r}")
+            if force and action != "promote":
+                raise AdminError(f"force=true applies to action 'promote' only, not to {action!r}")
             if action == "wait":
                 rid = run_id
             else:
-                out = await anyio.to_thread.run_sync(lambda: eng.admin(action, run_id=run_id, dataset=dataset))
+                out = await anyio.to_thread.run_sync(
+                    lambda: eng.admin(action, run_id=run_id, dataset=dataset, force=force)
+                )
                 if not wait:
-                    return out
+                    return admin_result(action, out)
                 rid = out["run_id"]
-            return await wait_for_job(eng.workspace, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
+            done = await wait_for_job(eng.workspace, rid, timeout=eng.settings.server.admin_wait_timeout_sec,
                                       on_progress=notify)
-        except (UserError, DatabaseError, AdminError, EvalError, JobBusyError, PromotionError, TrainingError) as exc:
+            return admin_result("wait" if action == "wait" else action, done)
+        except AgroUserError as exc:
             raise _user_error(exc) from None
 
+    admin_tool = server._tool_manager.get_tool("reranker_admin")
+    admin_tool.fn_metadata.output_schema = admin_output_schema()  # the union of the per-action results
+    admin_tool.__dict__.pop("output_schema", None)
     return server
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from retrieval.errors import AgroError, AgroUserError
 from retrieval.models import cpu_has_native_bf16, cpu_has_vnni
 
 if TYPE_CHECKING:
@@ -57,11 +58,11 @@ UNTRAINED_MARKER = "agro_untrained.json"
 _CHARS_PER_TOKEN = 8  # generous upper bound for code: pre-cut texts to this many chars per token of budget
 
 
-class RerankerLoadError(ValueError):
+class RerankerLoadError(AgroUserError, ValueError):
     """A model reference that cannot be served as a cross-encoder (missing, wrong shape, untrained, unsafe)."""
 
 
-class ScoringCancelled(RuntimeError):
+class ScoringCancelled(AgroError, RuntimeError):
     """Scoring stopped early because its cancel event was set (the caller gave up on it)."""
 
 

@@ -31,6 +31,7 @@ from reranker.cache import ScoreCache
 from reranker.manager import LoadedReranker, RerankerManager, effective_alpha, effective_dense_weight
 from reranker.model import ScoringCancelled
 from reranker.settings import RerankerSettings
+from retrieval.errors import AgroError
 from retrieval.types import Hit, located_text
 
 __all__ = ["RerankOutcome", "blend_scores", "minmax", "rerank", "retrieval_scores", "tail_scores"]
@@ -85,7 +86,7 @@ def tail_scores(fused: Sequence[float], head_min: float) -> np.ndarray:
     return head_min - 1.0 + 0.5 * minmax(fused)
 
 
-class _Fallback(Exception):
+class _Fallback(AgroError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason

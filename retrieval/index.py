@@ -38,6 +38,7 @@ from retrieval.discovery import (
     discover_files,
     read_text,
 )
+from retrieval.errors import AgroUserError
 from retrieval.lexical import BM25Index
 from retrieval.settings import IndexSettings, RetrievalSettings
 from retrieval.tokenize import code_tokens
@@ -72,7 +73,7 @@ INDEX_FORMAT = 2
 _CORPUS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class IndexError_(RuntimeError):
+class IndexError_(AgroUserError, RuntimeError):
     """Base of index errors; messages say what to run next."""
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from retrieval.errors import AgroUserError
+
 __all__ = [
     "Database",
     "DatabaseError",
@@ -24,13 +26,14 @@ __all__ = [
     "close_all",
     "open_database",
     "redact_url",
+    "require_postgres_client",
 ]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(AgroUserError, RuntimeError):
     """A database operation failed; the message says why and what to do."""
 
 
@@ -46,6 +49,25 @@ def redact_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     url = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
     return re.sub(r"(password=)\S+", r"\1***", url)
+
+
+POSTGRES_EXTRA_HINT = "pip install 'agro-mcp[postgres]' (from a clone: pip install -e '.[postgres]')"
+
+
+def require_postgres_client() -> None:
+    """Check that the PostgreSQL client libraries (the ``postgres`` extra) are installed.
+
+    Raises:
+        DatabaseError: naming the missing module and the extra that provides it.
+    """
+    for module in ("psycopg", "psycopg_pool", "pgvector"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise DatabaseError(
+                f"The postgres backend needs the PostgreSQL client libraries ({module} is not installed): "
+                f"{POSTGRES_EXTRA_HINT}. Or run the embedded backend: AGRO_BACKEND=embedded."
+            ) from None
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -86,6 +108,7 @@ class Database:
     """
 
     def __init__(self, url: str, pool_size: int = 8, connect_timeout: float = 10.0) -> None:
+        require_postgres_client()
         import psycopg
         from psycopg_pool import ConnectionPool
 

@@ -92,7 +92,10 @@ Q = [
  ("where is the evaluation history plotted as a png", ["training/evaluation/plot.py"], [("training/evaluation/plot.py", "plot_history")]),
  ("which training hyper-parameters and promotion thresholds can be configured", ["training/settings.py"], [("training/settings.py", "TrainingSettings")]),
  ("how are AGRO_ environment variables and agro.toml merged into the settings", ["agro_mcp/config.py"], [("agro_mcp/config.py", "load_settings")]),
- ("how are list-valued environment variables like extra ignores parsed", ["agro_mcp/config.py"], [("agro_mcp/config.py", "_coerce_env")]),
+ ("how are list-valued environment variables like extra ignores parsed", ["retrieval/settings.py"], [("retrieval/settings.py", "IndexSettings._split_patterns")]),
+ ("which folders may agro.toml be read from, and never the working folder", ["agro_mcp/config.py"], [("agro_mcp/config.py", "config_path")]),
+ ("why is llm_base_url never taken from a repository's agro.toml", ["agro_mcp/config.py"], [("agro_mcp/config.py", "_drop_off_machine")]),
+ ("where is the common base class of all agro exceptions", ["retrieval/errors.py"], [("retrieval/errors.py", "AgroError"), ("retrieval/errors.py", "AgroUserError")]),
  ("where is the default data home ~/.agro set", ["agro_mcp/config.py"], [("agro_mcp/config.py", "ServerSettings")]),
 ]
 

@@ -90,8 +90,9 @@ def chunk_lookup(ws: Workspace):
 
 
 def parse_sources(dataset: str | None) -> tuple[list[str], Path | None, str | None]:
-    """``reranker_admin``'s ``dataset`` for mining: None/``feedback``, ``golden:<path>`` or a ``.json`` path
-    (feedback + golden), ``bootstrap[:<corpus>]``. Returns (sources, golden path, bootstrap corpus)."""
+    """``reranker_admin``'s ``dataset`` for mining: None/``feedback``, ``golden`` / ``golden:<corpus>`` or a dataset
+    name (feedback + golden; :func:`training.releases.datasets.resolve_dataset` finds the file), ``bootstrap[:<corpus>]``.
+    Returns (sources, golden path as given, bootstrap corpus)."""
     if not dataset or dataset == "feedback":
         return ["feedback"], None, None
     if dataset.startswith("bootstrap"):
@@ -418,7 +419,15 @@ def run_loop(
     promote: bool = True,
     reload: bool = False,
 ) -> dict[str, Any]:
-    """Mine, train, evaluate and (gate permitting) promote, once. Too few triplets ends with ``status`` 1."""
+    """Compact, mine, train, evaluate and (gate permitting) promote, once. Too few triplets ends with ``status`` 1.
+
+    Compaction applies the retention rules first (:func:`training.releases.retention.compact`): query events older
+    than ``ws.retention_days`` without feedback and incomplete model folders go.
+    """
+    from training.releases.retention import compact
+
+    compacted = compact(ws.store, Path(ws.home), ws.retention_days)
+    ctx.log(f"compacted: {compacted['events']} old events without feedback, {len(compacted['folders'])} folders")
     split = mine(ws, ctx, sources, golden_path=golden_path, corpus=corpus)
     ts = ws.settings.training
     if len(split.train) < ts.min_triplets:

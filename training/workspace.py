@@ -45,6 +45,7 @@ class Workspace:
         generation: corpus id -> its current index generation.
         releases: the shared release registry of a team backend, or None (embedded: local files only).
         reload: makes this process serve the release that is current now (None: nothing to reload).
+        retention_days: query events older than this without feedback are compacted away (0 keeps all).
     """
 
     home: Path
@@ -55,6 +56,7 @@ class Workspace:
     generation: Callable[[str], Any]
     releases: Any = None
     reload: Callable[[], Any] | None = None
+    retention_days: float = 90.0
 
     @property
     def models_dir(self) -> Path:

@@ -315,14 +315,23 @@ class _Endpoint:
                 if outer.behaviour == "hang":
                     outer.release.wait(10)
                     return
+                status = 200
                 if outer.behaviour == "garbage":
                     payload = b"<html>502 upstream sad</html>"
+                elif outer.behaviour == "echo-401":  # an error that repeats the request's headers
+                    status, payload = 401, json.dumps({"error": "bad key", "headers": dict(self.headers)}).encode()
+                elif outer.behaviour == "echo-text":  # non-JSON that repeats the Authorization header
+                    payload = f"upstream said no to Authorization: {self.headers['Authorization']}".encode()
+                elif outer.behaviour == "echo-answer":  # an "answer" that repeats the key verbatim
+                    key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    reply = {"choices": [{"message": {"role": "assistant", "content": f"key {key} here"}}]}
+                    payload = json.dumps(reply).encode()
                 else:
                     label = re.search(r"^\[1\] (\S+)", body["messages"][1]["content"], flags=re.M).group(1)
                     message = {"role": "assistant", "content": f"It checks the HMAC ({label})."}
                     reply = {"choices": [{"message": message}]}
                     payload = json.dumps(reply).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -418,7 +427,7 @@ async def test_unreachable_endpoint_falls_back_to_context_with_the_reason(engine
         ({"question": "   "}, "query is empty"),
         ({"question": ""}, "question"),
         ({"question": QUESTION, "corpus": "nope"}, "Known corpora: demo"),
-        ({"question": QUESTION, "k": 0}, "greater than or equal to 1"),
+        ({"question": QUESTION, "k": 0}, "k must be between 1 and 50; got 0"),
     ],
 )
 async def test_bad_input_is_a_tool_error_that_says_how_to_fix_it(engine, args, message):
@@ -426,3 +435,62 @@ async def test_bad_input_is_a_tool_error_that_says_how_to_fix_it(engine, args, m
         result = await client.call_tool("rag_answer", args)
     assert result.is_error
     assert message in result.content[0].text
+
+
+# -- secrets never in output (issue 20, finding 4) ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("behaviour", ["echo-401", "echo-text", "echo-answer"])
+async def test_an_endpoint_that_echoes_the_key_never_gets_it_into_the_result_or_the_log(
+    engine, configured, endpoint, caplog, behaviour
+):
+    caplog.set_level(logging.DEBUG)
+    endpoint.behaviour = behaviour
+    eng = configured(**_llm_env(endpoint.url))
+    async with Client(create_server(eng.settings, engine=eng)) as client:
+        result = await _answer(client)
+    assert endpoint.requests[0][0]["Authorization"] == f"Bearer {API_KEY}"  # the key was really sent
+    everything = json.dumps(result.structured_content) + _text_of(result) + caplog.text
+    assert API_KEY not in everything
+    if behaviour != "echo-answer":
+        assert result.structured_content["mode"] == "context" and "[REDACTED]" in result.structured_content["note"]
+
+
+@pytest.mark.anyio
+async def test_a_key_in_the_endpoint_url_never_reaches_the_note_or_the_log(engine, configured, endpoint, caplog):
+    caplog.set_level(logging.DEBUG)
+    endpoint.behaviour = "echo-401"
+    url_key = "url-secret-9f8e7d6c5b4a"
+    eng = configured(**{**_llm_env(endpoint.url.replace("http://", f"http://user:{url_key}@")),
+                        "AGRO_LLM_API_KEY": ""})
+    async with Client(create_server(eng.settings, engine=eng)) as client:
+        result = await _answer(client)
+    assert endpoint.requests  # reached the endpoint (httpx sends the URL's user:password as Basic auth)
+    out = result.structured_content
+    assert out["mode"] == "context" and "HTTP 401" in out["note"]
+    assert url_key not in json.dumps(out) + caplog.text
+
+
+def _text_of(result: types.CallToolResult) -> str:
+    return " ".join(getattr(c, "text", "") for c in result.content)
+
+
+# -- citations (issue 20, finding 11) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cited",
+    ["/etc/passwd:1-2", "../../etc/passwd:1-2", "~/.ssh/id_rsa:1-5", "id_rsa:1-5", "src\\db.py:3-4",
+     "/home/user/repo/src/db.py:3-4", "file:///etc/passwd:1", "./../src/db.py:3", "src/../src/db.py:3-4"],
+)
+def test_extract_citations_drops_any_location_that_is_not_a_context_block_whatever_its_form(cited):
+    kept, dropped, cleaned = extract_citations(f"It is at {cited} and src/db.py:3-4.", CONTEXT_HITS)
+    assert [c.doc_id for c in kept] == ["src/db.py:1-30"]
+    assert len(dropped) == 1 and "passwd" not in cleaned and "id_rsa" not in cleaned
+    assert cleaned.count(DROPPED_MARK) == 1
+
+
+def test_extract_citations_leaves_times_and_urls_alone():
+    text = "From 10:30-11:00 see http://example.com:8080/x"
+    assert extract_citations(text, CONTEXT_HITS) == ([], [], text)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import anyio
+import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
@@ -490,7 +491,13 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
     db = open_event_store(home, backend_env["AGRO_BACKEND"], backend_env.get("AGRO_DATABASE_URL"))
 
     params = StdioServerParameters(command=sys.executable, args=["-m", "agro_mcp", "serve"], env=env)
-    async with Client(params, read_timeout_seconds=120) as client:
+    asked: list[str] = []
+
+    async def confirm(_context, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)  # rollback cannot be undone by the next search: the user is asked
+        return types.ElicitResult(action="accept", content={"confirm": True})
+
+    async with Client(params, read_timeout_seconds=120, elicitation_callback=confirm) as client:
         # No release yet: searches work, unreranked, and say why.
         first = await _served(client, None, within=60)
         assert "no reranker model" in first["reranker_fallback_reason"]
@@ -538,6 +545,7 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
         # Rollback re-points current at the parent; the running server serves it again.
         rb = await _call(client, "reranker_admin", action="rollback")
         assert rb["from"] == rel_b and rb["release"] == rel_a
+        assert f"from release {rel_b} to its parent {rel_a}" in asked[-1]
         await _served(client, rel_a, within=5)
         runs = await _call(client, "reranker_admin", action="runs")
         assert {run_a, run_b} <= {r["run_id"] for r in runs["runs"]}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import AgroUserError
 from retrieval.types import parse_doc_id
 from training.evaluation.golden import GoldenItem, load_golden
 from training.evaluation.metrics import Loc
@@ -28,7 +29,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class EvalError(ValueError):
+class EvalError(AgroUserError, ValueError):
     """The evaluation cannot run as asked (empty set, unknown config, missing corpus or reranker)."""
 
 

@@ -22,13 +22,14 @@ from pydantic import (
 )
 
 from retrieval.atomic import write_text_atomic
+from retrieval.errors import AgroUserError
 
 __all__ = ["GoldenError", "GoldenItem", "GoldenSpan", "add_golden", "load_golden", "dump_golden_rows"]
 
 logger = logging.getLogger(__name__)
 
 
-class GoldenError(ValueError):
+class GoldenError(AgroUserError, ValueError):
     """golden.json is malformed; the message names the row index (0-based) and the key."""
 
 

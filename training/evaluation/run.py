@@ -39,7 +39,11 @@ def _ensure_index(backend: Any, corpus: str, root: Path | None, index_settings, 
                 f"No index for corpus {corpus!r}. Run: agro index /path/to/repo --corpus {corpus}"
             ) from exc
         gen = None
-    if gen is not None and (root is None or Path(gen.root).resolve() == root.resolve()):
+    if gen is not None:
+        if root is not None and Path(gen.root).resolve() != root.resolve():
+            # An indexed corpus's root is fixed: a dataset found elsewhere never re-roots (or re-indexes) it.
+            logger.warning("corpus %s is indexed from %s; the dataset's folder %s is not indexed in its place",
+                           corpus, gen.root, root)
         logger.info("Reusing index %s of corpus %s", gen.generation_id, corpus)
         return gen
     logger.info("Indexing %s as corpus %s", root, corpus)

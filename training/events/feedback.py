@@ -8,7 +8,8 @@ Rules (DESIGN.md section 4):
 - ``rating`` needs ``rating`` in 1..5; no other signal takes a rating.
 - ``correct_location`` names where the answer really was: ``doc_id`` ``path:start-end`` or ``path`` +
   ``start_line`` + ``end_line``; it may lie outside the results, but must be a file inside the corpus root with
-  at least ``end_line`` lines.
+  at least ``end_line`` lines, and (live faces) one the corpus's index holds: no answer tells whether an
+  unindexed file exists.
 - ``path``/``start_line``/``end_line`` are only for ``correct_location``; other signals name a hit by ``doc_id``.
 - ``note`` (any signal) is at most :data:`MAX_NOTE_CHARS` characters.
 
@@ -18,9 +19,11 @@ An exact repeat of an accepted call returns the stored record (``created=False``
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
 
+from retrieval.errors import AgroUserError
+from retrieval.redact import clip
 from retrieval.types import parse_doc_id
 from training.events.records import FeedbackRecord, QueryEvent
 from training.events.store import EventStore
@@ -35,7 +38,7 @@ _NEEDS_DOC_ID = frozenset({"click", "used"})
 _MAX_LISTED_IDS = 10
 
 
-class FeedbackError(ValueError):
+class FeedbackError(AgroUserError, ValueError):
     """Feedback that cannot be accepted; the message says how to fix the call."""
 
 
@@ -95,8 +98,13 @@ def _check_location(
     start_line: int,
     end_line: int,
     corpus_root: Callable[[str], Path | None] | None,
+    indexed_files: Callable[[str], Collection[str]] | None = None,
 ) -> str:
-    """Validate a correct_location against the corpus on disk; return the normalised relative path."""
+    """Validate a correct_location against the corpus's index and disk; return the normalised relative path.
+
+    With ``indexed_files`` only a file of the corpus's index is accepted, and a file that is not indexed gets the
+    same answer whether it exists or not: feedback is no way to learn which files exist (``.env``, ``id_rsa``).
+    """
     if corpus_root is None:
         # No filesystem to check against (offline import): syntax only.
         return _relative_path(path, None)
@@ -107,6 +115,11 @@ def _check_location(
             f"Index it first: agro index /path/to/repo --corpus {event.corpus}"
         )
     rel = _relative_path(path, root)
+    if indexed_files is not None and rel not in indexed_files(event.corpus):
+        raise FeedbackError(
+            f"path {clip(rel)} is not an indexed file of corpus {event.corpus!r}: pass a file that rag_search can "
+            "return (its path as in a hit's doc_id); if it is new, refresh the index first"
+        )
     root_resolved = root.resolve()
     target = (root_resolved / rel).resolve()
     if not target.is_relative_to(root_resolved):
@@ -131,6 +144,7 @@ def submit_feedback(
     end_line: int | None = None,
     note: str | None = None,
     corpus_root: Callable[[str], Path | None] | None = None,
+    indexed_files: Callable[[str], Collection[str]] | None = None,
     ts: float | None = None,
 ) -> FeedbackRecord:
     """Validate feedback against the event it names and store it durably.
@@ -145,6 +159,8 @@ def submit_feedback(
         note: Free text, at most :data:`MAX_NOTE_CHARS` characters.
         corpus_root: Maps a corpus id to its root folder, to check ``correct_location`` on disk. Every live face
             must pass it; ``None`` skips the disk checks (offline imports only).
+        indexed_files: Maps a corpus id to the relative paths of its indexed files; a ``correct_location`` must
+            name one of them. Every live face passes it.
         ts: Timestamp to record (imports); defaults to now.
 
     Returns:
@@ -192,7 +208,7 @@ def submit_feedback(
                 "or path + start_line + end_line"
             )
         start_line, end_line = _check_span(start_line, end_line)
-        path = _check_location(event, path, start_line, end_line, corpus_root)
+        path = _check_location(event, path, start_line, end_line, corpus_root, indexed_files)
         doc_id = f"{path}:{start_line}-{end_line}"
     else:
         if path is not None or start_line is not None or end_line is not None:

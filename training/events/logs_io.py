@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from retrieval.atomic import atomic_write
+from retrieval.errors import AgroError
 from retrieval.types import chunk_hash, parse_doc_id
 from training.events.feedback import MAX_NOTE_CHARS, FeedbackError, submit_feedback
 from training.events.records import ChunkText, FeedbackRecord, QueryEvent, ResultRecord
@@ -84,7 +85,7 @@ class ExportReport:
     feedback: int
 
 
-class _Malformed(ValueError):
+class _Malformed(AgroError, ValueError):
     pass
 
 

@@ -57,6 +57,7 @@ from training.events.records import (
     event_from_row,
     feedback_from_row,
     promotion_from_row,
+    scan_filters,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PgEventStore", "PgStoreVersionError"]
@@ -236,13 +237,8 @@ class PgEventStore(PgJobs, StoreBase):
 
     def iter_events(self, corpus: str | None = None, since: float | None = None) -> Iterator[QueryEvent]:
         """Events in insertion order, read in pages (one short transaction each) so a scan never holds a connection."""
-        where, args = ["seq > %s"], []
-        if corpus is not None:
-            where.append("corpus = %s")
-            args.append(corpus)
-        if since is not None:
-            where.append("ts >= %s")
-            args.append(since)
+        terms, args = scan_filters("%s", corpus, since)
+        where = ["seq > %s", *terms]
         page = records.PAGE
         sql = (
             f"SELECT seq, {_EVENT_COLS} FROM agro_query_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {page}"
@@ -339,13 +335,8 @@ class PgEventStore(PgJobs, StoreBase):
         signals: Iterable[str] | None = None,
     ) -> Iterator[FeedbackRecord]:
         """Feedback in insertion order, optionally filtered by the event's corpus, time and signal."""
-        where, args = ["f.seq > %s"], []
-        if corpus is not None:
-            where.append("e.corpus = %s")
-            args.append(corpus)
-        if since is not None:
-            where.append("f.ts >= %s")
-            args.append(since)
+        terms, args = scan_filters("%s", corpus, since, prefix="f.", corpus_col="e.corpus")
+        where = ["f.seq > %s", *terms]
         if signals is not None:
             where.append("f.signal = ANY(%s)")
             args.append(list(signals))
@@ -364,6 +355,36 @@ class PgEventStore(PgJobs, StoreBase):
             last = rows[-1]["seq"]
             for row in rows:
                 yield feedback_from_row(row)
+
+    def compact_events(self, older_than: float, vacuum: bool = False) -> dict[str, int]:
+        """Delete query events logged before ``older_than`` without feedback, their results and the chunk texts
+        no remaining event refers to (see :meth:`training.events.store.EventStore.compact_events`). ``vacuum`` is left to
+        PostgreSQL's autovacuum."""
+        batch = records.COMPACT_BATCH
+
+        def one_batch(conn: Any) -> int:
+            ids = [r[0] for r in conn.execute(
+                "SELECT event_id FROM agro_query_events e WHERE ts < %s AND NOT EXISTS "
+                "(SELECT 1 FROM agro_feedback f WHERE f.event_id = e.event_id) LIMIT %s", (older_than, batch)).fetchall()]
+            if ids:
+                conn.execute("DELETE FROM agro_query_results WHERE event_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM agro_query_events WHERE event_id = ANY(%s)", (ids,))
+            return len(ids)
+
+        events = 0
+        while True:
+            n = self._write(one_batch, "compact_events")
+            events += n
+            if n < batch:
+                break
+
+        def texts(conn: Any) -> int:
+            return conn.execute(
+                "DELETE FROM agro_chunk_texts t WHERE NOT EXISTS "
+                "(SELECT 1 FROM agro_query_results r WHERE r.chunk_hash = t.hash)"
+            ).rowcount
+
+        return {"events": events, "chunk_texts": self._write(texts, "compact_events")}
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for `status` and tests)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
+from retrieval.errors import AgroUserError
 from retrieval.types import Hit
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "job_update_sets",
     "lock_is_held",
     "promotion_from_row",
+    "scan_filters",
     "new_run_id",
     "pid_alive",
     "query_event_from_hits",
@@ -51,7 +53,7 @@ TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 PAGE = 500  # rows per read when a store scans a table (tests lower it)
 
 
-class StoreError(RuntimeError):
+class StoreError(AgroUserError, RuntimeError):
     """The store cannot do what was asked; the message says why and what to do."""
 
 
@@ -176,6 +178,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+# A logged query is training data, not an archive: beyond this the reranker (512 tokens with the passage) never
+# reads it, and a pasted 20,000-character issue is not kept forever.
+MAX_LOGGED_QUERY_CHARS = 4000
+# Events deleted per transaction when compacting, so writers never wait long.
+COMPACT_BATCH = 5000
+
+
 def new_run_id(kind: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{kind}-{uuid.uuid4().hex[:6]}"
@@ -195,12 +204,12 @@ def query_event_from_hits(
     source: str = "search",
 ) -> tuple[QueryEvent, list[ChunkText]]:
     """A new query event (fresh id, now) with its ranked results, and the texts of its hits: what every store's
-    ``log_query`` writes."""
+    ``log_query`` writes. The query is kept to its first :data:`MAX_LOGGED_QUERY_CHARS` characters."""
     event = QueryEvent(
         event_id=uuid.uuid4().hex,
         ts=time.time(),
         corpus=corpus,
-        query=query,
+        query=query[:MAX_LOGGED_QUERY_CHARS],
         k=k,
         reranker_model=reranker_model,
         reranking_used=reranking_used,
@@ -320,6 +329,22 @@ def promotion_from_row(row: Row) -> dict[str, Any]:
         "release": row["release"],
         "payload": json.loads(row["payload"]),
     }
+
+
+def scan_filters(mark: str, corpus: str | None, since: float | None, prefix: str = "",
+                 corpus_col: str = "corpus") -> tuple[list[str], list[Any]]:
+    """The WHERE terms (``mark`` is the driver's placeholder) and their values that keep a scan to one corpus and
+    to rows at or after ``since``; ``prefix`` qualifies the time column (``"f."``) and ``corpus_col`` names the
+    corpus column."""
+    where: list[str] = []
+    args: list[Any] = []
+    if corpus is not None:
+        where.append(f"{corpus_col} = {mark}")
+        args.append(corpus)
+    if since is not None:
+        where.append(f"{prefix}ts >= {mark}")
+        args.append(since)
+    return where, args
 
 
 # --------------------------------------------------------------------------------------------------- jobs, locks

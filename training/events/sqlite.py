@@ -37,6 +37,7 @@ from training.events.records import (
     event_from_row,
     feedback_from_row,
     promotion_from_row,
+    scan_filters,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteEventStore"]
@@ -289,13 +290,8 @@ class SqliteEventStore(SqliteJobs, StoreBase):
 
     def iter_events(self, corpus: str | None = None, since: float | None = None) -> Iterator[QueryEvent]:
         """Events in insertion order, read in pages so a long scan never holds the database."""
-        where, args = ["rowid > ?"], []
-        if corpus is not None:
-            where.append("corpus = ?")
-            args.append(corpus)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
+        terms, args = scan_filters("?", corpus, since)
+        where = ["rowid > ?", *terms]
         sql = f"SELECT rowid, * FROM query_events WHERE {' AND '.join(where)} ORDER BY rowid LIMIT {records.PAGE}"
         last = 0
         while True:
@@ -366,13 +362,8 @@ class SqliteEventStore(SqliteJobs, StoreBase):
         signals: Iterable[str] | None = None,
     ) -> Iterator[FeedbackRecord]:
         """Feedback in insertion order, optionally filtered by the event's corpus, time and signal."""
-        where, args = ["f.rowid > ?"], []
-        if corpus is not None:
-            where.append("e.corpus = ?")
-            args.append(corpus)
-        if since is not None:
-            where.append("f.ts >= ?")
-            args.append(since)
+        terms, args = scan_filters("?", corpus, since, prefix="f.", corpus_col="e.corpus")
+        where = ["f.rowid > ?", *terms]
         if signals is not None:
             wanted = list(signals)
             where.append(f"f.signal IN ({','.join('?' * len(wanted))})")
@@ -389,6 +380,40 @@ class SqliteEventStore(SqliteJobs, StoreBase):
             last = rows[-1]["rid"]
             for row in rows:
                 yield feedback_from_row(row)
+
+    def compact_events(self, older_than: float, vacuum: bool = False) -> dict[str, int]:
+        """Delete query events logged before ``older_than`` (a timestamp) that have no feedback, with their results
+        and the chunk texts no remaining event refers to. Events with feedback are training data: always kept.
+
+        Args:
+            vacuum: also return the freed pages to the file system (``VACUUM``; rewrites the file, so for
+                ``agro db compact`` rather than a running server).
+
+        Returns:
+            How many events and chunk texts were removed.
+        """
+        events = 0
+        while True:
+            with self._write() as conn:
+                ids = [(r[0],) for r in conn.execute(
+                    "SELECT event_id FROM query_events e WHERE ts < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM feedback f WHERE f.event_id = e.event_id) LIMIT ?", (older_than, records.COMPACT_BATCH))]
+                conn.executemany("DELETE FROM query_results WHERE event_id = ?", ids)
+                conn.executemany("DELETE FROM query_events WHERE event_id = ?", ids)
+            events += len(ids)
+            if len(ids) < records.COMPACT_BATCH:
+                break
+        with self._write() as conn:
+            texts = conn.execute(
+                "DELETE FROM chunk_texts WHERE hash NOT IN "
+                "(SELECT chunk_hash FROM query_results WHERE chunk_hash IS NOT NULL)"
+            ).rowcount
+        if vacuum:
+            conn = self._conn()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"events": events, "chunk_texts": texts}
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for `status` and tests)."""

@@ -99,6 +99,11 @@ class EventStore(Protocol):
     ) -> Iterator[FeedbackRecord]:
         """Feedback in insertion order, optionally filtered by the event's corpus, time and signal."""
 
+    def compact_events(self, older_than: float, vacuum: bool = False) -> dict[str, int]:
+        """Delete query events logged before ``older_than`` that have no feedback, their results and the chunk
+        texts nothing refers to any more; return ``{"events": n, "chunk_texts": n}``. ``vacuum`` gives the space
+        back to the file system where the backend can (SQLite)."""
+
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for `status` and tests)."""
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import atomic_write, write_json_atomic
+from retrieval.errors import AgroUserError
 from training.learning.bases import BaseModel, resolve_base
 from training.learning.miners import MinedSplit, Triplet, data_hash
 
@@ -47,7 +48,7 @@ _RUN_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 _CHARS_PER_TOKEN = 8
 
 
-class TrainingError(RuntimeError):
+class TrainingError(AgroUserError, RuntimeError):
     """Training cannot run as asked (too little data, bad base model); the message says what to do."""
 
 

@@ -16,8 +16,10 @@ from typing import Any
 
 from reranker.manager import RerankerManager
 from reranker.path import RankingPath
+from retrieval.errors import AgroUserError
 from training.learning.trainer import TrainingError, load_run, run_dir
 from training.releases.jobs import TRAINING_LOCK, JobBusyError, start_job
+from training.releases.datasets import DatasetError, dataset_generations, resolve_dataset
 from training.releases.promote import PromotionError, current_release, list_releases, rollback
 from training.workspace import Workspace
 
@@ -33,7 +35,7 @@ _REAP_EVERY = 20
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class AdminError(ValueError):
+class AdminError(AgroUserError, ValueError):
     """A bad admin request; the message says how to fix it."""
 
 
@@ -84,6 +86,7 @@ class _Request:
     ws: Workspace
     run_id: str | None
     dataset: str | None
+    force: bool = False
 
     @property
     def home(self) -> Path:
@@ -101,6 +104,25 @@ class _Request:
         except JobBusyError as exc:
             raise AdminError(str(exc)) from None
         return {"run_id": rid, "state": "started", "note": f"poll with reranker_admin status run_id={rid}"}
+
+
+def _dataset(ws: Workspace, dataset: str) -> tuple[Path, dict[str, Any] | None]:
+    """The dataset's file or folder and, for a golden file, the generations of the corpora it asks about."""
+    try:
+        path = resolve_dataset(ws, dataset)
+        return path, dataset_generations(ws, path)
+    except DatasetError as exc:
+        raise AdminError(str(exc)) from None
+
+
+def _sources(r: _Request) -> tuple[list[str], Path | None, str | None]:
+    """Mining sources of ``r.dataset``; a golden file must be the corpus's own or one in AGRO_HOME/datasets."""
+    from training import loop
+
+    sources, golden, corpus = loop.parse_sources(r.dataset)
+    if golden is not None:
+        golden, _ = _dataset(r.ws, r.dataset or "")
+    return sources, golden, corpus
 
 
 def _status(r: _Request) -> dict:
@@ -161,7 +183,7 @@ def _rollback(r: _Request) -> dict:
 def _mine(r: _Request) -> dict:
     from training import loop
 
-    sources, golden, corpus = loop.parse_sources(r.dataset)
+    sources, golden, corpus = _sources(r)
 
     def do_mine(ctx):
         from training.learning.trainer import write_split
@@ -177,7 +199,7 @@ def _mine(r: _Request) -> dict:
 def _train(r: _Request) -> dict:
     from training import loop
 
-    sources, golden, corpus = loop.parse_sources(r.dataset)
+    sources, golden, corpus = _sources(r)
 
     def do_train(ctx):
         out = loop.run_loop(r.ws, ctx, sources, golden_path=golden, corpus=corpus, promote=False)
@@ -199,10 +221,9 @@ def _evaluate(r: _Request) -> dict:
         return r.started("evaluate", do_eval_run, lock=None)
     if dataset == "heldout":
         return _evaluate(_Request(r.ws, _latest_trained(r.models_dir), None))
-    if dataset == "golden":
-        dataset = "golden.json"
     if not dataset:
-        raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset (golden.json or a bench folder)")
+        raise AdminError("action 'evaluate' needs run_id (a candidate) or dataset ('golden' or a dataset name)")
+    dataset_path, generations = _dataset(r.ws, dataset)
 
     def do_eval(ctx):
         from training.evaluation.report import save_report
@@ -211,9 +232,9 @@ def _evaluate(r: _Request) -> dict:
         ws = r.ws
         path, model = _current_rerank_path(ws)
         configs = ("bm25", "dense", "fused") + (("fused+rerank",) if path else ())
-        report = run_evaluation(dataset, r.home, ws.settings.index, ws.settings.retrieval,
+        report = run_evaluation(dataset_path, r.home, ws.settings.index, ws.settings.retrieval,
                                 configs=configs, rerank_path=path, model=model, embedder=ws.embedder(),
-                                index_backend=ws.indexes,
+                                index_backend=ws.indexes, generations=generations,
                                 progress=lambda i, n: ctx.progress(i / max(n, 1), f"{i}/{n}"))
         saved = save_report(report, ws.store, r.home / "exports")
         return {"eval_id": saved.eval_id, "metrics": report.metrics}
@@ -233,7 +254,7 @@ def _promote(r: _Request) -> dict:
         raise AdminError(f"run {rid} is {run.get('state')!r}; only a succeeded run can be promoted")
 
     def do_promote(ctx):
-        out = loop.promote_step(r.ws, ctx, rid, reload=True)
+        out = loop.promote_step(r.ws, ctx, rid, force=r.force, reload=True)
         return {k: v for k, v in out.items() if k != "figures"}
 
     return r.started("promote", do_promote)
@@ -255,7 +276,9 @@ _HANDLERS: dict[str, Callable[[_Request], dict]] = {
 ACTIONS = tuple(_HANDLERS)
 
 
-def run_admin_action(ws: Workspace, action: str, *, run_id: str | None = None, dataset: str | None = None) -> dict:
+def run_admin_action(
+    ws: Workspace, action: str, *, run_id: str | None = None, dataset: str | None = None, force: bool = False
+) -> dict:
     """Run one admin action on ``ws`` and return a JSON-ready dict.
 
     Raises:
@@ -269,7 +292,7 @@ def run_admin_action(ws: Workspace, action: str, *, run_id: str | None = None, d
             run_dir(Path(ws.home) / "models", run_id)
         except TrainingError as exc:
             raise AdminError(str(exc)) from None
-    return handler(_Request(ws, run_id, dataset))
+    return handler(_Request(ws, run_id, dataset, force))
 
 
 ProgressFn = Callable[[float, str | None], Awaitable[None]]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import AgroUserError
+
 __all__ = [
     "FileLock",
     "JobBusyError",
@@ -46,7 +48,7 @@ PROMOTE_LOCK = "promote"
 _ADVISORY_KEYS = {TRAINING_LOCK: "agro-train"}
 
 
-class JobBusyError(RuntimeError):
+class JobBusyError(AgroUserError, RuntimeError):
     """Another job holds the lock; the message names it."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import fsync_dir
+from retrieval.errors import AgroUserError
 from training.learning.bases import pointed_manifest
 from training.learning.trainer import TrainingError, load_run, run_dir, write_json_atomic
 
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 Hook = Callable[[str], None]  # called with a step name between the steps (tests inject crashes here)
 
 
-class PromotionError(RuntimeError):
+class PromotionError(AgroUserError, RuntimeError):
     """The promotion or rollback cannot happen; the message says why and what to do."""
 
 
@@ -242,6 +243,9 @@ def promote_run(
     except JobBusyError as exc:
         raise PromotionError(str(exc)) from None
     try:
+        from training.releases.retention import remove_orphan_folders
+
+        remove_orphan_folders(models_dir, store, releases_locked=True)  # what a killed promote left behind
         parent = current_release(models_dir)
         release_id = _new_release_id()
         dest = models_dir / "releases" / release_id
