@@ -19,8 +19,7 @@ class TrainingSettings(AgroSettings):
     section: ClassVar[str] = "training"
 
     model_kind: Literal["bi-encoder", "cross-encoder", "auto"] = Field(
-        "bi-encoder", description="What a run trains: the embedding model (bi-encoder), a cross-encoder, or auto (both "
-        "within time_budget_sec; the gate picks)."
+        "bi-encoder", description="What a run trains: bi-encoder, cross-encoder, or auto (both; the gate picks)."
     )
     bi_encoder_epochs: int = Field(4, ge=1, description="Epochs of a bi-encoder run (a cross-encoder run uses epochs).")
     bi_encoder_learning_rate: float = Field(2e-5, gt=0, description="Learning rate of a bi-encoder run.")
