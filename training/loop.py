@@ -25,6 +25,8 @@ from training.learning.miners import (
     mine_bootstrap,
     mine_feedback,
     mine_golden,
+    mine_identifiers,
+    query_key,
     split_by_query,
 )
 from training.releases.promote import GateDecision, current_release, gate, promote_run
@@ -42,6 +44,7 @@ from training.learning.trainer import (
 __all__ = [
     "LoopOutcome",
     "chunk_lookup",
+    "cv_folds",
     "evaluate_run",
     "fused_rank_fn",
     "mine",
@@ -114,6 +117,8 @@ def mine(
         raise TrainingError(f"mining sources expect values among {SOURCES}, but got {bad}")
     triplets: list[Triplet] = []
     counts: dict[str, int] = {}
+    fixed: dict[str, bool] = {}  # history questions: held out when among the newest (a time split)
+    history: dict[str, dict] = {}
     if "feedback" in sources:
         got = mine_feedback(ws.store, corpus=corpus, negatives_per_query=ts.negatives_per_query,
                             chunk_lookup=chunk_lookup(ws))
@@ -135,6 +140,15 @@ def mine(
         for c in targets:
             gen = ws.generation(c)
             ctx.log("bootstrap: mining %s (%d chunks)", c, len(gen.chunks))
+            n_history = 0
+            if ts.history_enabled:
+                hist = _mine_history(ws, ctx, c, gen, fixed)
+                history[c] = hist["report"]
+                n_history = hist["questions"]
+                counts[f"history:{c}"] = n_history
+                triplets += hist["triplets"]
+                if len(hist["triplets"]) >= ts.min_triplets and not ts.history_with_docstrings:  # enough alone
+                    continue
             got = mine_bootstrap(gen.chunks, fused_rank_fn(ws), c, cap=ts.bootstrap_cap,
                                  usage_share=ts.bootstrap_usage_share,
                                  negatives_per_query=ts.negatives_per_query, seed=ts.seed,
@@ -144,11 +158,43 @@ def mine(
             if ts.bootstrap_usage_share > 0:
                 counts[f"bootstrap_usage:{c}"] = sum(t.source == "corpus_usage" for t in got)
             triplets += got
-    split = split_by_query(triplets, ts.heldout_fraction, ts.seed)
+            if not n_history and len(got) < ts.min_triplets:  # neither docstrings nor history: names and signatures
+                ids = mine_identifiers(gen.chunks, fused_rank_fn(ws), c, cap=ts.bootstrap_cap,
+                                       negatives_per_query=ts.negatives_per_query, seed=ts.seed)
+                counts[f"identifiers:{c}"] = len(ids)
+                triplets += ids
+    split = split_by_query(triplets, ts.heldout_fraction, ts.seed, fixed=fixed)
     split.info["sources"] = counts
+    if history:
+        split.info["history"] = history
     ctx.log("mined %s -> %d train / %d held-out triplets (%d / %d queries)", counts, len(split.train),
             len(split.heldout), split.info["train_queries"], split.info["heldout_queries"])
     return split
+
+
+def _mine_history(ws: Workspace, ctx: Any, corpus: str, gen: Any, fixed: dict[str, bool]) -> dict[str, Any]:
+    """The history miner on one corpus: questions, triplets, and the time split recorded into ``fixed``."""
+    from retrieval.chunking import chunk_file
+    from training.learning.history import history_triplets, mine_history
+
+    ts = ws.settings.training
+    index_settings = ws.settings.index
+    qs, report = mine_history(
+        Path(gen.root), gen.chunks, lambda path, text: chunk_file(path, text, index_settings),
+        max_questions=ts.history_max_questions, max_commits=ts.history_max_commits,
+        since_days=ts.history_max_age_days, max_files=ts.history_max_files, max_positives=ts.history_max_positives,
+        cancelled=ctx.cancelled)
+    ctx.log("bootstrap: %s", report.summary())
+    got = history_triplets(qs, fused_rank_fn(ws), corpus, negatives_per_query=ts.negatives_per_query,
+                           progress=lambda i, n: ctx.progress(0.2 * i / max(n, 1), f"history {i}/{n}"),
+                           cancelled=ctx.cancelled)
+    # qs is newest first: the newest share is held out, so the gate asks the past to predict the future
+    n_held = math.ceil(len(qs) * ts.heldout_fraction) if len(qs) >= 2 else 0
+    for i, q in enumerate(qs):
+        fixed[query_key(corpus, q.query)] = i < n_held
+    return {"questions": len(qs), "triplets": got,
+            "report": {**report.to_dict(), "heldout_questions": n_held,
+                       "heldout_since": qs[n_held - 1].ts if n_held else None}}
 
 
 def export_triplets(ws: Workspace, split: MinedSplit) -> Path:
@@ -161,7 +207,7 @@ def export_triplets(ws: Workspace, split: MinedSplit) -> Path:
 
 
 def train_step(ws: Workspace, ctx: Any, split: MinedSplit, *, extra: dict | None = None,
-               weigh_dense: bool = True) -> dict[str, Any]:
+               weigh_dense: bool = True, kind: str | None = None) -> dict[str, Any]:
     """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json.
 
     Its blend (``run.json`` ``blend``, carried into a release's manifest) gets the dense weight chosen on all its
@@ -169,6 +215,8 @@ def train_step(ws: Workspace, ctx: Any, split: MinedSplit, *, extra: dict | None
     on its calibration slice, or ``uncalibrated_alpha``.
     """
     ts = ws.settings.training
+    kind = kind or (ts.model_kind if ts.model_kind != "auto" else "bi-encoder")
+    ts = ts.model_copy(update={"model_kind": kind})
     rr = ws.settings.reranker
     if "dense_weight" in rr.model_fields_set or not weigh_dense:  # set by the user: it is what will be served
         weighing = {"dense_weight": rr.dense_weight,
@@ -277,6 +325,15 @@ def evaluate_run(ws: Workspace, ctx: Any, run_id: str) -> dict[str, Any]:
                   "current_release": cur.get("id") if cur else None}
         write_json_atomic(d / "evaluation.json", result)
         return result
+    human = {r["qid"] for r in rows if not r.get("synthetic")}
+    if not human and ts.synthetic_only == "conservative":  # judged (and served) at the conservative blend
+        blend = dict(run.get("blend") or {})
+        if blend.get("alpha") is None or blend["alpha"] > ts.synthetic_alpha:
+            blend.update(alpha=ts.synthetic_alpha, calibrated=False,
+                         reason=f"judged only on synthetic questions: AGRO_TRAINING_SYNTHETIC_ALPHA "
+                         f"{ts.synthetic_alpha} (was {blend.get('alpha')})")
+            run["blend"] = blend
+            write_json_atomic(d / "run.json", run)
     ctx.log("evaluating run %s on %d held-out questions (%s + candidate)", run_id, len(rows), ", ".join(configs))
     views = bootstrap_gate_views(ws, split.heldout)
     for c, v in views.items():
@@ -297,14 +354,30 @@ def evaluate_run(ws: Workspace, ctx: Any, run_id: str) -> dict[str, Any]:
     saved = save_report(report, ws.store, Path(ws.home) / "exports")
     names = {"fused+candidate": "candidate", "fused": "retrieval", "fused+rerank": "current"}
     per_query = {names[c]: report.per_query[c]["span"] for c in report.configs}
+    if human:  # questions people wrote decide whenever there are any; synthetic ones are reported only
+        per_query = {c: [r for r in rs if r["qid"] in human] for c, rs in per_query.items()}
     decision = gate(per_query, delta=ts.promote_delta, min_queries=ts.promote_min_queries, seed=ts.seed)
+    sources = sorted({s for r in rows if r["qid"] in human for s in r.get("sources", [])})
+    decision.figures["judged_on"] = {
+        "questions": "written by people" if human else "synthetic only", "n": len(human) or len(rows),
+        "synthetic_reported_only": len(rows) - len(human) if human else 0, "sources": sources}
+    if not human:
+        if ts.synthetic_only == "refuse":
+            decision.promote = False
+            decision.reasons.append(
+                "judged only on synthetic questions (docstrings, identifiers, call sites), which a candidate trained "
+                "on the same kind wins without helping real questions: refused (AGRO_TRAINING_SYNTHETIC_ONLY=refuse). "
+                "Questions people wrote (git history, golden.json, searches with feedback) can promote it")
+        else:
+            decision.reasons.append(f"judged only on synthetic questions: judged and served at the conservative "
+                                    f"blend alpha {(run.get('blend') or {}).get('alpha')}")
     decision.figures["levels"] = {c: report.metrics[c] for c in report.configs}
     decision.figures["candidate_blend"] = run.get("blend")  # the alpha the candidate was judged (and would serve) at
     from training.evaluation.report import format_table
 
     table = format_table(report)
     result = {"run_id": run_id, "eval_id": saved.eval_id, "decision": decision.to_dict(), "table": table,
-              "notes": notes, "current_release": cur.get("id") if cur else None}
+              "notes": notes, "current_release": cur.get("id") if cur else None, "per_query": per_query}
     write_json_atomic(d / "evaluation.json", result)
     ctx.log("gate for %s: %s (%s)", run_id, "promote" if decision.promote else "refuse", "; ".join(decision.reasons))
     return result
@@ -358,7 +431,8 @@ def run_loop(
     split = mine(ws, ctx, sources, golden_path=golden_path, corpus=corpus)
     ts = ws.settings.training
     if len(split.train) < ts.min_triplets:
-        msg = (f"Too few training triplets: {len(split.train)} (need {ts.min_triplets}). Send more feedback, "
+        msg = (_bootstrap_shortfall(split, ts.min_triplets) if "bootstrap" in sources else
+               f"Too few training triplets: {len(split.train)} (need {ts.min_triplets}). Send more feedback, "
                "add golden.json questions, or run `agro bootstrap`.")
         ctx.log(msg)
         d = run_dir(Path(ws.home) / "models", ctx.run_id)
@@ -371,10 +445,16 @@ def run_loop(
 
         raise TrainingCancelled(f"run {ctx.run_id} was cancelled")
     export_triplets(ws, split)
+    folds = cv_folds(split, ts) if "bootstrap" not in sources else None
+    if folds is not None:
+        return _run_cross_validated(ws, ctx, split, folds, sources, promote=promote, reload=reload)
+    if ts.model_kind == "auto":
+        return _run_both_kinds(ws, ctx, split, sources, promote=promote, reload=reload)
     run = train_step(ws, ctx, split, extra={"sources": list(sources)})
     ev = evaluate_run(ws, ctx, ctx.run_id)
     out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": ev["decision"],
-                           "table": ev.get("table"), "mined": split.info.get("sources"), "blend": run.get("blend")}
+                           "table": ev.get("table"), "mined": split.info.get("sources"), "blend": run.get("blend"),
+                           "history": split.info.get("history"), "train_triplets": len(split.train)}
     if not promote:
         out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
         return out
@@ -382,6 +462,164 @@ def run_loop(
     out.update(decision=pr["decision"], release=pr.get("release"),
                status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
     return out
+
+
+def cv_folds(split: MinedSplit, ts: Any) -> list[set[str]] | None:
+    """Query-key folds for cross-validation, or None when the fixed split holds out enough people-written
+    questions (``cv_below``), cross-validation is off, or there are too few questions for ``cv_folds`` folds."""
+    from training.learning.miners import SYNTHETIC_SOURCES, _side
+
+    if ts.cv_folds < 2:
+        return None
+    human_held = {query_key(t.corpus, t.query) for t in split.heldout if t.source not in SYNTHETIC_SOURCES}
+    if len(human_held) >= ts.cv_below:
+        return None
+    keys = sorted({query_key(t.corpus, t.query) for t in split.train + split.heldout
+                   if t.source not in SYNTHETIC_SOURCES}, key=lambda k: (_side(k, ts.seed), k))
+    if len(keys) < 2 * ts.cv_folds:
+        return None
+    return [set(keys[i::ts.cv_folds]) for i in range(ts.cv_folds)]
+
+
+class _FoldCtx:
+    """A job context for one fold: its own run folder, the parent's log, progress (within a share) and cancel."""
+
+    def __init__(self, parent: Any, run_id: str, lo: float, hi: float) -> None:
+        self.parent, self.run_id, self._lo, self._hi = parent, run_id, lo, hi
+
+    def log(self, line: str, *args: Any) -> None:
+        self.parent.log(f"[{self.run_id}] {line}", *args)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        self.parent.progress(self._lo + (self._hi - self._lo) * fraction, message)
+
+    def cancelled(self) -> bool:
+        return self.parent.cancelled()
+
+
+def _run_cross_validated(ws: Workspace, ctx: Any, split: MinedSplit, folds: list[set[str]], sources: Sequence[str],
+                         *, promote: bool, reload: bool) -> dict[str, Any]:
+    """k candidates, each trained without one fold and judged on it; the gate decides on the pooled per-question
+    rows; then one model trained on every question is the run's candidate, released with that evidence."""
+    ts = ws.settings.training
+    models_dir = Path(ws.home) / "models"
+    every = split.train + split.heldout
+    k = len(folds)
+    pooled: dict[str, list] = {}
+    info = []
+    ctx.log("cross-validating over %d questions in %d folds (a fixed split would hold out too few)",
+            sum(len(f) for f in folds), k)
+    for i, keys in enumerate(folds, 1):
+        fctx = _FoldCtx(ctx, f"{ctx.run_id}-cv{i}", (i - 1) / (k + 1), i / (k + 1))
+        held = [t for t in every if query_key(t.corpus, t.query) in keys]
+        train = [t for t in every if query_key(t.corpus, t.query) not in keys]
+        fsplit = MinedSplit(train, held, {**split.info, "cv": {"fold": i, "folds": k, "questions": len(keys)}})
+        train_step(ws, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id})
+        ev = evaluate_run(ws, fctx, fctx.run_id)
+        for c, rows in (ev.get("per_query") or {}).items():
+            pooled.setdefault(c, []).extend(rows)
+        figs = ev["decision"]["figures"]
+        info.append({"fold": i, "run_id": fctx.run_id, "questions": len(keys), "decision": ev["decision"]["promote"],
+                     "figures": {c: v for c, v in figs.items() if c in ("candidate", "retrieval", "current")}})
+    decision = gate(pooled, delta=ts.promote_delta, min_queries=ts.promote_min_queries, seed=ts.seed)
+    decision.figures["cross_validation"] = {"folds": info, "pooled_questions": len(pooled.get("candidate", []))}
+    decision.reasons.insert(0, f"cross-validated: {k} folds, each candidate judged on questions it did not see "
+                               f"({len(pooled.get('candidate', []))} pooled)")
+    final = MinedSplit(every, [], {**split.info, "cv": {"folds": k, "trained_on": "every question"}})
+    final_ctx = _FoldCtx(ctx, ctx.run_id, k / (k + 1), 0.97)
+    run = train_step(ws, final_ctx, final, extra={"sources": list(sources), "cross_validated": k})
+    cur = current_release(models_dir)
+    result = {"run_id": ctx.run_id, "decision": decision.to_dict(), "table": None,
+              "notes": [f"released with the pooled evidence of {k} cross-validation folds"],
+              "current_release": cur.get("id") if cur else None}
+    write_json_atomic(run_dir(models_dir, ctx.run_id) / "evaluation.json", result)
+    ctx.log("gate for %s: %s (%s)", ctx.run_id, "promote" if decision.promote else "refuse",
+            "; ".join(decision.reasons))
+    out: dict[str, Any] = {"run_id": ctx.run_id, "trained_sec": run.get("elapsed_sec"), "gate": decision.to_dict(),
+                           "table": None, "mined": split.info.get("sources"), "blend": run.get("blend"),
+                           "train_triplets": len(every), "cross_validation": info}
+    if not promote:
+        out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
+        return out
+    pr = promote_step(ws, ctx, ctx.run_id, reload=reload)
+    out.update(decision=pr["decision"], release=pr.get("release"),
+               status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
+    return out
+
+
+def _run_both_kinds(ws: Workspace, ctx: Any, split: MinedSplit, sources: Sequence[str], *, promote: bool,
+                    reload: bool) -> dict[str, Any]:
+    """``model_kind=auto``: a bi-encoder candidate, then a cross-encoder one when the first took less than half
+    of ``time_budget_sec``; each is judged by the gate on the same held-out questions, and the one with the larger
+    paired MRR@10 gain among those the gate accepts is promoted (its run.json records the choice and why)."""
+    import time
+
+    ts = ws.settings.training
+    models_dir = Path(ws.home) / "models"
+    t0 = time.monotonic()
+    tried: list[dict[str, Any]] = []
+    for i, kind in enumerate(("bi-encoder", "cross-encoder")):
+        spent = time.monotonic() - t0
+        if i and spent > ts.time_budget_sec / 2:
+            tried.append({"kind": kind, "skipped": f"the first kind took {spent:.0f} s, over half of "
+                                                   f"AGRO_TRAINING_TIME_BUDGET_SEC {ts.time_budget_sec}"})
+            continue
+        sub = _FoldCtx(ctx, f"{ctx.run_id}-{'bi' if kind == 'bi-encoder' else 'ce'}", 0.45 * i, 0.45 * (i + 1))
+        run = train_step(ws, sub, split, extra={"sources": list(sources), "kind_of": ctx.run_id}, kind=kind)
+        ev = evaluate_run(ws, sub, sub.run_id)
+        best = ev["decision"]["figures"].get("best_other")
+        gain = (ev["decision"]["figures"].get(f"mrr_gain_vs_{best}") or {}).get("mean") if best else None
+        tried.append({"kind": kind, "run_id": sub.run_id, "promote": ev["decision"]["promote"], "gain": gain,
+                      "sec": round(time.monotonic() - t0 - spent, 1), "table": ev.get("table"),
+                      "decision": ev["decision"], "trained_sec": run.get("elapsed_sec"), "blend": run.get("blend")})
+    ran = [t for t in tried if "run_id" in t]
+    accepted = [t for t in ran if t["promote"]]
+    chosen = max(accepted or ran, key=lambda t: t["gain"] if t["gain"] is not None else float("-inf"))
+    why = (f"{chosen['kind']}: the gate accepted it with the larger mean MRR@10 gain ({chosen['gain']:+.4f})"
+           if accepted else f"{chosen['kind']}: neither kind passed the gate; this one came closer")
+    choice = {"chosen": chosen["kind"], "run_id": chosen["run_id"], "why": why,
+              "tried": [{k: v for k, v in t.items() if k not in ("table", "decision", "blend")} for t in tried]}
+    d = run_dir(models_dir, chosen["run_id"])
+    run_json = load_run(models_dir, chosen["run_id"])
+    run_json["kind_choice"] = choice
+    write_json_atomic(d / "run.json", run_json)
+    ctx.log("model kind: %s", why)
+    out: dict[str, Any] = {"run_id": ctx.run_id, "candidate_run": chosen["run_id"], "kind_choice": choice,
+                           "trained_sec": chosen["trained_sec"], "gate": chosen["decision"], "table": chosen["table"],
+                           "mined": split.info.get("sources"), "blend": chosen["blend"],
+                           "history": split.info.get("history"), "train_triplets": len(split.train)}
+    if not promote:
+        out.update(status=LoopOutcome.NOT_PROMOTED, decision="not-attempted")
+        return out
+    pr = promote_step(ws, ctx, chosen["run_id"], reload=reload)
+    out.update(decision=pr["decision"], release=pr.get("release"),
+               status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
+    return out
+
+
+def _bootstrap_shortfall(split: MinedSplit, need: int) -> str:
+    """What the corpus bootstrap mined, why it was not enough, and what to do next (never `agro bootstrap` again)."""
+    counts = split.info.get("sources") or {}
+    parts = []
+    for key, n in counts.items():
+        kind, _, corpus = key.partition(":")
+        label = {"history": "git history questions", "bootstrap": "docstring pairs",
+                 "bootstrap_usage": "call-site pairs", "identifiers": "identifier pairs"}.get(kind, kind)
+        parts.append(f"{n} {label} in {corpus}")
+    why = []
+    for corpus, rep in (split.info.get("history") or {}).items():
+        if not rep.get("git"):
+            why.append(f"{corpus}: history not mined ({rep.get('reason')})")
+        elif rep.get("skipped"):
+            top = ", ".join(f"{n} {k}" for k, n in sorted(rep["skipped"].items(), key=lambda kv: -kv[1])[:4])
+            why.append(f"{corpus}: {rep.get('scanned', 0)} commits read, skipped {top}")
+    if any(k.startswith("bootstrap:") and n == 0 for k, n in counts.items()):
+        why.append("no function or class carries a docstring or leading comment")
+    return (f"agro bootstrap mined too little to train: {len(split.train)} training triplets (need {need}) from "
+            f"{', '.join(parts) or 'nothing'}" + (f" ({'; '.join(why)})" if why else "") + ". Next: index a clone "
+            "that keeps its git history (`agro index /path/to/clone`), or search and send feedback (MCP "
+            "submit_feedback, or `agro feedback EVENT_ID used --doc-id PATH:START-END`) and then run `agro loop`, or "
+            "write golden.json questions and run `agro loop --golden golden.json`.")
 
 
 def run_bootstrap(ws: Workspace, ctx: Any, corpus: str | None = None, *, promote: bool = True,

@@ -18,8 +18,8 @@ class TrainingSettings(AgroSettings):
     model_config = SettingsConfigDict(env_prefix="AGRO_TRAINING_")
     section: ClassVar[str] = "training"
 
-    model_kind: Literal["bi-encoder", "cross-encoder"] = Field(
-        "bi-encoder", description="What a run trains: the embedding model (bi-encoder) or a cross-encoder."
+    model_kind: Literal["bi-encoder", "cross-encoder", "auto"] = Field(
+        "bi-encoder", description="What a run trains: bi-encoder, cross-encoder, or auto (both; the gate picks)."
     )
     bi_encoder_epochs: int = Field(4, ge=1, description="Epochs of a bi-encoder run (a cross-encoder run uses epochs).")
     bi_encoder_learning_rate: float = Field(2e-5, gt=0, description="Learning rate of a bi-encoder run.")
@@ -68,11 +68,37 @@ class TrainingSettings(AgroSettings):
     bootstrap_usage_share: float = Field(
         0.0, ge=0, le=1, description="Share of that cap given to (call site -> definition) pairs; 0 = docstrings only."
     )
+    time_budget_sec: int = Field(
+        1800, ge=0, description="auto trains the cross-encoder only if the bi-encoder took under half of this."
+    )
+    cv_folds: int = Field(5, ge=0, description="Cross-validation folds when people-written questions are few.")
+    cv_below: int = Field(
+        30, ge=0, description="Cross-validate when a fixed split would hold out fewer people-written questions."
+    )
+    history_enabled: bool = Field(True, description="agro bootstrap mines the git history of a corpus in a work tree.")
+    history_max_questions: int = Field(1000, ge=1, description="Most history questions mined (newest commits first).")
+    history_max_commits: int = Field(5000, ge=1, description="Most commits walked (merges excluded) per mining run.")
+    history_max_age_days: int = Field(0, ge=0, description="Only commits younger than this many days (0 = any age).")
+    history_max_files: int = Field(10, ge=1, description="A commit changing more files than this is skipped.")
+    history_max_positives: int = Field(6, ge=1, description="Most chunks one commit's question has as answers.")
+    history_with_docstrings: bool = Field(
+        False, description="Also mine docstring pairs when the history alone gives enough to train on."
+    )
+    synthetic_only: Literal["refuse", "conservative"] = Field(
+        "refuse", description="A candidate judged only on synthetic questions: refuse, or serve at synthetic_alpha."
+    )
+    synthetic_alpha: float = Field(
+        0.2, ge=0, le=1, description="Blend weight of a release judged only on synthetic questions (conservative)."
+    )
     max_train_pairs: int | None = Field(6000, ge=10, description="Cap on (query, text) training pairs per run.")
     pretrain_cap: int = Field(4000, ge=10, description="agro pretrain: (docstring, code) pairs mined from its corpus.")
     pretrain_max_pairs: int = Field(8000, ge=10, description="agro pretrain: cap on (query, text) training pairs.")
-    promote_delta: float = Field(0.02, ge=0, description="Relative MRR@10 gain required to promote.")
-    promote_min_queries: int = Field(30, ge=1, description="Fewest held-out questions for a promotion.")
+    promote_delta: float = Field(
+        0.02, ge=0, description="Mean per-question MRR@10 gain to promote, as a share of the best alternative's MRR@10."
+    )
+    promote_min_queries: int = Field(
+        6, ge=1, description="Fewest held-out questions for a decision (6: the fewest a 95% paired interval needs)."
+    )
     bf16: bool = Field(True, description="bf16 autocast in training when the CPU has native bf16.")
     student_layers: int | None = Field(
         None, ge=1, description="Train a layer-cut student with the base's first N transformer layers (unset = all)."

@@ -107,6 +107,7 @@ def run_evaluation(
     progress: Callable[[int, int], None] | None = None,
     index_backend: Any = None,
     generations: Mapping[str, Any] | None = None,
+    use_query_cache: bool = False,
 ) -> EvalReport:
     """Index what the dataset needs (reusing existing indexes), run the configurations, return the report.
 
@@ -127,6 +128,8 @@ def run_evaluation(
         roots: corpus id -> folder, for corpora not indexed yet (golden.json's own folder is known).
         limit: score only the first ``limit`` queries (smoke runs).
         k: results kept per query (Recall@50 needs at least 50).
+        use_query_cache: reuse query vectors across configurations and calls (training's repeated passes over the
+            same questions, where latency is not measured); off by default so every config pays for its own.
         index_backend: where the corpora are indexed (``Engine.indexes``); default: the embedded backend in ``home``.
         generations: corpus -> generation to search instead of the corpus's current one (the gate's views).
 
@@ -179,9 +182,9 @@ def run_evaluation(
 
     def searcher(mode: str) -> RankFn:
         def fn(q: EvalQuery) -> Ranking:
-            # No query-vector cache: every config pays for its own query embedding, so latencies compare.
+            # No query-vector cache by default: every config pays for its own query embedding, so latencies compare.
             res = base.retrieve(gens[q.corpus], q.query, k, mode, exclude_paths=excluded.get(q.corpus, ()),
-                                use_query_cache=False)
+                                use_query_cache=use_query_cache)
             return Ranking(res.hits, dict(res.timings))
 
         return fn
@@ -189,7 +192,7 @@ def run_evaluation(
     def ranked(path: RankingPath) -> RankFn:
         def rank(q: EvalQuery) -> Ranking:
             r = path.rank(gens[q.corpus], q.query, k, rerank=True, exclude_paths=excluded.get(q.corpus, ()),
-                          use_query_cache=False)
+                          use_query_cache=use_query_cache)
             # A query the release keeps in the fused order by design (``long_query_factor``) is scored in that
             # order, as it is served; any other fallback must not be scored as the reranker.
             if r.hits and not r.reranking_used and not r.kept_fused:

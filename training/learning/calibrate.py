@@ -82,7 +82,7 @@ def _mrr_by_weight(
         report = run_evaluation(queries, Path(ws.home), ws.settings.index, ws.settings.retrieval,
                                 configs=("fused",), candidate_path=path_for(w), embedder=ws.embedder(),
                                 levels=("span", "file"), index_backend=ws.indexes, generations=generations,
-                                k=50)
+                                k=50, use_query_cache=True)  # the same questions at every grid point
         if not report.metrics["fused+candidate"].get("span"):
             level = "file"
         mrr[w] = float(report.metrics["fused+candidate"][level]["MRR@10"])

@@ -23,6 +23,7 @@ from training.evaluation.metrics import path_matches
 __all__ = [
     "POSITIVE_SIGNALS",
     "NEGATIVE_SIGNALS",
+    "SYNTHETIC_SOURCES",
     "MinedSplit",
     "Triplet",
     "data_hash",
@@ -32,6 +33,9 @@ __all__ = [
     "mine_bootstrap",
     "mine_feedback",
     "mine_golden",
+    "mine_identifiers",
+    "split_identifier",
+    "extract_identifier_pair",
     "query_key",
     "split_by_query",
 ]
@@ -39,6 +43,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 POSITIVE_SIGNALS = frozenset({"correct_location", "used", "click", "thumbs_up"})
+# questions a program wrote (from the code itself); every other source's questions were written by people (commit
+# messages, golden.json, logged searches with feedback)
+SYNTHETIC_SOURCES = frozenset({"corpus_bootstrap", "corpus_usage", "corpus_identifier"})
 NEGATIVE_SIGNALS = frozenset({"thumbs_down"})
 
 # (corpus, path, start, end) -> (doc_id, text) of the indexed chunk that best covers the span, or None
@@ -392,6 +399,58 @@ def extract_usage_pairs(chunks: Sequence[Any], seed: int = 13) -> list[tuple[str
     return out
 
 
+_SIG = re.compile(r"^[ \t]*(?:(?:pub|export|public|private|static|async|default)\s+)*"
+                  r"(?:def|function|func|fn)\s+(?:\([^)]*\)\s*)?(\w+)\s*(\([^)]*\)?[^:{\n]*)", re.M)
+_WORD_SPLIT = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+
+def split_identifier(name: str) -> list[str]:
+    """``parse_HTTPHeaderLinks`` -> ``["parse", "http", "header", "links"]`` (snake_case and camelCase)."""
+    return [w.lower() for w in _WORD_SPLIT.findall(name)]
+
+
+def extract_identifier_pair(text: str) -> tuple[str, str] | None:
+    """(the definition's split name and its signature, its body without the signature line), or None.
+
+    For code with neither docstrings nor history: ``def parse_header_links(value: str) -> list:`` gives the question
+    ``parse header links (value: str) -> list``. Names of fewer than two words, dunders and tests give nothing.
+    """
+    m = _SIG.search(text)
+    if m is None:
+        return None
+    name, sig = m.group(1), " ".join(m.group(2).split()).rstrip(":{ ")
+    words = split_identifier(name)
+    if len(words) < 2 or name.startswith("__") or words[0] == "test":
+        return None
+    line_end = text.find("\n", m.end())
+    body = text[line_end + 1:] if line_end >= 0 else ""
+    if _code_lines(body) < 2:
+        return None
+    return f"{' '.join(words)} {sig}"[:_MAX_QUERY_CHARS], body
+
+
+def mine_identifiers(chunks: Sequence[Any], rank_fn: RankFn | None, corpus: str, *, cap: int = 3000,
+                     negatives_per_query: int = 4, seed: int = 13) -> list[Triplet]:
+    """Identifier-derived pairs (:func:`extract_identifier_pair`), source ``corpus_identifier``: the positive is
+    the body under its path only (no symbol), negatives are retrieval's other hits for the question."""
+    pairs, seen = [], set()
+    for c in chunks:
+        got = extract_identifier_pair(c.text)
+        if got is None or got[0] in seen:
+            continue
+        seen.add(got[0])
+        pairs.append((got[0], got[1], c))
+    if len(pairs) > cap:
+        pairs = random.Random(seed).sample(pairs, cap)
+    out = []
+    for q, body, c in pairs:
+        hits = [h.chunk for h in rank_fn(q, corpus)] if rank_fn is not None else []
+        negs = [n for n in hits if n.doc_id != c.doc_id][:negatives_per_query]
+        out.append(Triplet(q, located_text(c.path, None, body), c.doc_id, [_located(n) for n in negs],
+                           [n.doc_id for n in negs], "corpus_identifier", corpus))
+    return out
+
+
 def mine_bootstrap(
     chunks: Sequence[Any],
     rank_fn: RankFn | None,
@@ -479,11 +538,13 @@ def _side(key: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int) -> MinedSplit:
+def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int,
+                   fixed: dict[str, bool] | None = None) -> MinedSplit:
     """A seeded split by query: a query lands on the held-out side when its seeded hash is below ``fraction``.
 
     The side of a query depends only on the seed and the query (not on what else was mined), so a held-out question
-    stays held out on every later run with the same seed.
+    stays held out on every later run with the same seed. ``fixed`` (query key -> held out?) overrides the hash for
+    its queries: the history miner's time split (the newest commits are held out).
     """
     if not 0 < fraction < 1:
         raise ValueError(f"split_by_query expects 0 < fraction < 1, but got {fraction}")
@@ -492,14 +553,15 @@ def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int) -> M
     train_keys: set[str] = set()
     for t in triplets:
         k = query_key(t.corpus, t.query)
-        if _side(k, seed) < fraction:
+        if (fixed[k] if fixed and k in fixed else _side(k, seed) < fraction):
             held.append(t)
             held_keys.add(k)
         else:
             train.append(t)
             train_keys.add(k)
     info = {
-        "method": "sha256(seed, corpus + normalised query) < fraction",
+        "method": "sha256(seed, corpus + normalised query) < fraction"
+                  + (f"; {len(fixed)} history questions split by time (newest held out)" if fixed else ""),
         "seed": seed,
         "fraction": fraction,
         "train_queries": len(train_keys),
@@ -517,13 +579,16 @@ def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int) -> M
 def heldout_questions(heldout: Sequence[Triplet]) -> list[dict[str, Any]]:
     """Held-out triplets as evaluation questions: one per query, every positive of it as gold.
 
-    Rows are ``{"qid", "query", "corpus", "gold": ["path:start-end", ...]}`` for
-    :func:`training.evaluation.datasets.queries_from_feedback`.
+    Rows are ``{"qid", "query", "corpus", "gold": ["path:start-end", ...], "sources": [...]}`` for
+    :func:`training.evaluation.datasets.queries_from_feedback`; ``synthetic`` is True when every triplet of the
+    question came from a synthetic source (:data:`SYNTHETIC_SOURCES`), False when a person wrote it.
     """
     by_key: dict[str, dict[str, Any]] = {}
     for t in heldout:
         k = query_key(t.corpus, t.query)
-        row = by_key.setdefault(k, {"query": t.query, "corpus": t.corpus, "gold": []})
+        row = by_key.setdefault(k, {"query": t.query, "corpus": t.corpus, "gold": [], "sources": []})
+        if t.source not in row["sources"]:
+            row["sources"].append(t.source)
         if t.positive_doc_id not in row["gold"]:
             try:
                 parse_doc_id(t.positive_doc_id)
@@ -533,4 +598,5 @@ def heldout_questions(heldout: Sequence[Triplet]) -> list[dict[str, Any]]:
     rows = [r for r in by_key.values() if r["gold"]]
     for i, r in enumerate(rows):
         r["qid"] = f"heldout-{i:04d}"
+        r["synthetic"] = all(s in SYNTHETIC_SOURCES for s in r["sources"])
     return rows

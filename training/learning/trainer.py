@@ -204,6 +204,7 @@ def train_run(
     d.mkdir(parents=True, exist_ok=True)
     write_split(d, split)
     kind = getattr(settings, "model_kind", "cross-encoder")
+    kind = "bi-encoder" if kind == "auto" else kind  # a single run of auto's first kind (the loop trains both)
     student_layers = getattr(settings, "student_layers", None) if kind == "cross-encoder" else None
     base = resolve_base(models_dir, settings.base_model, d, num_layers=student_layers, kind=kind,
                         embed_model=embed_model)

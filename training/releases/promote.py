@@ -1,9 +1,11 @@
 """The promotion gate, the atomic switch of ``models/current``, and rollback.
 
 A candidate is compared with the current release and with retrieval alone on the same held-out questions; it is
-promoted only when its MRR@10 is at least ``(1 + delta)`` times the better of the two, on at least ``min_queries``
-questions, with no Hit@1 drop beyond noise (the 95% paired-bootstrap interval of the Hit@1 difference lies wholly
-below zero). Promotion copies the run's model into ``models/releases/<id>/``, writes ``manifest.json`` last, then
+promoted only when its paired per-question MRR@10 gain over each has a 95% bootstrap interval above zero, with a mean
+of at least ``delta`` times the better one's MRR@10, and no Hit@1 drop beyond noise (the interval of the paired Hit@1
+difference lies wholly below zero). See :func:`gate`.
+
+Promotion copies the run's model into ``models/releases/<id>/``, writes ``manifest.json`` last, then
 points ``current`` at it with a new symlink and ``os.replace``. A crash at any instant leaves ``current`` on a
 complete release (the old or the new one).
 """
@@ -68,51 +70,71 @@ def gate(
     candidate: str = "candidate",
     others: Sequence[str] = ("retrieval", "current"),
     seed: int = 0,
+    level: float = 0.95,
 ) -> GateDecision:
-    """Decide on a candidate from per-query metric rows of each configuration on the same questions.
+    """Decide on a candidate from per-question metric rows of each configuration on the same questions.
+
+    The decision rests on the paired per-question difference in MRR@10, candidate minus each alternative: it
+    promotes when, against every alternative, the seeded bootstrap interval of the mean difference lies above zero,
+    and the mean gain over the best alternative is at least ``delta`` times that alternative's MRR@10; it refuses
+    when a Hit@1 loss against any alternative is significant (its interval lies below zero). A sample is too small
+    only when no interval could exclude zero on it (:func:`training.releases.significance.min_questions`) or it is below
+    ``min_queries``.
 
     Args:
         per_query: config name -> rows (same questions, same order) with ``MRR@10`` and ``Hit@1``.
         delta: required relative MRR@10 gain over the better of ``others`` (0.02 = 2%).
-        min_queries: fewest questions a decision may rest on.
+        min_queries: fewest questions a decision may rest on (the interval's own minimum applies too).
         candidate: the candidate's config name.
         others: the configurations to beat (those absent from ``per_query`` are skipped).
+        level: the intervals' confidence level.
     """
-    from training.evaluation.metrics import bootstrap_ci
+    from training.releases.significance import min_questions, paired_gain
 
     cand = list(per_query.get(candidate, ()))
     present = [o for o in others if o in per_query]
     n = len(cand)
-    figures: dict[str, Any] = {"n_queries": n, "delta": delta, "min_queries": min_queries}
+    floor = max(min_queries, min_questions(level))
+    figures: dict[str, Any] = {"n_queries": n, "delta": delta, "min_queries": floor, "level": level,
+                               "method": "paired per-question MRR@10 difference, percentile bootstrap interval "
+                                         "(4000 resamples, seeded) and two-sided sign-flip p"}
     for c in [candidate, *present]:
         rows = per_query[c]
         figures[c] = {"MRR@10": _mean([r["MRR@10"] for r in rows]), "Hit@1": _mean([r["Hit@1"] for r in rows])}
     reasons: list[str] = []
-    ok = True
-    if n < min_queries:
-        ok = False
-        reasons.append(f"only {n} held-out questions; the gate needs at least {min_queries} "
-                       "(more feedback, golden.json questions or a larger corpus)")
+    if n < floor:
+        reasons.append(f"only {n} held-out questions; the gate needs at least {floor} (below "
+                       f"{min_questions(level)} no {level:.0%} interval can exclude chance; more feedback, golden.json "
+                       "questions or a repository with more history)")
     if n == 0 or not present:
         if not present:
             reasons.append("nothing to compare with")
         return GateDecision(False, reasons or ["no held-out questions"], figures)
+    ok = n >= floor
     best = max(present, key=lambda o: figures[o]["MRR@10"])
-    need = (1 + delta) * figures[best]["MRR@10"]
-    figures.update(best_other=best, required_mrr=need)
-    c_mrr = figures[candidate]["MRR@10"]
-    if c_mrr < need or (c_mrr <= figures[best]["MRR@10"]):
-        ok = False
-        reasons.append(f"MRR@10 {c_mrr:.4f} < required {need:.4f} ((1 + {delta}) x {best} {figures[best]['MRR@10']:.4f})")
-    else:
-        reasons.append(f"MRR@10 {c_mrr:.4f} >= required {need:.4f} over {best}")
+    need = delta * figures[best]["MRR@10"]
+    figures.update(best_other=best, required_gain=need, required_mrr=figures[best]["MRR@10"] + need)
     for o in present:
-        diffs = [a["Hit@1"] - b["Hit@1"] for a, b in zip(cand, per_query[o])]
-        lo, hi = bootstrap_ci(diffs, seed=seed)
-        figures[f"hit1_diff_vs_{o}"] = {"mean": _mean(diffs), "ci95": [lo, hi]}
-        if hi < 0:
+        g = paired_gain([r["MRR@10"] for r in cand], [r["MRR@10"] for r in per_query[o]], seed=seed, level=level)
+        figures[f"mrr_gain_vs_{o}"] = g.to_dict()
+        lo, hi = g.ci
+        if lo <= 0:
             ok = False
-            reasons.append(f"Hit@1 drops vs {o} beyond noise ({_mean(diffs):+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])")
+            reasons.append(f"MRR@10 gain vs {o} {g.mean:+.4f} is not above chance ({level:.0%} CI [{lo:+.4f}, "
+                           f"{hi:+.4f}], p={g.p_value:.3f}, {g.wins} questions up / {g.losses} down of {n})")
+        else:
+            reasons.append(f"MRR@10 gain vs {o} {g.mean:+.4f} ({level:.0%} CI [{lo:+.4f}, {hi:+.4f}], "
+                           f"p={g.p_value:.3f}, {g.wins} up / {g.losses} down of {n})")
+        if o == best and g.mean < need:
+            ok = False
+            reasons.append(f"mean gain {g.mean:+.4f} over {best} < required {need:.4f} ({delta} x its MRR@10 "
+                           f"{figures[best]['MRR@10']:.4f})")
+        h = paired_gain([r["Hit@1"] for r in cand], [r["Hit@1"] for r in per_query[o]], seed=seed, level=level)
+        figures[f"hit1_diff_vs_{o}"] = {"mean": h.mean, "ci95": list(h.ci), "p_value": h.p_value}
+        if h.ci[1] < 0:
+            ok = False
+            reasons.append(f"Hit@1 drops vs {o} beyond noise ({h.mean:+.3f}, {level:.0%} CI [{h.ci[0]:+.3f}, "
+                           f"{h.ci[1]:+.3f}])")
     return GateDecision(ok, reasons, figures)
 
 

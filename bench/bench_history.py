@@ -1,0 +1,177 @@
+"""Bootstrap from a repository's git history, then answer about its future: fused vs served on a history collection.
+
+For each ``../shared/bench/history_<name>`` collection: clone its bundle with the collection's own
+``tools/history_corpus.sh`` (local data only: a working tree at the split commit with the history before it), index
+it, run ``agro bootstrap`` (the history miner, then train, evaluate on the newest mined commits, gate), and score the
+collection's queries (messages of commits after the split; gold = the files they changed) with BM25, dense, fused,
+the candidate, and what is served (the candidate if the gate promoted it, else fused). File level, as score.py.
+
+    python bench/bench_history.py --collection history_httpx [--home /tmp/agro-hist] [--out figures.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger("bench_history")
+
+# ../shared/bench beside the checkout (a worktree under wt/ looks one level higher); AGRO_BENCH_DIR overrides
+BENCH = Path(os.environ.get("AGRO_BENCH_DIR") or next(
+    (p / "shared" / "bench" for p in Path(__file__).resolve().parents[2:4] if (p / "shared" / "bench").is_dir()),
+    Path(__file__).resolve().parents[2] / "shared" / "bench"))
+METRICS = ("MRR@10", "Hit@1", "Hit@5", "Hit@10")
+
+
+def cpu_flags() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    flags = sorted({w for w in out.split() if w.startswith(("amx", "avx512"))})
+    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
+    return f"{model}; {os.cpu_count()} cpus; flags: {' '.join(flags) or 'no amx/avx512'}"
+
+
+def _settings(home: Path, args):
+    from agro_mcp.config import load_settings
+
+    env = dict(os.environ)
+    env.update({
+        "AGRO_HOME": str(home),
+        "AGRO_TRAINING_HISTORY_MAX_QUESTIONS": str(args.max_questions),
+        "AGRO_TRAINING_MAX_LENGTH": str(args.max_length),
+        "AGRO_RERANKER_TOPN": str(args.topn),
+    })
+    if args.no_history:
+        env["AGRO_TRAINING_HISTORY_ENABLED"] = "0"
+    for kv in args.env or []:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    return load_settings(env)
+
+
+def load_queries(collection: Path, corpus: str):
+    from training.evaluation.datasets import EvalQuery, GoldLoc
+
+    gold: dict[str, list] = {}
+    for line in (collection / "qrels.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        gold.setdefault(r["qid"], []).append(GoldLoc(r["path"]))
+    out = []
+    for line in (collection / "queries.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["qid"] in gold:
+            out.append(EvalQuery(r["qid"], r["query"], corpus, gold[r["qid"]], [], exact_paths=True))
+    return out
+
+
+def run_collection(name: str, base: Path, args) -> dict:
+    from agro_mcp.engine import Engine
+    from training.evaluation.report import format_table
+    from training.evaluation.run import run_evaluation
+    from training.releases.jobs import run_job
+    from training.loop import run_bootstrap
+
+    coll = BENCH / name
+    home = base / name
+    repo = home / "repo"
+    fig: dict = {"collection": name}
+    if not repo.is_dir():
+        home.mkdir(parents=True, exist_ok=True)
+        head = subprocess.run(["bash", str(BENCH / "tools" / "history_corpus.sh"), name, str(repo)], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        fig["split_commit"] = head
+    eng = Engine(_settings(home, args))
+    try:
+        t0 = time.time()
+        eng.index(repo, name)
+        fig["index_sec"] = round(time.time() - t0, 1)
+        t0 = time.time()
+        run_id, res = run_job(eng.store, home, "bootstrap",
+                              lambda ctx: run_bootstrap(eng.workspace, ctx, name, promote=True))
+        fig["bootstrap_sec"] = round(time.time() - t0, 1)
+        gate = res.get("gate") or {}
+        fig.update(run_id=run_id, decision=res.get("decision"), mined=res.get("mined"), history=res.get("history"),
+                   trained_sec=res.get("trained_sec"), train_triplets=res.get("train_triplets"),
+                   heldout_questions=(gate.get("figures") or {}).get("n_queries"), gate=gate.get("reasons"),
+                   blend=(res.get("blend") or {}).get("alpha"), kind_choice=res.get("kind_choice"))
+        logger.info("%s: bootstrap %s", name, {k: fig.get(k) for k in ("decision", "mined", "bootstrap_sec")})
+        if res.get("table"):
+            logger.info("gate table (held-out newest history commits):\n%s", res["table"])
+        qs = load_queries(coll, name)
+        cand = home / "models" / "runs" / (res.get("candidate_run") or run_id) / "model"
+        t0 = time.time()
+        report = run_evaluation(qs, eng.home, eng.settings.index, eng.settings.retrieval,
+                                configs=("bm25", "dense", "fused"),
+                                candidate_model=str(cand) if cand.is_dir() else None,
+                                reranker_settings=eng.settings.reranker, embedder=eng.embedder(), k=50,
+                                levels=("file",))
+        fig["score_sec"] = round(time.time() - t0, 1)
+        logger.info("%s queries (commits after the split)\n%s", name, format_table(report))
+        rows = {c: {m: round(report.metrics[c]["file"][m], 4) for m in METRICS} for c in report.configs}
+        served = "fused+candidate" if res.get("decision") == "promoted" else "fused"
+        rows["served"] = dict(rows[served], config=served)
+        fig["queries"] = len(qs)
+        fig["file"] = rows
+        fig["served_over_fused"] = round(rows["served"]["MRR@10"] / max(rows["fused"]["MRR@10"], 1e-9), 3)
+        if "fused+candidate" in rows:
+            fig["candidate_over_fused"] = round(
+                rows["fused+candidate"]["MRR@10"] / max(rows["fused"]["MRR@10"], 1e-9), 3)
+        fig["latency_ms"] = report.latency_ms
+        for a in args.alphas or []:  # the same candidate served at a fixed blend weight (e.g. a conservative one)
+            if not cand.is_dir():
+                break
+            rs = eng.settings.reranker.model_copy(update={"alpha": a})
+            r = run_evaluation(qs, eng.home, eng.settings.index, eng.settings.retrieval, configs=("fused",),
+                               candidate_model=str(cand), reranker_settings=rs, embedder=eng.embedder(), k=50,
+                               levels=("file",))
+            rows[f"candidate a={a}"] = {m: round(r.metrics["fused+candidate"]["file"][m], 4) for m in METRICS}
+    finally:
+        eng.close()
+    return fig
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--collection", action="append", help="history_<name> (repeatable; default history_httpx)")
+    p.add_argument("--home", help="data home root (default: a new temp folder); a collection's clone is reused")
+    p.add_argument("--max-questions", type=int, default=1000, help="AGRO_TRAINING_HISTORY_MAX_QUESTIONS")
+    p.add_argument("--max-length", type=int, default=256, help="AGRO_TRAINING_MAX_LENGTH")
+    p.add_argument("--topn", type=int, default=30, help="AGRO_RERANKER_TOPN")
+    p.add_argument("--no-history", action="store_true",
+                   help="bootstrap without the history miner (docstring pairs): what a synthetic-only run serves")
+    p.add_argument("--alphas", type=float, nargs="*", help="also score the candidate at these fixed blend weights")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra AGRO_* setting for the data home")
+    p.add_argument("--out", help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    base = Path(args.home or tempfile.mkdtemp(prefix="agro-hist-"))
+    figures = {"cpu": cpu_flags(), "load_before": os.getloadavg(), "args": vars(args), "collections": []}
+    for name in args.collection or ["history_httpx"]:
+        figures["collections"].append(run_collection(name, base, args))
+    figures["load_after"] = os.getloadavg()
+    lines = [f"CPU: {figures['cpu']}; load {figures['load_before'][0]:.1f} -> {figures['load_after'][0]:.1f}",
+             f"{'collection':<16} {'config':<16} " + " ".join(f"{m:>7}" for m in METRICS)]
+    for f in figures["collections"]:
+        for c, row in f["file"].items():
+            lines.append(f"{f['collection']:<16} {c:<16} " + " ".join(f"{row[m]:>7.3f}" for m in METRICS))
+        lines.append(f"{f['collection']}: served/fused {f['served_over_fused']}x ({f['file']['served']['config']}); "
+                     f"decision {f['decision']}; mined {f['mined']}; held-out {f.get('heldout_questions')}; "
+                     f"index {f['index_sec']} s, bootstrap {f['bootstrap_sec']} s (training {f['trained_sec']} s), "
+                     f"scoring {f['score_sec']} s")
+    text = "\n".join(lines)
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=1, default=str))
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
