@@ -21,6 +21,7 @@ from agro_mcp.daemon_client import (
     stop_daemon,
     token_path,
 )
+from retrieval.errors import AgroUserError
 
 __all__ = ["register", "route", "daemon_search", "daemon_status", "socket_transport"]
 
@@ -150,7 +151,7 @@ async def socket_transport(path: Path):
             tg.cancel_scope.cancel()
 
 
-class RemoteToolError(RuntimeError):
+class RemoteToolError(AgroUserError, RuntimeError):
     """A tool call through the daemon failed; the message is the tool's error text."""
 
 

@@ -47,6 +47,7 @@ from agro_mcp.daemon_client import (
     token_path,
 )
 from agro_mcp.engine import Engine
+from retrieval.errors import AgroError
 
 __all__ = ["DaemonEngine", "run_daemon", "configure_daemon_logging", "read_or_create_token"]
 
@@ -58,7 +59,7 @@ LOG_BACKUPS = 5
 _JOB_ACTIONS = frozenset({"mine", "train", "evaluate", "promote", "rollback", "bootstrap", "pretrain"})
 
 
-class AlreadyRunning(RuntimeError):
+class AlreadyRunning(AgroError, RuntimeError):
     """Another daemon holds this data home."""
 
 

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from retrieval.errors import AgroUserError
+
 __all__ = [
     "DaemonUnavailable",
     "agro_version",
@@ -40,7 +42,7 @@ CONTROL_KEY = "agro_control"
 _SUN_PATH_MAX = 100  # sockaddr_un.sun_path is 104 (macOS) or 108 (Linux) bytes with its NUL
 
 
-class DaemonUnavailable(RuntimeError):
+class DaemonUnavailable(AgroUserError, RuntimeError):
     """The daemon is not running and could not be started; the message says why and where its log is."""
 
 

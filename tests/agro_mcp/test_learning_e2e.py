@@ -561,7 +561,14 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
     decisions = [r["decision"] for r in rows]
     assert decisions[-2:] == ["rollback", "refused"] and decisions.count("promoted") == 2, decisions
     figures = rows[-1]["payload"]["figures"]
-    assert rows[-1]["candidate"] == run_a and "current" in figures, figures
-    assert figures["current"]["MRR@10"] == pytest.approx(figures["candidate"]["MRR@10"])
+    assert rows[-1]["candidate"] == run_a, rows[-1]
+    run_a_info = json.loads((home / "models" / "runs" / run_a / "run.json").read_text())
+    if run_a_info.get("cross_validated"):
+        # Few questions: run A was judged by cross-validation and then trained on every question, so no held-out
+        # question is left to judge it again; the gate refuses it for that reason.
+        assert figures["n_queries"] == 0, figures
+    else:
+        assert "current" in figures, figures
+        assert figures["current"]["MRR@10"] == pytest.approx(figures["candidate"]["MRR@10"])
     print(f"\nlearning e2e: feedback {sent}; releases {rel_a} -> {rel_b} -> rollback {rel_a}; "
           f"{time.monotonic() - t_start:.1f}s")

@@ -39,7 +39,9 @@ def home(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _client(home: Path, errlog=None, **kwargs) -> Client:
-    env = serve_env(home, **kwargs.pop("env", {}))
+    # In-process: each test sets its own environment (keys, admin mode), and reads the server's own stderr; a shared
+    # daemon keeps the environment of the session that started it (tests/agro_mcp/test_daemon.py covers the proxy).
+    env = serve_env(home, **{"AGRO_SERVE_MODE": "inprocess", **kwargs.pop("env", {})})
     params = StdioServerParameters(command=sys.executable, args=["-m", "agro_mcp", "serve"], env=env)
     server = stdio_client(params, errlog=errlog) if errlog is not None else params
     return Client(server, read_timeout_seconds=120, **kwargs)
