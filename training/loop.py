@@ -53,6 +53,7 @@ __all__ = [
     "run_bootstrap",
     "run_loop",
     "train_step",
+    "trainable_triplets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -430,9 +431,11 @@ def run_loop(
     ctx.log(f"compacted: {compacted['events']} old events without feedback, {len(compacted['folders'])} folders")
     split = mine(ws, ctx, sources, golden_path=golden_path, corpus=corpus)
     ts = ws.settings.training
-    if len(split.train) < ts.min_triplets:
+    folds = cv_folds(split, ts) if "bootstrap" not in sources else None
+    usable = trainable_triplets(split, folds)
+    if usable < ts.min_triplets:
         msg = (_bootstrap_shortfall(split, ts.min_triplets) if "bootstrap" in sources else
-               f"Too few training triplets: {len(split.train)} (need {ts.min_triplets}). Send more feedback, "
+               f"Too few training triplets: {usable} (need {ts.min_triplets}). Send more feedback, "
                "add golden.json questions, or run `agro bootstrap`.")
         ctx.log(msg)
         d = run_dir(Path(ws.home) / "models", ctx.run_id)
@@ -445,7 +448,6 @@ def run_loop(
 
         raise TrainingCancelled(f"run {ctx.run_id} was cancelled")
     export_triplets(ws, split)
-    folds = cv_folds(split, ts) if "bootstrap" not in sources else None
     if folds is not None:
         return _run_cross_validated(ws, ctx, split, folds, sources, promote=promote, reload=reload)
     if ts.model_kind == "auto":
@@ -462,6 +464,13 @@ def run_loop(
     out.update(decision=pr["decision"], release=pr.get("release"),
                status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
     return out
+
+
+def trainable_triplets(split: MinedSplit, folds: list[set[str]] | None) -> int:
+    """The triplets a run can learn from: the training side of a fixed split, or every triplet when the run is
+    cross-validated (each fold's model trains on the others and the released one on all of them), so a few dozen
+    questions are not refused for the share a fixed split would have held out."""
+    return len(split.train) + (len(split.heldout) if folds is not None else 0)
 
 
 def cv_folds(split: MinedSplit, ts: Any) -> list[set[str]] | None:
