@@ -177,6 +177,7 @@ class _State:
     draining: bool = False
     drain_reason: str | None = None
     http_url: str | None = None
+    console_url: str | None = None
 
 
 class Daemon:
@@ -267,6 +268,7 @@ class Daemon:
             "corpora": corpora,
             "socket": str(self.socket_path),
             "http": self.state.http_url,
+            "console": self.state.console_url,  # open with ?token=<AGRO_HOME/daemon.token>
             "idle_exit_sec": self.settings.server.daemon_idle_exit_sec,
             "draining": self.state.draining,
         }
@@ -459,8 +461,15 @@ class Daemon:
         app = self.server.streamable_http_app(transport_security=security, host=sv.daemon_http_host)
         self._http_manager = self.server.session_manager
 
-        config = uvicorn.Config(BearerTokenMiddleware(app, token), log_config=None, lifespan="on",
-                                log_level="warning", access_log=False)
+        from agro_mcp.web import create_console_app
+
+        # One port, one per-install token: /mcp for MCP clients (bearer header), everything else is the web console
+        # (the token once in the URL, then an HttpOnly cookie; its own Host, Origin and CSRF checks).
+        console = create_console_app(self.engine, self.settings.console.model_copy(
+            update={"host": sv.daemon_http_host, "port": port}), token)
+        self.state.console_url = f"http://{_url_host(sv.daemon_http_host)}:{port}/"
+        config = uvicorn.Config(_Router(BearerTokenMiddleware(app, token), console), log_config=None,
+                                lifespan="on", log_level="warning", access_log=False)
         self._uvicorn = uvicorn.Server(config)
         try:
             await self._uvicorn._serve(sockets=[sock])  # noqa: SLF001 - serve() would take the daemon's signals
@@ -495,6 +504,24 @@ class Daemon:
             await self._listener.serve(self.handle_connection, task_group=sessions)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # closed by a drain; the open sessions go on
+
+
+class _Router:
+    """``/mcp`` (and the lifespan, which runs the MCP session manager) to the MCP app; other paths to the console."""
+
+    def __init__(self, mcp_app, console) -> None:
+        self.mcp_app, self.console = mcp_app, console
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "lifespan" or path == "/mcp" or path.startswith("/mcp/"):
+            await self.mcp_app(scope, receive, send)
+        else:
+            await self.console(scope, receive, send)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class BearerTokenMiddleware:
