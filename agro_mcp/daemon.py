@@ -190,6 +190,7 @@ class Daemon:
         self.state = _State()
         self.socket_path = socket_path(self.home)
         self._lock_fd: int | None = None
+        self._withdrawn = False
         self._listener: anyio.abc.SocketListener | None = None
         self._uvicorn = None
         self._http_manager = None
@@ -211,19 +212,28 @@ class Daemon:
             raise AlreadyRunning(f"an agro daemon already serves {self.home}") from None
         self._lock_fd = fd
 
-    def release_home(self) -> None:
-        """Give the home to a successor: no socket, no state file, no lock (in that order)."""
-        try:
-            if self.socket_path.exists():
-                self.socket_path.unlink()
-        except OSError:
-            logger.warning("cannot remove %s", self.socket_path, exc_info=True)
+    def withdraw(self) -> None:
+        """Stop being findable: no state file, then no socket. Once a client cannot connect, both are gone (the
+        lock is kept until the process ends, so no successor starts while this one still closes its stores).
+        Once only: after a drain the paths may already belong to a successor."""
+        if self._withdrawn:
+            return
+        self._withdrawn = True
         try:
             st = json.loads(state_path(self.home).read_text(encoding="utf-8"))
             if st.get("pid") == os.getpid():
                 state_path(self.home).unlink()
         except (OSError, ValueError):
             pass
+        try:
+            if self.socket_path.exists():
+                self.socket_path.unlink()
+        except OSError:
+            logger.warning("cannot remove %s", self.socket_path, exc_info=True)
+
+    def release_home(self) -> None:
+        """Give the home to a successor: no state file, no socket, no lock (in that order)."""
+        self.withdraw()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -493,6 +503,10 @@ class Daemon:
             tg.start_soon(self.watch_idle)
             tg.start_soon(self.watch_signals)
             await self._stop.wait()
+            if not self.state.draining:  # a drain already closed the listener and gave the paths away
+                self.withdraw()
+                if self._listener is not None:
+                    await self._listener.aclose()
             if self._uvicorn is not None:
                 self._uvicorn.should_exit = True
                 with anyio.move_on_after(5):
