@@ -208,7 +208,7 @@ def export_triplets(ws: Workspace, split: MinedSplit) -> Path:
 
 
 def train_step(ws: Workspace, ctx: Any, split: MinedSplit, *, extra: dict | None = None,
-               weigh_dense: bool = True, kind: str | None = None) -> dict[str, Any]:
+               weigh_dense: bool = True, kind: str | None = None, fold: bool = False) -> dict[str, Any]:
     """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json.
 
     Its blend (``run.json`` ``blend``, carried into a release's manifest) gets the dense weight chosen on all its
@@ -217,7 +217,9 @@ def train_step(ws: Workspace, ctx: Any, split: MinedSplit, *, extra: dict | None
     """
     ts = ws.settings.training
     kind = kind or (ts.model_kind if ts.model_kind != "auto" else "bi-encoder")
-    ts = ts.model_copy(update={"model_kind": kind})
+    # a cross-validation fold trains on (k-1)/k of questions that passed AGRO_TRAINING_MIN_TRIPLETS together: the
+    # floor is for the released model, trained on all of them, not for the folds that estimate it
+    ts = ts.model_copy(update={"model_kind": kind, **({"min_triplets": 1} if fold else {})})
     rr = ws.settings.reranker
     if "dense_weight" in rr.model_fields_set or not weigh_dense:  # set by the user: it is what will be served
         weighing = {"dense_weight": rr.dense_weight,
@@ -523,7 +525,7 @@ def _run_cross_validated(ws: Workspace, ctx: Any, split: MinedSplit, folds: list
         held = [t for t in every if query_key(t.corpus, t.query) in keys]
         train = [t for t in every if query_key(t.corpus, t.query) not in keys]
         fsplit = MinedSplit(train, held, {**split.info, "cv": {"fold": i, "folds": k, "questions": len(keys)}})
-        train_step(ws, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id})
+        train_step(ws, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id}, fold=True)
         ev = evaluate_run(ws, fctx, fctx.run_id)
         for c, rows in (ev.get("per_query") or {}).items():
             pooled.setdefault(c, []).extend(rows)

@@ -144,6 +144,8 @@ TOPICS = {
 @pytest.mark.slow
 def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with_the_pooled_evidence(
         tmp_path, make_settings, embedder):
+    """Twelve questions meet AGRO_TRAINING_MIN_TRIPLETS=12 together: the loop cross-validates them although each
+    fold trains on eight and a fixed split would train on fewer than twelve."""
     import json
 
     from tests.reranker.conftest import build_tiny_cross_encoder
@@ -161,7 +163,7 @@ def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with
     (tmp_path / "golden.json").write_text(json.dumps(golden))
     tiny = build_tiny_cross_encoder(tmp_path / "tiny")
     settings = make_settings(AGRO_TRAINING_MODEL_KIND="cross-encoder", AGRO_TRAINING_BASE_MODEL=str(tiny),
-                             AGRO_TRAINING_MIN_TRIPLETS="3", AGRO_TRAINING_MAX_LENGTH="64",
+                             AGRO_TRAINING_MIN_TRIPLETS="12", AGRO_TRAINING_MAX_LENGTH="64",
                              AGRO_TRAINING_MIN_STEPS="0", AGRO_TRAINING_CALIBRATE_ALPHA="0",
                              AGRO_TRAINING_CV_FOLDS="3", AGRO_RERANKER_TOPN="10", AGRO_RERANKER_ENABLED="1")
     eng = Engine(settings, embedder=embedder)
