@@ -25,7 +25,6 @@ import secrets
 import signal
 import socket
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,21 +64,21 @@ class AlreadyRunning(AgroError, RuntimeError):
 
 # -- lower-priority background work ---------------------------------------------------------------------------
 class BackgroundPool:
-    """A bounded pool whose threads run at a higher niceness (Linux: per thread), so an index build or a training
-    job started from it (its threads inherit the niceness) yields the CPU to searches."""
+    """A bounded pool for index builds and training jobs: its threads run at a higher niceness and with a smaller
+    torch (OpenMP) team, both per thread (:mod:`retrieval.threads`), so searches keep a core and get the CPU first.
+    Jobs started from it (training threads) keep the same limits."""
 
-    def __init__(self, nice: int, workers: int = 2) -> None:
+    def __init__(self, nice: int, workers: int = 2, torch_threads: int = 0) -> None:
         self.nice = nice
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agro-background",
-                                        initializer=self._lower_priority)
+        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 2) - 1)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agro-background")
 
-    def _lower_priority(self) -> None:
-        if not self.nice or not sys.platform.startswith("linux"):
-            return  # elsewhere setpriority() would renice the whole process, searches included
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-        except OSError as exc:
-            logger.warning("cannot lower the priority of background work: %s", exc)
+    def _limited(self, fn, *args, **kwargs):
+        from retrieval.threads import limit_this_thread
+
+        # at every call: torch may have been imported since the thread started
+        limit_this_thread(self.nice, self.torch_threads)
+        return fn(*args, **kwargs)
 
     def run(self, fn, *args, progress=None, **kwargs):
         """Run ``fn`` on the pool and wait for its result (the caller is a worker thread of one session).
@@ -87,9 +86,9 @@ class BackgroundPool:
         ``progress`` (passed to ``fn`` as ``progress=``) is called back in the caller's thread, where it may reach
         the session's event loop (an MCP progress notification); the pool's threads cannot."""
         if progress is None:
-            return self._pool.submit(fn, *args, **kwargs).result()
+            return self._pool.submit(self._limited, fn, *args, **kwargs).result()
         updates: queue.SimpleQueue = queue.SimpleQueue()
-        future = self._pool.submit(fn, *args, progress=lambda *a: updates.put(a), **kwargs)
+        future = self._pool.submit(self._limited, fn, *args, progress=lambda *a: updates.put(a), **kwargs)
         while True:
             try:
                 progress(*updates.get(timeout=0.1))
@@ -194,7 +193,8 @@ class Daemon:
         self._http_manager = None
         self._stop: anyio.Event | None = None  # events belong to the event loop: made in main()
         self._http_done: anyio.Event | None = None
-        self.pool = BackgroundPool(settings.server.daemon_background_nice)
+        self.pool = BackgroundPool(settings.server.daemon_background_nice,
+                                   torch_threads=settings.server.daemon_background_torch_threads)
         self.engine: DaemonEngine | None = None
         self.server = None
 
