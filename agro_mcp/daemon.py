@@ -47,6 +47,7 @@ from agro_mcp.daemon_client import (
 )
 from agro_mcp.engine import Engine
 from retrieval.errors import AgroError
+from retrieval.redact import RedactingFormatter
 
 __all__ = ["DaemonEngine", "run_daemon", "configure_daemon_logging", "read_or_create_token"]
 
@@ -133,14 +134,15 @@ def _write_private_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def configure_daemon_logging(home: Path, level: str = "INFO") -> Path:
-    """Log to ``AGRO_HOME/logs/daemon.log``, rotated (10 MB x 5), instead of stderr."""
+def configure_daemon_logging(home: Path, level: str = "INFO", max_bytes: int = LOG_MAX_BYTES,
+                             backups: int = LOG_BACKUPS) -> Path:
+    """Log to ``AGRO_HOME/logs/daemon.log``, rotated (``AGRO_DAEMON_LOG_MAX_BYTES`` x ``AGRO_DAEMON_LOG_BACKUPS``,
+    10 MB x 5 by default), instead of stderr."""
     logs = log_dir(home)
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / "daemon.log"
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS,
-                                                   encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -327,6 +329,8 @@ class Daemon:
                 return
             self.state.socket_sessions += 1
             self.state.sessions_total += 1
+            number = self.state.sessions_total
+            logger.info("session %d opened over the socket (%d open)", number, self.sessions())
             try:
                 await self.serve_session(first, buffered, stream)
             except Exception:  # top-level handler of one session: it must never reach the others
@@ -334,6 +338,7 @@ class Daemon:
             finally:
                 self.state.socket_sessions -= 1
                 self.state.last_activity = time.monotonic()
+                logger.info("session %d closed (%d open)", number, self.sessions())
 
     async def serve_session(self, first: bytes, buffered: BufferedByteReceiveStream,
                             stream: anyio.abc.SocketStream) -> None:

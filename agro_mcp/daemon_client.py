@@ -33,7 +33,6 @@ __all__ = [
     "start_daemon",
     "stop_daemon",
     "token_path",
-    "version_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,22 +45,24 @@ class DaemonUnavailable(AgroUserError, RuntimeError):
     """The daemon is not running and could not be started; the message says why and where its log is."""
 
 
+VERSION_OVERRIDE_ENV = "AGRO__VERSION_FOR_TESTS"
+
+
 def agro_version() -> str:
-    """The installed agro-mcp version (what a proxy compares with the daemon it finds)."""
+    """The installed agro-mcp version (what a proxy compares with the daemon it finds).
+
+    ``AGRO__VERSION_FOR_TESTS`` in the environment replaces it: the end-to-end test of an upgrade starts a daemon
+    and a proxy that report different versions. It is read from the process environment only (no setting, no
+    tool argument reaches it)."""
+    override = os.environ.get(VERSION_OVERRIDE_ENV)
+    if override:
+        return override
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("agro-mcp")
     except PackageNotFoundError:
         return "0.0.0"
-
-
-def version_key(v: str) -> tuple:
-    """A sortable form of a version string: numeric parts compare as numbers ("0.10.0" > "0.9.1")."""
-    out = []
-    for part in v.replace("-", ".").replace("+", ".").split("."):
-        out.append((0, int(part), "") if part.isdigit() else (1, 0, part))
-    return tuple(out)
 
 
 def socket_path(home: Path) -> Path:
@@ -200,10 +201,10 @@ def start_daemon(home: Path, env: Mapping[str, str] | None = None, timeout: floa
 
 def ensure_daemon(home: Path, env: Mapping[str, str] | None = None, timeout: float = 120.0,
                   version: str | None = None) -> dict:
-    """A running daemon of the current version (or newer) for ``home``: its status.
+    """A running daemon of this proxy's version for ``home``: its status.
 
-    An older daemon is asked to drain (it stops accepting, finishes its open sessions and exits) and a new one is
-    started beside it.
+    A daemon of another version (an upgrade, or a downgrade, since it was started) is asked to drain (it stops
+    accepting, finishes its open sessions and exits) and a new one is started beside it.
     """
     version = version or agro_version()
     for _ in range(3):
@@ -211,9 +212,12 @@ def ensure_daemon(home: Path, env: Mapping[str, str] | None = None, timeout: flo
         if st is None:
             start_daemon(home, env, timeout)
             continue
-        if version_key(st.get("version", "0")) < version_key(version):
-            logger.info("agro daemon %s is older than %s: asking it to drain", st.get("version"), version)
+        if st.get("version") != version:
+            logger.info("agro daemon %s is not this proxy's %s: asking it to drain", st.get("version"), version)
             control(home, "drain", reason=f"a proxy of version {version} connected")
+            deadline = time.monotonic() + 10  # until it has handed the home over (its socket is gone)
+            while time.monotonic() < deadline and (control(home, "status", timeout=1.0) or {}).get("pid") == st["pid"]:
+                time.sleep(0.05)
             continue
         return st
     raise DaemonUnavailable(f"no agro daemon of version {version} answered for {home}")

@@ -241,12 +241,13 @@ async def run_busy(home: Path, corpus: str, searches: int, pool: QueryPool, env:
             out = await call(admin, "reranker_admin", {"action": "status", "run_id": run_id})
             return (out.get("data") or out)["job"]
 
-        deadline = time.monotonic() + 60  # until the job is past its set-up (compaction, mining starts)
+        deadline = time.monotonic() + 900  # until the job trains (past compaction and mining: progress 0.2)
         while time.monotonic() < deadline:
             job = await job_state()
-            if job["state"] != "running" or (job.get("progress") or 0) > 0:
+            if job["state"] != "running" or (job.get("progress") or 0) > 0.2:
                 break
             await anyio.sleep(0.5)
+        logger.info("busy row: the job is %s (%s)", job.get("state"), job.get("message"))
         stop = anyio.Event()
         refreshes = [0]
 
@@ -286,7 +287,8 @@ async def main_async(args) -> None:
     env = dict(os.environ)
     src = busy_source(home)
     env.update({"AGRO_HOME": str(home), "PYTHONPATH": str(ROOT), "AGRO_DAEMON_HTTP_PORT": "0",
-                "AGRO_DAEMON_IDLE_EXIT_SEC": "300", "AGRO_INDEX_ROOTS": str(src)})
+                "AGRO_DAEMON_IDLE_EXIT_SEC": "300", "AGRO_INDEX_ROOTS": str(src),
+                "AGRO_ADMIN_ENABLED": "unattended", "AGRO_TRAINING_BOOTSTRAP_CAP": "240"})  # the busy row indexes and trains without a person
     corpus = f"{CORPUS_PREFIX}{args.chunks}"
     rows = []
     inproc = {**env, "AGRO_SERVE_MODE": "inprocess"}

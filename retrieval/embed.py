@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import threading
@@ -52,10 +51,7 @@ class Embedder:
         # The query caches have their own lock: an index build holding ``_lock`` for a batch of chunks (seconds, at a
         # lower priority in the daemon) must not hold up a search's cache look-up.
         self._cache_lock = threading.Lock()
-        # Queries get their own copy of the tokenizer: the model's pipeline switches truncation on and off in the
-        # shared Rust tokenizer for every batch of chunks, and a query tokenised meanwhile in another thread (a search
-        # during an index refresh) failed with "Already borrowed" or saw the chunks' truncation.
-        self.tokenizer = copy.deepcopy(self._model.tokenizer)
+        self.tokenizer = self._model.tokenizer
         self._lean = None
         if lean_queries and self.dtype != "int8":  # before packing: it reads the plain linears' weights
             from retrieval.lean import lean_encoder_for
