@@ -88,14 +88,17 @@ class Engine:
         # failed with "cannot import name 'AutoConfig'". Resolve them here, once, before the threads start.
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
         if self._embedder_thread is None:
-            self._embedder_thread = threading.Thread(target=self._load_embedder, name="agro-embedder", daemon=True)
+            self._embedder_thread = threading.Thread(target=self._load_embedder, args=(warm,), name="agro-embedder",
+                                                     daemon=True)
             self._embedder_thread.start()
         if warm:
             _responsive_gil()
             self.reranker.set_warm_source(self._chunk_texts)
         self.reranker.start()
 
-    def _load_embedder(self) -> None:
+    def _load_embedder(self, warm: bool = False) -> None:
+        """``warm`` (a long-running server): once the model serves, embed a query of every length once
+        (:meth:`retrieval.embed.Embedder.warm_query_lengths`), so no search pays a new length's kernel set-up."""
         try:
             from retrieval.embed import load_embedder
 
@@ -106,6 +109,13 @@ class Engine:
             self._embedder_error = exc
         finally:
             self._embedder_ready.set()
+        if warm and self._embedder is not None:
+            try:
+                t0 = time.perf_counter()
+                n = self._embedder.warm_query_lengths()
+                logger.info("query lengths 1-%d warmed in %.1f s", n, time.perf_counter() - t0)
+            except Exception:  # top-level handler of a background thread: warming is an optimisation only
+                logger.warning("warming the query lengths failed", exc_info=True)
 
     def embedder(self):
         if self._embedder_thread is None:
