@@ -140,21 +140,19 @@ class Embedder:
         return vec
 
     def warm_query_lengths(self) -> int:
-        """Embed one query of every token length a query window can have, once, as searches do (one thread).
-
-        A length seen for the first time pays its kernels' set-up (oneDNN primitives for that shape): 2.5 ms more
-        CPU at the median, +25% (13.1 vs 10.6 ms, 40 lengths, 2 shared cores). A long-running server calls this
-        at start (~1 s of CPU in its loader thread), so no search pays it. Returns the number of lengths warmed."""
+        """Embed one query of each padded length (:data:`retrieval.lean.LENGTH_BUCKETS` up to the window), once, as
+        searches do (one thread), so no search pays a shape's first-time kernel set-up. A long-running server calls
+        it at start. Returns the number of shapes warmed."""
         if self._lean is None:
             return 0
-        from retrieval.lean import with_special_tokens
+        from retrieval.lean import LENGTH_BUCKETS, with_special_tokens
 
         filler = self.tokenizer("code", add_special_tokens=False)["input_ids"][:1] or [self.tokenizer.unk_token_id]
-        window = self.max_tokens - 2
+        lengths = sorted({min(b, self.max_tokens) for b in LENGTH_BUCKETS if b - 2 < self.max_tokens})
         with single_threaded():
-            for n in range(1, window + 1):
-                self._lean.embed_ids(with_special_tokens(self.tokenizer, filler * n))
-        return window
+            for n in lengths:
+                self._lean.embed_ids(with_special_tokens(self.tokenizer, filler * (n - 2)))
+        return len(lengths)
 
     def query_coverage(self, text: str) -> float:
         """Share of ``text``'s tokens that its query vector is computed from (1 when it fits the embedded windows)."""
