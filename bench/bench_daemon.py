@@ -15,6 +15,11 @@ PSS; PSS splits shared library pages between processes, so it is the fair total)
 The corpus is ``--chunks`` real chunks of this repository (replicated under ``repN/`` paths) with random unit vectors
 on the dense side (latency depends on the number of vectors, not their values; see bench_search.py). No reranker
 release exists in the bench home, so searches are fused retrieval without the cross-encoder.
+
+The last row (``--no-busy`` skips it, ``--only-busy`` runs it alone) is one session searching the big corpus in
+the warm daemon, first quietly, then while another session's training job runs (``reranker_admin train`` on the
+bootstrap pairs of a small real corpus, a copy of this checkout's library packages, measured from its first
+training step on) and index refreshes of a changed file follow one another.
 Figures go to stdout, logs to stderr.
 """
 
@@ -275,8 +280,8 @@ async def run_busy(home: Path, corpus: str, searches: int, pool: QueryPool, env:
     lat, server = busy[0]
     row = {"quiet_p50": pct(quiet, 50), "quiet_p95": pct(quiet, 95), "quiet_server_p95": pct(quiet_server, 95),
            "busy_p50": pct(lat, 50), "busy_p95": pct(lat, 95), "busy_server_p95": pct(server, 95),
-           "refreshes": refreshes[0], "job_state_at_end": job_end["state"], "job_progress_at_end": job_end.get("progress"),
-           "job_message_at_end": job_end.get("message")}
+           "refreshes": refreshes[0], "job_state_at_end": job_end["state"],
+           "job_progress_at_end": job_end.get("progress"), "job_message_at_end": job_end.get("message")}
     logger.info("busy: %s", row)
     return row
 
@@ -286,9 +291,10 @@ async def main_async(args) -> None:
     pool = QueryPool(load_queries(args.seed))
     env = dict(os.environ)
     src = busy_source(home)
+    # The busy row indexes and trains without a person, on a small bootstrap sample (it trains within minutes).
     env.update({"AGRO_HOME": str(home), "PYTHONPATH": str(ROOT), "AGRO_DAEMON_HTTP_PORT": "0",
                 "AGRO_DAEMON_IDLE_EXIT_SEC": "300", "AGRO_INDEX_ROOTS": str(src),
-                "AGRO_ADMIN_ENABLED": "unattended", "AGRO_TRAINING_BOOTSTRAP_CAP": "240"})  # the busy row indexes and trains without a person
+                "AGRO_ADMIN_ENABLED": "unattended", "AGRO_TRAINING_BOOTSTRAP_CAP": "240"})
     corpus = f"{CORPUS_PREFIX}{args.chunks}"
     rows = []
     inproc = {**env, "AGRO_SERVE_MODE": "inprocess"}

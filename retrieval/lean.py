@@ -1,6 +1,6 @@
 """Query embedding without the framework around the model: one text, one BERT-family encoder, a few kernels.
 
-A query is embedded alone (batch of one; padded only to a length bucket, see LENGTH_BUCKETS), which is where the generic pipeline costs the most:
+A query is embedded alone (a batch of one, padded to a length bucket), where the generic pipeline costs the most:
 transformers' BERT runs ~25 Python modules per layer, builds an attention mask for a batch that has no padding and
 so takes scaled-dot-product attention's slow "math" path, and calls three projections where one would do. This
 module computes the same function directly from the model's weights: embeddings, then per layer one fused QKV
