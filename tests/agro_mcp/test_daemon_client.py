@@ -46,3 +46,23 @@ def test_the_fast_proxy_path_leaves_to_the_full_cli_what_it_cannot_read_from_the
     assert try_fast_proxy(["--log-level", "LOUD", "serve"], env) is None
     (home / "agro.toml").write_text("[server]\nserve_mode = 'inprocess'\n")
     assert try_fast_proxy(["serve"], env) is None
+
+
+def test_the_fast_proxy_path_loads_only_the_standard_librarys_light_parts():
+    code = ("import sys; import agro_mcp.cli, agro_mcp.proxy, agro_mcp.serve_fast; "
+            "from agro_mcp.daemon_client import agro_version; agro_version(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'pydantic', 'pydantic_settings', 'mcp', 'anyio', 'hashlib', "
+            "'email', 'importlib.metadata') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != "AGRO__VERSION_FOR_TESTS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**env, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_proxy_reads_the_installed_version_as_importlib_metadata_does(monkeypatch):
+    from importlib.metadata import version
+
+    from agro_mcp.daemon_client import agro_version
+
+    monkeypatch.delenv("AGRO__VERSION_FOR_TESTS", raising=False)
+    assert agro_version() == version("agro-mcp")
