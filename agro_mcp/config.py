@@ -90,6 +90,9 @@ class ServerSettings(AgroSettings):
         10 * 1024 * 1024, ge=1000, description="The daemon's log (AGRO_HOME/logs/daemon.log) rotates at this size."
     )
     daemon_log_backups: int = Field(5, ge=1, description="Rotated daemon logs kept (daemon.log.1 ... .N).")
+    daemon_search_concurrency: int = Field(
+        0, ge=0, description="Searches the daemon ranks at once; more wait their turn (0 = one per core)."
+    )
     daemon_background_torch_threads: int = Field(
         0, ge=0, description="Torch threads of the daemon's index and training work (0 = all cores but one)."
     )

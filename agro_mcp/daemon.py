@@ -25,6 +25,7 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -107,6 +108,15 @@ class DaemonEngine(Engine):
     def __init__(self, settings: Settings, pool: BackgroundPool) -> None:
         super().__init__(settings)
         self._pool = pool
+        slots = settings.server.daemon_search_concurrency or os.cpu_count() or 2
+        self._search_slots = threading.BoundedSemaphore(slots)
+
+    def rank(self, *args, **kwargs):
+        """At most ``AGRO_DAEMON_SEARCH_CONCURRENCY`` searches rank at once (default: one per core); the others
+        wait their turn. Eight at once on two cores only took turns in the kernel and on the GIL (each query
+        embedding gives the GIL up and takes it back ~70 times), which made every one of them slow."""
+        with self._search_slots:
+            return super().rank(*args, **kwargs)
 
     def index(self, path, corpus=None, full=False, progress=None, **who):
         """``who``: the caller's reach (``face``, ``root_change``), passed on unchanged."""

@@ -299,7 +299,7 @@ async def main_async(args) -> None:
     rows = []
     inproc = {**env, "AGRO_SERVE_MODE": "inprocess"}
     daemon = {**env, "AGRO_SERVE_MODE": "proxy"}
-    for sessions in [] if args.only_busy else args.sessions:
+    for sessions in [] if args.only_busy or not args.inprocess else args.sessions:
         rows.append(await run_config("in-process", home, corpus, sessions, args.searches, pool, inproc))
     stop_daemon(home)
     for sessions in [] if args.only_busy else args.sessions:
@@ -360,6 +360,7 @@ def parse_args(argv=None):
     p.add_argument("--no-busy", dest="busy", action="store_false",
                    help="skip the row with a training job and index refreshes running")
     p.add_argument("--only-busy", action="store_true", help="only the busy row (and its quiet baseline)")
+    p.add_argument("--no-inprocess", dest="inprocess", action="store_false", help="skip the in-process rows")
     p.add_argument("--rebuild", action="store_true", help="rebuild the corpus even if the home has it")
     return p.parse_args(argv)
 
