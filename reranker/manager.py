@@ -22,6 +22,7 @@ import numpy as np
 
 from reranker.model import RerankerLoadError, load_scorer
 from reranker.settings import RerankerSettings
+from reranker.vectors import persist_delta, preload
 
 __all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer", "effective_alpha", "effective_dense_weight"]
 
@@ -139,6 +140,7 @@ class RerankerManager:
         self._last_check: float | None = None
         self._failed_identity: tuple | None = None
         self._resolved: _Candidate | None = None
+        self._shipped_keys: set[str] | None = None  # keys of the serving release's shipped vectors (None: not a release)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -310,6 +312,7 @@ class RerankerManager:
                 if self._loaded is None:
                     self._none_reason = msg
             return {"action": "failed", "model": old.model_id if old else None, "error": msg}
+        shipped = self._preload(scorer, cand)
         new = LoadedReranker(
             scorer=scorer,
             model_id=cand.model_id or str(cand.ref),
@@ -320,6 +323,7 @@ class RerankerManager:
         )
         with self._lock:
             self._loaded = new
+            self._shipped_keys = shipped
             self._none_reason = None
             self._last_error = None
             self._failed_identity = None
@@ -330,7 +334,27 @@ class RerankerManager:
         self._start_warm(new)
         return {"action": "loaded", "model": new.model_id, "previous": old.model_id if old else None, "error": None}
 
+    def _preload(self, scorer: Any, cand: _Candidate) -> set[str] | None:
+        """Put a release's shipped (and since refreshed) chunk vectors in a bi-encoder's cache before it serves
+        (``settings.shipped_vectors``); the keys it shipped, or None when this is not a release or it is off."""
+        if not self.settings.shipped_vectors or cand.identity[:1] != ("release",) or cand.ref is None:
+            return None
+        try:
+            state = preload(scorer, cand.ref, cand.manifest)
+        except OSError as exc:  # weights unreadable for hashing: the model loaded, so it serves without them
+            logger.warning("reranker %s: cannot read its shipped vectors: %s", cand.model_id, exc)
+            return None
+        return set() if state is None else state["keys"]
+
     # --------------------------------------------------------------------------------------------- warming
+
+    def refresh_warm(self) -> None:
+        """The indexed chunks changed (an index refresh): warm the serving bi-encoder again, which embeds only
+        the chunks it has no vector for, and keeps them beside the release for the next start."""
+        with self._lock:
+            loaded = self._loaded
+        if loaded is not None and self._warm_texts is not None:
+            self._start_warm(loaded)
 
     def set_warm_source(self, texts: Callable[[], Iterable[str]] | None) -> None:
         """Where a bi-encoder that loads from now on finds the texts to embed ahead of use (the indexed chunks'
@@ -365,12 +389,23 @@ class RerankerManager:
         state: dict[str, Any] = {"model": loaded.model_id, "state": "running", "embedded": 0, "started": time.time(),
                                  "finished": None, "error": None}
 
+        seen: list[str] = []
+
+        def tap(texts: Iterable[str]) -> Iterable[str]:
+            for t in texts:
+                seen.append(t)
+                yield t
+
         def run() -> None:
             t0 = time.perf_counter()
             try:
-                state["embedded"] = warm(source(), batch=max(16, self.settings.batch), cancel=cancel,
+                state["embedded"] = warm(tap(source()), batch=max(16, self.settings.batch), cancel=cancel,
                                          progress=lambda n: state.__setitem__("embedded", n))
                 state["state"] = "cancelled" if cancel.is_set() else "done"
+                with self._lock:
+                    shipped = self._shipped_keys if self._loaded is loaded else None
+                if state["state"] == "done" and state["embedded"] and shipped is not None and loaded.target:
+                    state["persisted"] = persist_delta(loaded.scorer, loaded.target, seen, shipped)
             except Exception as exc:  # noqa: BLE001 - warming is an optimisation: searches embed on demand
                 state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
                 logger.warning("reranker %s: warming the candidate cache failed: %s", loaded.model_id, exc)
