@@ -416,8 +416,9 @@ class RerankerManager:
         with self._lock:
             self._warm = state
         self._warm_cancel = cancel
-        self._warm_thread = threading.Thread(target=run, name="agro-reranker-warm", daemon=True)
-        self._warm_thread.start()
+        thread = threading.Thread(target=run, name="agro-reranker-warm", daemon=True)
+        thread.start()  # before it is published: wait_warm may join it from another thread at once
+        self._warm_thread = thread
 
     def wait_warm(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Wait for the current warming to end (tests, benches); returns its state."""

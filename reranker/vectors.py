@@ -120,7 +120,8 @@ def read_vectors(path: str | Path, expect: dict[str, Any]) -> tuple[list[str], n
     """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        raw = path.read_bytes()  # read whole: np.load leaves its file open when the zip inside is truncated
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
             keys, vecs = z["keys"], z["vectors"]
     except FileNotFoundError:
