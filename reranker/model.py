@@ -39,6 +39,7 @@ __all__ = [
     "CrossEncoderScorer",
     "RerankerLoadError",
     "ScoringCancelled",
+    "clean_text",
     "cpu_has_native_bf16",
     "cpu_has_vnni",
     "create_from_backbone",
@@ -619,6 +620,9 @@ def _clean(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     return text
+
+
+clean_text = _clean  # what the scorers feed their tokenizer (the query key of a bi-encoder's query cache)
 
 
 # ---------------------------------------------------------------------------------------------------- create
