@@ -22,7 +22,8 @@ import numpy as np
 
 from reranker.model import RerankerLoadError, load_scorer
 from reranker.settings import RerankerSettings
-from reranker.vectors import persist_delta, preload
+from reranker.vectors import preload
+from reranker.warming import Warmer
 
 __all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer", "effective_alpha", "effective_dense_weight"]
 
@@ -124,15 +125,11 @@ class RerankerManager:
         self.settings = settings
         self.models_dir = Path(models_dir)
         self._sync = sync  # brings models/current in line with a shared registry (team backend) before a check
-        self._warm_texts: Callable[[], Iterable[str]] | None = None  # see set_warm_source
-        self._warm_cancel: threading.Event | None = None
-        self._warm_thread: threading.Thread | None = None
-        self._warm: dict[str, Any] | None = None
-        self._warm_lock = threading.Lock()  # one warming thread at a time
         self._loaded: LoadedReranker | None = None
         self._lock = threading.Lock()  # guards the fields below
         self._check_lock = threading.Lock()  # one resolution + load at a time
         self._stop = threading.Event()
+        self._warmer = Warmer(settings, self._stop, self._serving)
         self._first_done = threading.Event()
         self._thread: threading.Thread | None = None
         self._none_reason: str | None = None
@@ -140,7 +137,7 @@ class RerankerManager:
         self._last_check: float | None = None
         self._failed_identity: tuple | None = None
         self._resolved: _Candidate | None = None
-        self._shipped_keys: set[str] | None = None  # keys of the serving release's shipped vectors (None: not a release)
+        self._shipped_keys: set[str] | None = None  # the serving release's shipped vector keys (None: no release)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -154,8 +151,7 @@ class RerankerManager:
     def close(self) -> None:
         """Stop the background threads (waits for a load in progress to finish)."""
         self._stop.set()
-        with self._warm_lock:
-            self._stop_warm()
+        self._warmer.stop()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -331,7 +327,7 @@ class RerankerManager:
             "reranker %s loaded in %.1fs (was %s)", new.model_id, time.perf_counter() - t0,
             old.model_id if old else "none",
         )
-        self._start_warm(new)
+        self._warmer.start(new)
         return {"action": "loaded", "model": new.model_id, "previous": old.model_id if old else None, "error": None}
 
     def _preload(self, scorer: Any, cand: _Candidate) -> set[str] | None:
@@ -349,84 +345,20 @@ class RerankerManager:
     # --------------------------------------------------------------------------------------------- warming
 
     def refresh_warm(self) -> None:
-        """The indexed chunks changed (an index refresh): warm the serving bi-encoder again, which embeds only
-        the chunks it has no vector for, and keeps them beside the release for the next start."""
-        with self._lock:
-            loaded = self._loaded
-        if loaded is not None and self._warm_texts is not None:
-            self._start_warm(loaded)
+        """The indexed chunks changed (an index refresh): warm the serving bi-encoder again (:class:`Warmer`)."""
+        self._warmer.refresh()
 
     def set_warm_source(self, texts: Callable[[], Iterable[str]] | None) -> None:
-        """Where a bi-encoder that loads from now on finds the texts to embed ahead of use (the indexed chunks'
-        located texts); None turns warming off. A model already serving starts warming at once."""
-        self._warm_texts = texts
-        with self._lock:
-            loaded, warmed = self._loaded, self._warm
-        if texts is not None and loaded is not None and (warmed or {}).get("model") != loaded.model_id:
-            self._start_warm(loaded)
-
-    def _stop_warm(self) -> None:
-        if self._warm_cancel is not None:
-            self._warm_cancel.set()
-        if self._warm_thread is not None:
-            self._warm_thread.join(timeout=30)
-            self._warm_thread = None
-
-    def _start_warm(self, loaded: LoadedReranker) -> None:
-        """Embed the indexed chunks with a newly loaded bi-encoder in the background (``settings.prewarm``), so the
-        first searches on a new release do not pay for every candidate they have not seen. Searches never wait for
-        it: a candidate not warmed yet is embedded by the search that ranks it, as without warming."""
-        with self._warm_lock:
-            self._stop_warm()
-            warm = getattr(loaded.scorer, "warm", None)
-            source = self._warm_texts
-            if not self.settings.prewarm or warm is None or source is None or self._stop.is_set():
-                return
-            self._spawn_warm(loaded, warm, source)
-
-    def _spawn_warm(self, loaded: LoadedReranker, warm: Callable[..., int], source: Callable[[], Iterable[str]]) -> None:
-        cancel = threading.Event()
-        state: dict[str, Any] = {"model": loaded.model_id, "state": "running", "embedded": 0, "started": time.time(),
-                                 "finished": None, "error": None}
-
-        seen: list[str] = []
-
-        def tap(texts: Iterable[str]) -> Iterable[str]:
-            for t in texts:
-                seen.append(t)
-                yield t
-
-        def run() -> None:
-            t0 = time.perf_counter()
-            try:
-                state["embedded"] = warm(tap(source()), batch=max(16, self.settings.batch), cancel=cancel,
-                                         progress=lambda n: state.__setitem__("embedded", n))
-                state["state"] = "cancelled" if cancel.is_set() else "done"
-                with self._lock:
-                    shipped = self._shipped_keys if self._loaded is loaded else None
-                if state["state"] == "done" and state["embedded"] and shipped is not None and loaded.target:
-                    state["persisted"] = persist_delta(loaded.scorer, loaded.target, seen, shipped)
-            except Exception as exc:  # noqa: BLE001 - warming is an optimisation: searches embed on demand
-                state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
-                logger.warning("reranker %s: warming the candidate cache failed: %s", loaded.model_id, exc)
-            state["finished"] = time.time()
-            logger.info("reranker %s: warming %s, %d chunks embedded in %.1fs", loaded.model_id, state["state"],
-                        state["embedded"], time.perf_counter() - t0)
-
-        with self._lock:
-            self._warm = state
-        self._warm_cancel = cancel
-        thread = threading.Thread(target=run, name="agro-reranker-warm", daemon=True)
-        thread.start()  # before it is published: wait_warm may join it from another thread at once
-        self._warm_thread = thread
+        """Where a bi-encoder finds the texts to embed ahead of use (:meth:`Warmer.set_source`)."""
+        self._warmer.set_source(texts)
 
     def wait_warm(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Wait for the current warming to end (tests, benches); returns its state."""
-        t = self._warm_thread
-        if t is not None:
-            t.join(timeout)
+        return self._warmer.wait(timeout)
+
+    def _serving(self) -> tuple[LoadedReranker | None, set[str] | None]:
         with self._lock:
-            return dict(self._warm) if self._warm else None
+            return self._loaded, self._shipped_keys
 
     # ----------------------------------------------------------------------------------------------- info
 
@@ -435,7 +367,6 @@ class RerankerManager:
         with self._lock:
             loaded, cand = self._loaded, self._resolved
             last_check, last_error = self._last_check, self._last_error
-            warm = dict(self._warm) if self._warm else None
         scorer = loaded.scorer if loaded else None
         alpha, alpha_source = effective_alpha(loaded, s)
         dense_weight, dense_weight_source = effective_dense_weight(loaded, s)
@@ -471,5 +402,5 @@ class RerankerManager:
             "last_error": last_error,
             "none_reason": self.none_reason,
             "prewarm": s.prewarm,
-            "warm": warm,
+            "warm": self._warmer.state(),
         }

@@ -52,7 +52,7 @@ class RerankerSettings(AgroSettings):
         True, description="agro serve: embed the indexed chunks with a new bi-encoder release in the background."
     )
     shipped_vectors: bool = Field(
-        True, description="Load a bi-encoder release's shipped chunk vectors before it serves (and keep refreshed ones)."
+        True, description="Load a bi-encoder release's shipped chunk vectors before it serves; keep refreshed ones."
     )
     reload_on_change: bool = Field(True, description="Watch models/current and hot-reload a new release.")
     reload_period_sec: float = Field(60.0, gt=0, description="How often to check models/current, in seconds.")
