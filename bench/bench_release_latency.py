@@ -70,7 +70,7 @@ def env_for(home: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def prepare(home: Path, collection: str, model: Path | None) -> dict:
+def prepare(home: Path, collection: str, model: Path | None, reship: bool = False) -> dict:
     """Index the corpus and promote the release (shipping its vectors), unless done by an earlier run."""
     from agro_mcp.config import load_settings
     from agro_mcp.engine import Engine
@@ -87,7 +87,7 @@ def prepare(home: Path, collection: str, model: Path | None) -> dict:
         n_chunks = len(eng.generation(CORPUS).chunks)
         cur = current_release(models)
         ship_sec = None
-        if cur is None or not cur.get("vectors"):
+        if cur is None or not cur.get("vectors") or reship:
             from retrieval.models import minilm_path
 
             run = models / "runs" / "bench-run"
@@ -175,6 +175,9 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=Path("/tmp/agro-bench-release"))
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--rounds", type=int, default=2, help="runs of every configuration, in alternating order")
+    ap.add_argument("--reship", action="store_true", help="promote (and ship) a new release even if one exists")
+    ap.add_argument("--no-agreement", dest="agreement", action="store_false",
+                    help="skip the float16 vs float32 ranking comparison")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     qs = queries(args.collection, args.searches)
@@ -182,8 +185,8 @@ def main() -> None:
         print(json.dumps(child(args.home, args.child, qs)))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    info = prepare(args.home, args.collection, args.model)
-    agree = fp16_agreement(args.home, qs)
+    info = prepare(args.home, args.collection, args.model, args.reship)
+    agree = fp16_agreement(args.home, qs) if args.agreement else None
     rows = []
     order = list(CONFIGS)
     for rnd in range(args.rounds):  # A B C, then C B A, ...: a load that drifts during the run hits each alike
@@ -199,9 +202,11 @@ def main() -> None:
     print(f"collection {args.collection}: {info['chunks']} chunks; release {info['release']} ships {v['count']} "
           f"{v['dtype']} vectors ({info['file_mib']:.1f} MiB)"
           + (f", shipped in {info['ship_sec']:.1f}s (promote_step)" if info["ship_sec"] else ""))
-    print(f"float16 vs float32 over {agree['queries']} queries' fused heads: top-10 identical "
-          f"{agree['top10_identical']}/{agree['queries']}, whole head order identical "
-          f"{agree['head_order_identical']}/{agree['queries']}, max |cosine diff| {agree['max_abs_cosine_diff']:.2e}")
+    if agree:
+        print(f"float16 vs float32 over {agree['queries']} queries' fused heads: top-10 identical "
+              f"{agree['top10_identical']}/{agree['queries']}, whole head order identical "
+              f"{agree['head_order_identical']}/{agree['queries']}, max |cosine diff| "
+              f"{agree['max_abs_cosine_diff']:.2e}")
     print(f"{'round':<6}{'config':<22}{'ready s':>8}{'p50 ms':>9}{'p95 ms':>9}{'x fused p50/p95':>17}"
           f"{'cpu p50':>9}{'cpu p95':>9}{'first10':>9}{'reranked':>9}{'embedded':>9}")
     for r in rows:

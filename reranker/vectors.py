@@ -88,7 +88,7 @@ def embed_texts(scorer: Any, texts: Iterable[str], cap: int, batch: int = 64) ->
 
 
 def write_vectors(path: str | Path, keys: list[str], vectors: np.ndarray, *, weights: str, maxlen: int,
-                  backend: str, model_id: str | None, dtype: str = "float16") -> dict[str, Any]:
+                  backend: str, model_id: str | None, dtype: str = "float32") -> dict[str, Any]:
     """Write ``keys`` and ``vectors`` to ``path`` atomically (a temporary file beside it, fsync, rename); returns
     the file's metadata (what :func:`manifest_entry` records)."""
     if dtype not in DTYPES:
@@ -198,7 +198,7 @@ def preload(scorer: Any, release_dir: str | Path, manifest: dict[str, Any] | Non
 
 
 def persist_delta(scorer: Any, release_dir: str | Path, texts: list[str], shipped: set[str],
-                  dtype: str = "float16") -> int:
+                  dtype: str = "float32") -> int:
     """Keep the vectors of ``texts`` (the indexed chunks the warm-up saw) that the release did not ship in
     ``agro_vectors.delta.npz`` beside it, replacing the previous one, so the next start loads them too. Returns
     how many were written (0: nothing new, nothing written). A read-only release folder is only logged."""

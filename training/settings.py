@@ -103,7 +103,7 @@ class TrainingSettings(AgroSettings):
         20_000, ge=0, description="A bi-encoder release ships the vectors of at most this many indexed chunks (0 = none)."
     )
     ship_vectors_dtype: Literal["float16", "float32"] = Field(
-        "float16", description="Storage type of the shipped chunk vectors (float16: half the bytes, same ranking)."
+        "float32", description="Storage of the shipped chunk vectors (float16: half the bytes; near-ties may swap)."
     )
     bf16: bool = Field(True, description="bf16 autocast in training when the CPU has native bf16.")
     student_layers: int | None = Field(

@@ -95,7 +95,7 @@ def test_a_damaged_or_mismatched_vectors_file_is_refused_and_the_release_embeds_
         k, v, meta = read_vectors(f, {})
         v[1, 7] += 0.25
         np.savez(f, keys=np.frombuffer(b"".join(bytes.fromhex(x) for x in k), dtype=np.uint8).reshape(3, 16),
-                 vectors=v.astype(np.float16),
+                 vectors=v.astype(meta["dtype"]),
                  meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     elif damage == "other_model":
         manifest = dict(manifest)

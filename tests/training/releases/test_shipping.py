@@ -81,7 +81,7 @@ def promoted(tmp_path, make_settings, embedder):
 def test_a_served_release_ranks_from_its_shipped_vectors_and_embeds_only_what_a_refresh_changed(promoted, embedder):
     settings, repo, models, n = promoted
     manifest = current_release(models)
-    assert manifest["vectors"]["count"] == n and manifest["vectors"]["dtype"] == "float16"
+    assert manifest["vectors"]["count"] == n and manifest["vectors"]["dtype"] == "float32"
     assert (models / "releases" / manifest["id"] / VECTORS_FILE).is_file()
 
     srv, scorer = _serve(settings, embedder)
