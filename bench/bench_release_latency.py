@@ -102,8 +102,9 @@ def prepare(home: Path, collection: str, model: Path | None, reship: bool = Fals
             promote_step(eng.workspace, Ctx(), "bench-run")
             ship_sec = time.perf_counter() - t0
             cur = current_release(models)
-        for f in (models / "releases" / cur["id"]).glob("agro_vectors.delta.npz"):
-            f.unlink()  # each run starts from what the release shipped
+        from reranker.vectors import delta_path
+
+        delta_path(models, models / "releases" / cur["id"]).unlink(missing_ok=True)  # start from what it shipped
         size = (models / "releases" / cur["id"] / cur["vectors"]["file"]).stat().st_size
         return {"release": cur["id"], "chunks": n_chunks, "vectors": cur["vectors"], "ship_sec": ship_sec,
                 "file_mib": size / 2**20}

@@ -22,7 +22,7 @@ import numpy as np
 
 from reranker.model import RerankerLoadError, load_scorer
 from reranker.settings import RerankerSettings
-from reranker.vectors import preload
+from reranker.vectors import delta_path, preload
 from reranker.warming import Warmer
 
 __all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer", "effective_alpha", "effective_dense_weight"]
@@ -137,7 +137,7 @@ class RerankerManager:
         self._last_check: float | None = None
         self._failed_identity: tuple | None = None
         self._resolved: _Candidate | None = None
-        self._shipped_keys: set[str] | None = None  # the serving release's shipped vector keys (None: no release)
+        self._kept: tuple[set[str], Path] | None = None  # serving release's shipped keys, where new ones are kept
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -319,7 +319,7 @@ class RerankerManager:
         )
         with self._lock:
             self._loaded = new
-            self._shipped_keys = shipped
+            self._kept = shipped
             self._none_reason = None
             self._last_error = None
             self._failed_identity = None
@@ -330,17 +330,19 @@ class RerankerManager:
         self._warmer.start(new)
         return {"action": "loaded", "model": new.model_id, "previous": old.model_id if old else None, "error": None}
 
-    def _preload(self, scorer: Any, cand: _Candidate) -> set[str] | None:
+    def _preload(self, scorer: Any, cand: _Candidate) -> tuple[set[str], Path] | None:
         """Put a release's shipped (and since refreshed) chunk vectors in a bi-encoder's cache before it serves
-        (``settings.shipped_vectors``); the keys it shipped, or None when this is not a release or it is off."""
+        (``settings.shipped_vectors``): the keys it shipped and where refreshed ones are kept, or None when this is
+        not a release or it is off."""
         if not self.settings.shipped_vectors or cand.identity[:1] != ("release",) or cand.ref is None:
             return None
         try:
-            state = preload(scorer, cand.ref, cand.manifest)
+            delta = delta_path(self.models_dir, cand.ref)
+            state = preload(scorer, cand.ref, cand.manifest, delta)
         except OSError as exc:  # weights unreadable for hashing: the model loaded, so it serves without them
             logger.warning("reranker %s: cannot read its shipped vectors: %s", cand.model_id, exc)
             return None
-        return set() if state is None else state["keys"]
+        return (set() if state is None else state["keys"]), delta
 
     # --------------------------------------------------------------------------------------------- warming
 
@@ -356,9 +358,9 @@ class RerankerManager:
         """Wait for the current warming to end (tests, benches); returns its state."""
         return self._warmer.wait(timeout)
 
-    def _serving(self) -> tuple[LoadedReranker | None, set[str] | None]:
+    def _serving(self) -> tuple[LoadedReranker | None, tuple[set[str], Path] | None]:
         with self._lock:
-            return self._loaded, self._shipped_keys
+            return self._loaded, self._kept
 
     # ----------------------------------------------------------------------------------------------- info
 

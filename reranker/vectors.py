@@ -5,8 +5,8 @@ evaluation already computed) and writes them beside the model (:func:`write_vect
 promotion copies the file with the weights and records it in the manifest (:func:`manifest_entry`) before the
 manifest is written, so a release either has complete vectors or none. A server loading the release puts them in the
 scorer's cache before it serves (:func:`preload`). Chunks a later index refresh added or changed are embedded by the
-background warm-up, and :func:`persist_delta` keeps them beside the release (``agro_vectors.delta.npz``), so the next
-start is warm too.
+background warm-up, and :func:`persist_delta` keeps them outside the release, which stays immutable
+(``models/vectors/<release>.delta.npz``), so the next start is warm too.
 
 Each vector is keyed by the content hash of the located text the model reads (path, symbol, text: a changed chunk
 gets a new key and is never served an old vector). The file names the model it was computed with (the sha256 of
@@ -31,13 +31,12 @@ import numpy as np
 from retrieval.atomic import fsync_dir
 from retrieval.errors import AgroError
 
-__all__ = ["DELTA_FILE", "VECTORS_FILE", "VectorsError", "embed_texts", "manifest_entry", "persist_delta",
+__all__ = ["VECTORS_FILE", "VectorsError", "delta_path", "embed_texts", "manifest_entry", "persist_delta",
            "preload", "read_vectors", "weights_sha256", "write_vectors"]
 
 logger = logging.getLogger(__name__)
 
 VECTORS_FILE = "agro_vectors.npz"
-DELTA_FILE = "agro_vectors.delta.npz"
 FORMAT = 1
 DTYPES = ("float16", "float32")
 
@@ -156,16 +155,22 @@ def _expect(scorer: Any, weights: str) -> dict[str, Any]:
             "dim": scorer.embedder.dim}
 
 
-def preload(scorer: Any, release_dir: str | Path, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Load a release's shipped vectors (and the ones persisted since, :func:`persist_delta`) into a bi-encoder
-    scorer's cache before it serves. Returns what was loaded or refused (also set as ``scorer.shipped``); None for
-    a scorer without a vector cache (a cross-encoder) or a release with nothing to load. Never raises for a bad
-    file: it is refused with a warning, and the release embeds on demand."""
+def delta_path(models_dir: str | Path, release_dir: str | Path) -> Path:
+    """Where the vectors a server embedded for a release since it shipped are kept (outside the release)."""
+    return Path(models_dir) / "vectors" / f"{Path(release_dir).name}.delta.npz"
+
+
+def preload(scorer: Any, release_dir: str | Path, manifest: dict[str, Any] | None,
+            delta: Path | None = None) -> dict[str, Any] | None:
+    """Load a release's shipped vectors (and those in ``delta``, kept since by :func:`persist_delta`) into a
+    bi-encoder scorer's cache before it serves. Returns what was loaded or refused (also set as
+    ``scorer.shipped``); None for a scorer without a vector cache (a cross-encoder) or a release with nothing to
+    load. Never raises for a bad file: it is refused with a warning, and the release embeds on demand."""
     if not hasattr(scorer, "put_vectors"):
         return None
     d = Path(release_dir)
     entry = (manifest or {}).get("vectors")
-    has_delta = (d / DELTA_FILE).is_file()
+    has_delta = delta is not None and delta.is_file()
     if not isinstance(entry, dict) and not has_delta:
         return None
     weights = weights_sha256(d)
@@ -184,7 +189,7 @@ def preload(scorer: Any, release_dir: str | Path, manifest: dict[str, Any] | Non
                            scorer.model_id, exc)
     if has_delta:
         try:
-            k, v, _ = read_vectors(d / DELTA_FILE, _expect(scorer, weights))
+            k, v, _ = read_vectors(delta, _expect(scorer, weights))  # type: ignore[arg-type]
             state["delta"] = scorer.put_vectors(k, v)
         except VectorsError as exc:
             state["refused"].append(str(exc))
@@ -197,11 +202,11 @@ def preload(scorer: Any, release_dir: str | Path, manifest: dict[str, Any] | Non
     return state
 
 
-def persist_delta(scorer: Any, release_dir: str | Path, texts: list[str], shipped: set[str],
+def persist_delta(scorer: Any, release_dir: str | Path, delta: Path, texts: list[str], shipped: set[str],
                   dtype: str = "float32") -> int:
     """Keep the vectors of ``texts`` (the indexed chunks the warm-up saw) that the release did not ship in
-    ``agro_vectors.delta.npz`` beside it, replacing the previous one, so the next start loads them too. Returns
-    how many were written (0: nothing new, nothing written). A read-only release folder is only logged."""
+    ``delta`` (:func:`delta_path`), replacing the previous one, so the next start loads them too. Returns how many
+    were written (0: nothing new, nothing written). A folder that cannot be written is only logged."""
     keys = list(dict.fromkeys(scorer.key(t) for t in texts))
     fresh = [k for k in keys if k not in shipped]
     got = scorer.cached_vectors(fresh)
@@ -210,10 +215,11 @@ def persist_delta(scorer: Any, release_dir: str | Path, texts: list[str], shippe
         return 0
     d = Path(release_dir)
     try:
-        write_vectors(d / DELTA_FILE, [k for k, _ in pairs], np.stack([v for _, v in pairs]),
+        delta.parent.mkdir(parents=True, exist_ok=True)
+        write_vectors(delta, [k for k, _ in pairs], np.stack([v for _, v in pairs]),
                       weights=weights_sha256(d), maxlen=scorer.maxlen, backend=scorer.backend,
                       model_id=scorer.model_id, dtype=dtype)
     except OSError as exc:
-        logger.warning("reranker %s: cannot keep the refreshed vectors in %s: %s", scorer.model_id, d, exc)
+        logger.warning("reranker %s: cannot keep the refreshed vectors in %s: %s", scorer.model_id, delta, exc)
         return 0
     return len(pairs)

@@ -2,7 +2,7 @@
 
 A release that loads (or an index refresh) starts it; it stops when another starts or the server closes. Searches
 never wait for it: a candidate not warmed yet is embedded by the search that ranks it. What it embedded for a release
-is kept beside the release (:func:`reranker.vectors.persist_delta`), so the next start loads it.
+is kept beside the releases (:func:`reranker.vectors.persist_delta`), so the next start loads it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from reranker.settings import RerankerSettings
@@ -27,11 +28,12 @@ class Warmer:
     Args:
         settings: ``prewarm`` (on/off) and ``batch``.
         stopped: set when the manager closes (no warming starts after it).
-        serving: the serving model and the keys its release shipped (None: not a release; nothing is kept).
+        serving: the serving model, and the keys its release shipped with where refreshed vectors are kept
+            (None: not a release, nothing is kept).
     """
 
     def __init__(self, settings: RerankerSettings, stopped: threading.Event,
-                 serving: Callable[[], tuple[Any, set[str] | None]]) -> None:
+                 serving: Callable[[], tuple[Any, tuple[set[str], Path] | None]]) -> None:
         self.settings = settings
         self._stopped = stopped
         self._serving = serving
@@ -95,10 +97,10 @@ class Warmer:
                 state["embedded"] = warm(tap(source()), batch=max(16, self.settings.batch), cancel=cancel,
                                          progress=lambda n: state.__setitem__("embedded", n))
                 state["state"] = "cancelled" if cancel.is_set() else "done"
-                serving, shipped = self._serving()
-                if state["state"] == "done" and state["embedded"] and serving is loaded and shipped is not None \
-                        and loaded.target:
-                    state["persisted"] = persist_delta(loaded.scorer, loaded.target, seen, shipped)
+                serving, kept = self._serving()
+                if state["state"] == "done" and state["embedded"] and serving is loaded and kept is not None:
+                    shipped, delta = kept
+                    state["persisted"] = persist_delta(loaded.scorer, loaded.target, delta, seen, shipped)
             except Exception as exc:  # noqa: BLE001 - warming is an optimisation: searches embed on demand
                 state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
                 logger.warning("reranker %s: warming the candidate cache failed: %s", loaded.model_id, exc)

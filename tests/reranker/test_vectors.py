@@ -12,7 +12,6 @@ import pytest
 
 from reranker.model import BiEncoderScorer, load_scorer
 from reranker.vectors import (
-    DELTA_FILE,
     VECTORS_FILE,
     VectorsError,
     embed_texts,
@@ -114,19 +113,21 @@ def test_a_damaged_or_mismatched_vectors_file_is_refused_and_the_release_embeds_
     assert np.allclose(got, fresh(loaded).score("retry a flaky call", TEXTS))
 
 
-def test_refreshed_vectors_are_kept_beside_the_release_and_loaded_with_the_shipped_ones(release, loaded, tmp_path):
+def test_refreshed_vectors_are_kept_outside_the_release_and_loaded_with_the_shipped_ones(release, loaded, tmp_path):
     src, manifest = release
     d = tmp_path / "bi1"
     clone(src, d)
     scorer = fresh(loaded)
+    before = sorted(p.name for p in d.iterdir())  # the release folder is never written to
     shipped = preload(scorer, d, manifest)["keys"]
     new = "# util/strings.py :: kebab\ndef kebab(title):\n    return title.replace(' ', '-')"
     assert scorer.warm([*TEXTS, new]) == 1
-    assert persist_delta(scorer, d, [*TEXTS, new], shipped) == 1
-    k, _, meta = read_vectors(d / DELTA_FILE, {"weights_sha256": weights_sha256(d)})
+    delta = tmp_path / "models" / "vectors" / "bi1.delta.npz"
+    assert persist_delta(scorer, d, delta, [*TEXTS, new], shipped) == 1
+    k, _, meta = read_vectors(delta, {"weights_sha256": weights_sha256(d)})
     assert k == [scorer.key(new)] and meta["count"] == 1
     again = fresh(loaded)
-    assert preload(again, d, manifest)["delta"] == 1
+    assert preload(again, d, manifest, delta)["delta"] == 1 and sorted(p.name for p in d.iterdir()) == before
     assert again.warm([*TEXTS, new]) == 0 and again.embedded == 0
 
 

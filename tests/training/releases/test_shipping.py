@@ -12,7 +12,7 @@ import time
 import pytest
 
 from agro_mcp.engine import Engine
-from reranker.vectors import DELTA_FILE, VECTORS_FILE
+from reranker.vectors import VECTORS_FILE, delta_path
 from retrieval.models import minilm_path
 from retrieval.types import located_text
 from tests.conftest import write_repo
@@ -104,6 +104,7 @@ def test_a_served_release_ranks_from_its_shipped_vectors_and_embeds_only_what_a_
             time.sleep(0.2)
         assert scorer.embedded == len(changed)  # only the changed file's chunks
         assert srv.reranker.info()["warm"]["persisted"] == len(changed)
+        assert delta_path(models, models / "releases" / manifest["id"]).is_file()
     finally:
         srv.close()
 
@@ -139,7 +140,7 @@ def test_a_truncated_vectors_file_is_refused_with_a_log_line_and_the_release_sti
     rel = models / "releases" / current_release(models)["id"]
     raw = (rel / VECTORS_FILE).read_bytes()
     (rel / VECTORS_FILE).write_bytes(raw[: len(raw) - 100])
-    assert not (rel / DELTA_FILE).exists()
+    assert not delta_path(models, rel).exists()
     with caplog.at_level(logging.WARNING, logger="reranker.vectors"):
         srv = Engine(settings, embedder=embedder)
         try:
