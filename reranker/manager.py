@@ -100,7 +100,7 @@ def _manifest_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     if manifest is None:
         return None
     keys = ("id", "release_id", "created_at", "promoted_at", "base_model", "parent", "parent_release", "metrics",
-            "blend")
+            "blend", "vectors")
     return {k: manifest[k] for k in keys if k in manifest}
 
 
@@ -405,4 +405,5 @@ class RerankerManager:
             "none_reason": self.none_reason,
             "prewarm": s.prewarm,
             "warm": self._warmer.state(),
+            "vectors": getattr(scorer, "shipped", None),  # shipped chunk vectors loaded (or refused) for this release
         }
