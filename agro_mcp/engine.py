@@ -275,6 +275,9 @@ class Engine:
             raise UserError(str(exc)) from None
         with self._lock:
             self._gens[corpus] = gen
+        if cached is not None and self._reranker is not None:
+            # The chunks changed: a served bi-encoder embeds the new ones in the background (and keeps them).
+            threading.Thread(target=self._reranker.refresh_warm, name="agro-reranker-rewarm", daemon=True).start()
         return gen
 
     def stale_count(self, gen: IndexGeneration, max_age: float | None = None, block: bool = True) -> dict:
