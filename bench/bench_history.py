@@ -47,34 +47,43 @@ STAGES = (
 _RUN_PREFIX = re.compile(r"^(?:\[[^\]]*\]\s*)+")
 
 
+def cpu_sec() -> float:
+    """CPU seconds of this process and its finished children (git): with one thread, about the wall time the same
+    work takes on an idle core, whatever the load (wall times on a shared machine are not)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class Timeline(logging.Handler):
-    """Every log line (and, through :class:`TimedCtx`, every new kind of job progress message) with its time."""
+    """Every log line (and, through :class:`TimedCtx`, every new kind of job progress message) with its wall time
+    and this process's CPU time."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.events: list[tuple[float, str]] = []
+        self.events: list[tuple[float, float, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.events.append((record.created, _RUN_PREFIX.sub("", record.getMessage())))
+            self.events.append((record.created, cpu_sec(), _RUN_PREFIX.sub("", record.getMessage())))
         except Exception:  # a log line that cannot be formatted is no stage marker
             pass
 
     def note(self, message: str) -> None:
-        self.events.append((time.time(), message))
+        self.events.append((time.time(), cpu_sec(), message))
 
-    def stages(self, t0: float, t1: float) -> dict[str, float]:
-        """Seconds per stage between ``t0`` and ``t1`` (a stage whose marker never came is left out; with
-        model kind auto only the first kind's stages are marked, the rest counts to the last one seen)."""
-        marks: list[tuple[float, str]] = [(t0, "job start (compaction)")]
+    def stages(self, t0: float, t1: float, c0: float, c1: float) -> dict[str, dict[str, float]]:
+        """Wall and CPU seconds per stage between ``(t0, c0)`` and ``(t1, c1)`` (a stage whose marker never came
+        is left out; with model kind auto only the first kind's stages are marked)."""
+        marks: list[tuple[float, float, str]] = [(t0, c0, "job start (compaction)")]
         for name, pattern in STAGES:
             rx = re.compile(pattern)
-            hit = next((t for t, m in self.events if t >= t0 and rx.search(m)), None)
+            hit = next(((t, c) for t, c, m in self.events if t >= t0 and rx.search(m)), None)
             if hit is not None:
-                marks.append((hit, name))
+                marks.append((hit[0], hit[1], name))
         marks.sort()
-        ends = [t for t, _ in marks[1:]] + [t1]
-        return {name: round(end - t, 1) for (t, name), end in zip(marks, ends)}
+        ends = [(t, c) for t, c, _ in marks[1:]] + [(t1, c1)]
+        return {name: {"wall": round(end[0] - t, 1), "cpu": round(end[1] - c, 1)}
+                for (t, c, name), end in zip(marks, ends)}
 
 
 class TimedCtx:
@@ -165,17 +174,19 @@ def run_collection(name: str, base: Path, args, repo: Path | None = None) -> dic
     timeline = Timeline()
     logging.getLogger().addHandler(timeline)
     try:
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_sec()
         eng.index(repo, name)
         fig["index_sec"] = round(time.time() - t0, 1)
+        fig["index_cpu_sec"] = round(cpu_sec() - c0, 1)
         fig["repo"] = {"path": str(repo), **repo_shape(repo, eng.workspace.generation(name))}
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_sec()
         run_id, res = run_job(eng.store, home, "bootstrap",
                               lambda ctx: run_bootstrap(eng.workspace, TimedCtx(ctx, timeline), name, promote=True))
-        t1 = time.time()
+        t1, c1 = time.time(), cpu_sec()
         fig["bootstrap_sec"] = round(t1 - t0, 1)
+        fig["bootstrap_cpu_sec"] = round(c1 - c0, 1)
         fig["index_plus_bootstrap_sec"] = round(fig["index_sec"] + fig["bootstrap_sec"], 1)
-        fig["stages_sec"] = timeline.stages(t0, t1)
+        fig["stages_sec"] = timeline.stages(t0, t1, c0, c1)
         fig["load_after_bootstrap"] = [round(x, 2) for x in os.getloadavg()]
         gate = res.get("gate") or {}
         fig.update(run_id=run_id, decision=res.get("decision"), mined=res.get("mined"), history=res.get("history"),
@@ -252,9 +263,10 @@ def main(argv=None) -> int:
     for f in figures["collections"]:
         shape = f.get("repo") or {}
         lines.append(f"{f['collection']}: {shape.get('files')} files, {shape.get('chunks')} chunks, "
-                     f"{shape.get('commits')} commits; index {f['index_sec']} s, bootstrap {f['bootstrap_sec']} s "
-                     f"(index + bootstrap {f['index_plus_bootstrap_sec']} s); stages: "
-                     + ", ".join(f"{k} {v} s" for k, v in f["stages_sec"].items()))
+                     f"{shape.get('commits')} commits; index {f['index_sec']} s (cpu {f['index_cpu_sec']} s), "
+                     f"bootstrap {f['bootstrap_sec']} s (cpu {f['bootstrap_cpu_sec']} s); index + bootstrap "
+                     f"{f['index_plus_bootstrap_sec']} s; stages wall/cpu s: "
+                     + ", ".join(f"{k} {v['wall']}/{v['cpu']}" for k, v in f["stages_sec"].items()))
         if "file" not in f:
             lines.append(f"{f['collection']}: decision {f['decision']}; mined {f['mined']}; "
                          f"held-out {f.get('heldout_questions')}")
