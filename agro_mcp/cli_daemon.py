@@ -97,6 +97,9 @@ def cmd_daemon(args, settings: Settings) -> int:
     print(f"  socket:   {st['socket']}")
     if st.get("http"):
         print(f"  http:     {st['http']}  (bearer token in {token_path(home)})")
+    if st.get("console"):
+        token = token_path(home).read_text(encoding="utf-8").strip()
+        print(f"  console:  {st['console']}?token={token}")
     idle = st.get("idle_exit_sec")
     print(f"  idle exit: {'never' if not idle else _duration(idle)}")
     return 0

@@ -177,6 +177,7 @@ class _State:
     draining: bool = False
     drain_reason: str | None = None
     http_url: str | None = None
+    console_url: str | None = None
 
 
 class Daemon:
@@ -189,6 +190,7 @@ class Daemon:
         self.state = _State()
         self.socket_path = socket_path(self.home)
         self._lock_fd: int | None = None
+        self._withdrawn = False
         self._listener: anyio.abc.SocketListener | None = None
         self._uvicorn = None
         self._http_manager = None
@@ -210,19 +212,28 @@ class Daemon:
             raise AlreadyRunning(f"an agro daemon already serves {self.home}") from None
         self._lock_fd = fd
 
-    def release_home(self) -> None:
-        """Give the home to a successor: no socket, no state file, no lock (in that order)."""
-        try:
-            if self.socket_path.exists():
-                self.socket_path.unlink()
-        except OSError:
-            logger.warning("cannot remove %s", self.socket_path, exc_info=True)
+    def withdraw(self) -> None:
+        """Stop being findable: no state file, then no socket. Once a client cannot connect, both are gone (the
+        lock is kept until the process ends, so no successor starts while this one still closes its stores).
+        Once only: after a drain the paths may already belong to a successor."""
+        if self._withdrawn:
+            return
+        self._withdrawn = True
         try:
             st = json.loads(state_path(self.home).read_text(encoding="utf-8"))
             if st.get("pid") == os.getpid():
                 state_path(self.home).unlink()
         except (OSError, ValueError):
             pass
+        try:
+            if self.socket_path.exists():
+                self.socket_path.unlink()
+        except OSError:
+            logger.warning("cannot remove %s", self.socket_path, exc_info=True)
+
+    def release_home(self) -> None:
+        """Give the home to a successor: no state file, no socket, no lock (in that order)."""
+        self.withdraw()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -267,6 +278,7 @@ class Daemon:
             "corpora": corpora,
             "socket": str(self.socket_path),
             "http": self.state.http_url,
+            "console": self.state.console_url,  # open with ?token=<AGRO_HOME/daemon.token>
             "idle_exit_sec": self.settings.server.daemon_idle_exit_sec,
             "draining": self.state.draining,
         }
@@ -459,8 +471,15 @@ class Daemon:
         app = self.server.streamable_http_app(transport_security=security, host=sv.daemon_http_host)
         self._http_manager = self.server.session_manager
 
-        config = uvicorn.Config(BearerTokenMiddleware(app, token), log_config=None, lifespan="on",
-                                log_level="warning", access_log=False)
+        from agro_mcp.web import create_console_app
+
+        # One port, one per-install token: /mcp for MCP clients (bearer header), everything else is the web console
+        # (the token once in the URL, then an HttpOnly cookie; its own Host, Origin and CSRF checks).
+        console = create_console_app(self.engine, self.settings.console.model_copy(
+            update={"host": sv.daemon_http_host, "port": port}), token)
+        self.state.console_url = f"http://{_url_host(sv.daemon_http_host)}:{port}/"
+        config = uvicorn.Config(_Router(BearerTokenMiddleware(app, token), console), log_config=None,
+                                lifespan="on", log_level="warning", access_log=False)
         self._uvicorn = uvicorn.Server(config)
         try:
             await self._uvicorn._serve(sockets=[sock])  # noqa: SLF001 - serve() would take the daemon's signals
@@ -484,6 +503,10 @@ class Daemon:
             tg.start_soon(self.watch_idle)
             tg.start_soon(self.watch_signals)
             await self._stop.wait()
+            if not self.state.draining:  # a drain already closed the listener and gave the paths away
+                self.withdraw()
+                if self._listener is not None:
+                    await self._listener.aclose()
             if self._uvicorn is not None:
                 self._uvicorn.should_exit = True
                 with anyio.move_on_after(5):
@@ -495,6 +518,24 @@ class Daemon:
             await self._listener.serve(self.handle_connection, task_group=sessions)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # closed by a drain; the open sessions go on
+
+
+class _Router:
+    """``/mcp`` (and the lifespan, which runs the MCP session manager) to the MCP app; other paths to the console."""
+
+    def __init__(self, mcp_app, console) -> None:
+        self.mcp_app, self.console = mcp_app, console
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "lifespan" or path == "/mcp" or path.startswith("/mcp/"):
+            await self.mcp_app(scope, receive, send)
+        else:
+            await self.console(scope, receive, send)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class BearerTokenMiddleware:

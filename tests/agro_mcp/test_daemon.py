@@ -221,6 +221,25 @@ async def test_http_endpoint_refuses_missing_or_wrong_token_and_foreign_host_or_
     assert res.structured_content["results"][0]["path"] == "utils/retry.py"
 
 
+async def test_the_daemon_serves_the_console_beside_mcp_with_the_same_token(home):
+    out = _agro(home, "daemon", "start")
+    assert out.returncode == 0, out.stderr
+    st = control(home, "status")
+    console = st["console"]
+    assert console.startswith("http://127.0.0.1:") and console.endswith("/")
+    token = token_path(home).read_text().strip()
+    async with httpx.AsyncClient(timeout=60) as http:
+        assert (await http.get(console)).status_code == 401  # no token, no cookie
+        assert (await http.get(console + "?token=nope")).status_code == 403
+        page = await http.get(console + f"?token={token}", follow_redirects=True)
+        assert page.status_code == 200 and "<html" in page.text.lower(), page.text[:300]
+        assert "token=" not in str(page.url)  # swapped for the session cookie
+        # the cookie opens the console, never the MCP endpoint: that still wants the bearer header
+        assert (await http.post(st["http"], json={"jsonrpc": "2.0", "id": 1, "method": "ping"})).status_code == 401
+    status = _agro(home, "daemon", "status")
+    assert f"?token={token}" in status.stdout
+
+
 async def test_socket_token_and_state_files_are_private(home):
     out = _agro(home, "daemon", "start")
     assert out.returncode == 0, out.stderr
