@@ -13,16 +13,29 @@ import os
 import sys
 from pathlib import Path
 
-from agro_mcp import cli_daemon, cli_feedback, cli_index, cli_releases, cli_serve, cli_training
-from agro_mcp.cli_common import echo
-from agro_mcp.config import ConfigError, load_settings
-from agro_mcp.logging_setup import configure_logging, quiet_third_party
-from retrieval.errors import AgroUserError
+from agro_mcp.serve_fast import try_fast_proxy
+
+# Nothing heavier at import time: `agro serve` (the proxy every MCP session launches) starts from this module, and
+# serve_fast runs it on the standard library alone when it can. The command groups load in build_parser().
 
 __all__ = ["build_parser", "echo", "main"]
 
-# Command groups, in the order ``agro --help`` lists them.
-GROUPS = (cli_index, cli_serve, cli_daemon, cli_feedback, cli_training, cli_releases)
+
+def _groups() -> tuple:
+    """Command groups, in the order ``agro --help`` lists them."""
+    from agro_mcp import cli_daemon, cli_feedback, cli_index, cli_releases, cli_serve, cli_training
+
+    return (cli_index, cli_serve, cli_daemon, cli_feedback, cli_training, cli_releases)
+
+
+def __getattr__(name: str):
+    if name == "echo":
+        from agro_mcp.cli_common import echo
+
+        return echo
+    if name == "GROUPS":
+        return _groups()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 EPILOG = """\
 first steps:
@@ -42,12 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                    help="stderr log level (default: $AGRO_LOG_LEVEL or INFO)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in GROUPS:
+    for group in _groups():
         group.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    fast = try_fast_proxy(argv)
+    if fast is not None:
+        return fast
+    from agro_mcp import cli_daemon
+    from agro_mcp.config import ConfigError, load_settings
+    from agro_mcp.logging_setup import configure_logging, quiet_third_party
+    from retrieval.errors import AgroUserError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     env = dict(os.environ)

@@ -58,7 +58,7 @@ def cmd_daemon(args, settings: Settings) -> int:
         from agro_mcp.daemon import configure_daemon_logging, run_daemon
 
         home.mkdir(parents=True, exist_ok=True)
-        path = configure_daemon_logging(home, sv.log_level)
+        path = configure_daemon_logging(home, sv.log_level, sv.daemon_log_max_bytes, sv.daemon_log_backups)
         print(f"agro daemon: logging to {path}", file=sys.stderr)
         return run_daemon(settings)
     if args.action in ("stop", "restart"):

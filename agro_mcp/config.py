@@ -86,6 +86,16 @@ class ServerSettings(AgroSettings):
     daemon_start_timeout_sec: float = Field(120.0, gt=0, description="How long agro serve waits for a daemon it starts.")
     daemon_drain_timeout_sec: float = Field(600.0, ge=0, description="How long a draining daemon waits for open sessions.")
     daemon_background_nice: int = Field(10, ge=0, le=19, description="Niceness of the daemon's index and training work.")
+    daemon_log_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1000, description="The daemon's log (AGRO_HOME/logs/daemon.log) rotates at this size."
+    )
+    daemon_log_backups: int = Field(5, ge=1, description="Rotated daemon logs kept (daemon.log.1 ... .N).")
+    daemon_search_concurrency: int = Field(
+        0, ge=0, description="Searches the daemon ranks at once; more wait their turn (0 = one per core)."
+    )
+    daemon_background_torch_threads: int = Field(
+        0, ge=0, description="Torch threads of the daemon's index and training work (0 = all cores but one)."
+    )
 
     @field_validator("home", mode="after")
     @classmethod

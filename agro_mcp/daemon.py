@@ -48,6 +48,7 @@ from agro_mcp.daemon_client import (
 )
 from agro_mcp.engine import Engine
 from retrieval.errors import AgroError
+from retrieval.redact import RedactingFormatter
 
 __all__ = ["DaemonEngine", "run_daemon", "configure_daemon_logging", "read_or_create_token"]
 
@@ -65,21 +66,21 @@ class AlreadyRunning(AgroError, RuntimeError):
 
 # -- lower-priority background work ---------------------------------------------------------------------------
 class BackgroundPool:
-    """A bounded pool whose threads run at a higher niceness (Linux: per thread), so an index build or a training
-    job started from it (its threads inherit the niceness) yields the CPU to searches."""
+    """A bounded pool for index builds and training jobs: its threads run at a higher niceness and with a smaller
+    torch (OpenMP) team, both per thread (:mod:`retrieval.threads`), so searches keep a core and get the CPU first.
+    Jobs started from it (training threads) keep the same limits."""
 
-    def __init__(self, nice: int, workers: int = 2) -> None:
+    def __init__(self, nice: int, workers: int = 2, torch_threads: int = 0) -> None:
         self.nice = nice
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agro-background",
-                                        initializer=self._lower_priority)
+        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 2) - 1)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agro-background")
 
-    def _lower_priority(self) -> None:
-        if not self.nice or not sys.platform.startswith("linux"):
-            return  # elsewhere setpriority() would renice the whole process, searches included
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-        except OSError as exc:
-            logger.warning("cannot lower the priority of background work: %s", exc)
+    def _limited(self, fn, *args, **kwargs):
+        from retrieval.threads import limit_this_thread
+
+        # at every call: torch may have been imported since the thread started
+        limit_this_thread(self.nice, self.torch_threads)
+        return fn(*args, **kwargs)
 
     def run(self, fn, *args, progress=None, **kwargs):
         """Run ``fn`` on the pool and wait for its result (the caller is a worker thread of one session).
@@ -87,9 +88,9 @@ class BackgroundPool:
         ``progress`` (passed to ``fn`` as ``progress=``) is called back in the caller's thread, where it may reach
         the session's event loop (an MCP progress notification); the pool's threads cannot."""
         if progress is None:
-            return self._pool.submit(fn, *args, **kwargs).result()
+            return self._pool.submit(self._limited, fn, *args, **kwargs).result()
         updates: queue.SimpleQueue = queue.SimpleQueue()
-        future = self._pool.submit(fn, *args, progress=lambda *a: updates.put(a), **kwargs)
+        future = self._pool.submit(self._limited, fn, *args, progress=lambda *a: updates.put(a), **kwargs)
         while True:
             try:
                 progress(*updates.get(timeout=0.1))
@@ -107,6 +108,15 @@ class DaemonEngine(Engine):
     def __init__(self, settings: Settings, pool: BackgroundPool) -> None:
         super().__init__(settings)
         self._pool = pool
+        slots = settings.server.daemon_search_concurrency or os.cpu_count() or 2
+        self._search_slots = threading.BoundedSemaphore(slots)
+
+    def rank(self, *args, **kwargs):
+        """At most ``AGRO_DAEMON_SEARCH_CONCURRENCY`` searches rank at once (default: one per core); the others
+        wait their turn. Eight at once on two cores only took turns in the kernel and on the GIL (each query
+        embedding gives the GIL up and takes it back ~70 times), which made every one of them slow."""
+        with self._search_slots:
+            return super().rank(*args, **kwargs)
 
     def index(self, path, corpus=None, full=False, progress=None, **who):
         """``who``: the caller's reach (``face``, ``root_change``), passed on unchanged."""
@@ -134,14 +144,15 @@ def _write_private_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def configure_daemon_logging(home: Path, level: str = "INFO") -> Path:
-    """Log to ``AGRO_HOME/logs/daemon.log``, rotated (10 MB x 5), instead of stderr."""
+def configure_daemon_logging(home: Path, level: str = "INFO", max_bytes: int = LOG_MAX_BYTES,
+                             backups: int = LOG_BACKUPS) -> Path:
+    """Log to ``AGRO_HOME/logs/daemon.log``, rotated (``AGRO_DAEMON_LOG_MAX_BYTES`` x ``AGRO_DAEMON_LOG_BACKUPS``,
+    10 MB x 5 by default), instead of stderr."""
     logs = log_dir(home)
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / "daemon.log"
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS,
-                                                   encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -196,7 +207,8 @@ class Daemon:
         self._http_manager = None
         self._stop: anyio.Event | None = None  # events belong to the event loop: made in main()
         self._http_done: anyio.Event | None = None
-        self.pool = BackgroundPool(settings.server.daemon_background_nice)
+        self.pool = BackgroundPool(settings.server.daemon_background_nice,
+                                   torch_threads=settings.server.daemon_background_torch_threads)
         self.engine: DaemonEngine | None = None
         self.server = None
 
@@ -339,6 +351,8 @@ class Daemon:
                 return
             self.state.socket_sessions += 1
             self.state.sessions_total += 1
+            number = self.state.sessions_total
+            logger.info("session %d opened over the socket (%d open)", number, self.sessions())
             try:
                 await self.serve_session(first, buffered, stream)
             except Exception:  # top-level handler of one session: it must never reach the others
@@ -346,6 +360,7 @@ class Daemon:
             finally:
                 self.state.socket_sessions -= 1
                 self.state.last_activity = time.monotonic()
+                logger.info("session %d closed (%d open)", number, self.sessions())
 
     async def serve_session(self, first: bytes, buffered: BufferedByteReceiveStream,
                             stream: anyio.abc.SocketStream) -> None:

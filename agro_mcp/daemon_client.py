@@ -8,14 +8,12 @@ MCP session, newline-delimited JSON-RPC as over stdio.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -33,7 +31,6 @@ __all__ = [
     "start_daemon",
     "stop_daemon",
     "token_path",
-    "version_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,22 +43,34 @@ class DaemonUnavailable(AgroUserError, RuntimeError):
     """The daemon is not running and could not be started; the message says why and where its log is."""
 
 
+VERSION_OVERRIDE_ENV = "AGRO__VERSION_FOR_TESTS"
+
+
 def agro_version() -> str:
-    """The installed agro-mcp version (what a proxy compares with the daemon it finds)."""
+    """The installed agro-mcp version (what a proxy compares with the daemon it finds).
+
+    ``AGRO__VERSION_FOR_TESTS`` in the environment replaces it: the end-to-end test of an upgrade starts a daemon
+    and a proxy that report different versions. It is read from the process environment only (no setting, no
+    tool argument reaches it)."""
+    override = os.environ.get(VERSION_OVERRIDE_ENV)
+    if override:
+        return override
+    # The installed distribution's folder names its version: found without importlib.metadata, which would add
+    # ~2.4 MB (email, zipfile, csv) to every proxy process.
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("agro_mcp-") and name.endswith(".dist-info"):
+                return name[len("agro_mcp-"):-len(".dist-info")]
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("agro-mcp")
     except PackageNotFoundError:
         return "0.0.0"
-
-
-def version_key(v: str) -> tuple:
-    """A sortable form of a version string: numeric parts compare as numbers ("0.10.0" > "0.9.1")."""
-    out = []
-    for part in v.replace("-", ".").replace("+", ".").split("."):
-        out.append((0, int(part), "") if part.isdigit() else (1, 0, part))
-    return tuple(out)
 
 
 def socket_path(home: Path) -> Path:
@@ -71,6 +80,9 @@ def socket_path(home: Path) -> Path:
     path = home / "daemon.sock"
     if len(os.fsencode(str(path))) <= _SUN_PATH_MAX:
         return path
+    import hashlib  # here only: it loads OpenSSL (~4 MB with tempfile) into every proxy otherwise
+    import tempfile
+
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or Path(tempfile.gettempdir()) / f"agro-{os.getuid()}")
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     digest = hashlib.sha256(os.fsencode(str(home.resolve()))).hexdigest()[:20]
@@ -200,10 +212,10 @@ def start_daemon(home: Path, env: Mapping[str, str] | None = None, timeout: floa
 
 def ensure_daemon(home: Path, env: Mapping[str, str] | None = None, timeout: float = 120.0,
                   version: str | None = None) -> dict:
-    """A running daemon of the current version (or newer) for ``home``: its status.
+    """A running daemon of this proxy's version for ``home``: its status.
 
-    An older daemon is asked to drain (it stops accepting, finishes its open sessions and exits) and a new one is
-    started beside it.
+    A daemon of another version (an upgrade, or a downgrade, since it was started) is asked to drain (it stops
+    accepting, finishes its open sessions and exits) and a new one is started beside it.
     """
     version = version or agro_version()
     for _ in range(3):
@@ -211,9 +223,12 @@ def ensure_daemon(home: Path, env: Mapping[str, str] | None = None, timeout: flo
         if st is None:
             start_daemon(home, env, timeout)
             continue
-        if version_key(st.get("version", "0")) < version_key(version):
-            logger.info("agro daemon %s is older than %s: asking it to drain", st.get("version"), version)
+        if st.get("version") != version:
+            logger.info("agro daemon %s is not this proxy's %s: asking it to drain", st.get("version"), version)
             control(home, "drain", reason=f"a proxy of version {version} connected")
+            deadline = time.monotonic() + 10  # until it has handed the home over (its socket is gone)
+            while time.monotonic() < deadline and (control(home, "status", timeout=1.0) or {}).get("pid") == st["pid"]:
+                time.sleep(0.05)
             continue
         return st
     raise DaemonUnavailable(f"no agro daemon of version {version} answered for {home}")

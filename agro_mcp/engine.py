@@ -88,14 +88,17 @@ class Engine:
         # failed with "cannot import name 'AutoConfig'". Resolve them here, once, before the threads start.
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
         if self._embedder_thread is None:
-            self._embedder_thread = threading.Thread(target=self._load_embedder, name="agro-embedder", daemon=True)
+            self._embedder_thread = threading.Thread(target=self._load_embedder, args=(warm,), name="agro-embedder",
+                                                     daemon=True)
             self._embedder_thread.start()
         if warm:
             _responsive_gil()
             self.reranker.set_warm_source(self._chunk_texts)
         self.reranker.start()
 
-    def _load_embedder(self) -> None:
+    def _load_embedder(self, warm: bool = False) -> None:
+        """``warm`` (a long-running server): once the model serves, embed a query of each padded length once
+        (:meth:`retrieval.embed.Embedder.warm_query_lengths`), so no search pays a new shape's kernel set-up."""
         try:
             from retrieval.embed import load_embedder
 
@@ -106,6 +109,13 @@ class Engine:
             self._embedder_error = exc
         finally:
             self._embedder_ready.set()
+        if warm and self._embedder is not None:
+            try:
+                t0 = time.perf_counter()
+                n = self._embedder.warm_query_lengths()
+                logger.info("%d query lengths warmed in %.1f s", n, time.perf_counter() - t0)
+            except Exception:  # top-level handler of a background thread: warming is an optimisation only
+                logger.warning("warming the query lengths failed", exc_info=True)
 
     def embedder(self):
         if self._embedder_thread is None:
@@ -265,6 +275,9 @@ class Engine:
             raise UserError(str(exc)) from None
         with self._lock:
             self._gens[corpus] = gen
+        if cached is not None and self._reranker is not None:
+            # The chunks changed: a served bi-encoder embeds the new ones in the background (and keeps them).
+            threading.Thread(target=self._reranker.refresh_warm, name="agro-reranker-rewarm", daemon=True).start()
         return gen
 
     def stale_count(self, gen: IndexGeneration, max_age: float | None = None, block: bool = True) -> dict:
@@ -495,12 +508,11 @@ def _responsive_gil(interval: float = 0.0005) -> None:
     """A long-running server hands the GIL between threads every 0.5 ms instead of Python's 5 ms.
 
     A query embedding is ~70 small torch calls (retrieval/lean.py), each releasing the GIL and taking it back. While
-    another thread runs Python (the background stale-file walk, another session's JSON, a warmer), each take-back
-    waits up to that thread's switch interval: ~70 x 5 ms is the ~250 ms tail of warm searches. Measured with a
-    probe on 2 heavily shared cores (queries interleaved, a directory walk in a second thread on half of them):
-    the walk doubled the median query embedding (616 -> 1246 ms at 5 ms); 0.5 ms cut both medians by a fifth to a
-    quarter (456, 1024 ms). New input lengths are not the cause: a first-seen length cost 2.4 ms more CPU time than a
-    repeated one (14.6 vs 12.2 ms thread time, median over 39 lengths).
+    another thread runs Python (the background stale-file walk, another session's JSON, a training step), each
+    take-back waits up to that thread's switch interval. Measured with a probe on 2 heavily shared cores (a directory
+    walk in a second thread): 0.5 ms cut the median query embedding by a fifth to a quarter. (The larger part of the
+    old ~250 ms tail was torch's second OpenMP thread, woken for every small kernel: queries now embed on one
+    thread, see retrieval/threads.py.)
     """
     import sys
 

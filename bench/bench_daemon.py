@@ -15,6 +15,11 @@ PSS; PSS splits shared library pages between processes, so it is the fair total)
 The corpus is ``--chunks`` real chunks of this repository (replicated under ``repN/`` paths) with random unit vectors
 on the dense side (latency depends on the number of vectors, not their values; see bench_search.py). No reranker
 release exists in the bench home, so searches are fused retrieval without the cross-encoder.
+
+The last row (``--no-busy`` skips it, ``--only-busy`` runs it alone) is one session searching the big corpus in
+the warm daemon, first quietly, then while another session's training job runs (``reranker_admin train`` on the
+bootstrap pairs of a small real corpus, a copy of this checkout's library packages, measured from its first
+training step on) and index refreshes of a changed file follow one another.
 Figures go to stdout, logs to stderr.
 """
 
@@ -195,30 +200,124 @@ async def run_config(label: str, home: Path, corpus: str, sessions: int, searche
     return row
 
 
+BUSY_CORPUS = "bench-busy"
+
+
+def busy_source(home: Path) -> Path:
+    """A small real repository for the busy row: a copy of this checkout's library packages (fresh each run)."""
+    src = Path(f"{home}-src")
+    if src.exists():
+        shutil.rmtree(src)
+    for pkg in ("retrieval", "reranker", "training"):
+        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+async def run_busy(home: Path, corpus: str, searches: int, pool: QueryPool, env: dict, src: Path) -> dict:
+    """One session searching while another session's training job (``reranker_admin train`` on the small corpus's
+    bootstrap pairs) and index refreshes (a changed file, again and again) run in the same daemon."""
+    params = StdioServerParameters(command=sys.executable, args=["-m", "agro_mcp", "serve"], env=env)
+
+    async def call(client, tool: str, args: dict) -> dict:
+        res = await client.call_tool(tool, args)
+        if res.is_error:
+            raise RuntimeError(f"{tool}: " + " ".join(getattr(c, "text", "") for c in res.content))
+        return res.structured_content
+
+    async def timed_searches(client, queries: list[str]) -> tuple[list[float], list[float]]:
+        lat, server = [], []
+        for q in queries:
+            t = time.perf_counter()
+            out = await call(client, "rag_search", {"query": q, "corpus": corpus, "k": 10})
+            lat.append((time.perf_counter() - t) * 1000)
+            server.append(out["timings_ms"]["total"])
+        return lat, server
+
+    async with Client(params, read_timeout_seconds=600) as searcher, \
+            Client(params, read_timeout_seconds=600) as admin:
+        await call(admin, "rag_index", {"action": "index", "path": str(src), "corpus": BUSY_CORPUS})
+        await call(searcher, "rag_search", {"query": "warm up", "corpus": corpus, "k": 10})
+        quiet, quiet_server = await timed_searches(searcher, pool.take(searches))
+        started = await call(admin, "reranker_admin", {"action": "train", "dataset": f"bootstrap:{BUSY_CORPUS}"})
+        run_id = started["data"]["run_id"] if "data" in started else started["run_id"]
+        job: dict = {}
+
+        async def job_state() -> dict:
+            out = await call(admin, "reranker_admin", {"action": "status", "run_id": run_id})
+            return (out.get("data") or out)["job"]
+
+        deadline = time.monotonic() + 900  # until the job trains (past compaction and mining: progress 0.2)
+        while time.monotonic() < deadline:
+            job = await job_state()
+            if job["state"] != "running" or (job.get("progress") or 0) > 0.2:
+                break
+            await anyio.sleep(0.5)
+        logger.info("busy row: the job is %s (%s)", job.get("state"), job.get("message"))
+        stop = anyio.Event()
+        refreshes = [0]
+
+        async def refresher() -> None:
+            target = src / "retrieval" / "types.py"
+            while not stop.is_set():
+                with target.open("a", encoding="utf-8") as f:
+                    f.write(f"\n\ndef bench_changed_{refreshes[0]}(x):\n    \"\"\"Changed for the busy row.\"\"\"\n"
+                            f"    return x + {refreshes[0]}\n")
+                await call(admin, "rag_index", {"action": "refresh", "corpus": BUSY_CORPUS})
+                refreshes[0] += 1
+
+        busy: list = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(refresher)
+
+            async def measure() -> None:
+                busy.append(await timed_searches(searcher, pool.take(searches)))
+                stop.set()
+
+            tg.start_soon(measure)
+        job_end = await job_state()
+        if job_end["state"] == "running":
+            await call(admin, "reranker_admin", {"action": "cancel", "run_id": run_id})
+    lat, server = busy[0]
+    row = {"quiet_p50": pct(quiet, 50), "quiet_p95": pct(quiet, 95), "quiet_server_p95": pct(quiet_server, 95),
+           "busy_p50": pct(lat, 50), "busy_p95": pct(lat, 95), "busy_server_p95": pct(server, 95),
+           "refreshes": refreshes[0], "job_state_at_end": job_end["state"],
+           "job_progress_at_end": job_end.get("progress"), "job_message_at_end": job_end.get("message")}
+    logger.info("busy: %s", row)
+    return row
+
+
 async def main_async(args) -> None:
     home = args.home.resolve()
     pool = QueryPool(load_queries(args.seed))
     env = dict(os.environ)
+    src = busy_source(home)
+    # The busy row indexes and trains without a person, on a small bootstrap sample (it trains within minutes).
     env.update({"AGRO_HOME": str(home), "PYTHONPATH": str(ROOT), "AGRO_DAEMON_HTTP_PORT": "0",
-                "AGRO_DAEMON_IDLE_EXIT_SEC": "300"})
+                "AGRO_DAEMON_IDLE_EXIT_SEC": "300", "AGRO_INDEX_ROOTS": str(src),
+                "AGRO_ADMIN_ENABLED": "unattended", "AGRO_TRAINING_BOOTSTRAP_CAP": "240"})
     corpus = f"{CORPUS_PREFIX}{args.chunks}"
     rows = []
     inproc = {**env, "AGRO_SERVE_MODE": "inprocess"}
     daemon = {**env, "AGRO_SERVE_MODE": "proxy"}
-    for sessions in args.sessions:
+    for sessions in [] if args.only_busy or not args.inprocess else args.sessions:
         rows.append(await run_config("in-process", home, corpus, sessions, args.searches, pool, inproc))
     stop_daemon(home)
-    for sessions in args.sessions:
+    for sessions in [] if args.only_busy else args.sessions:
         cold = sessions == args.sessions[0]
         rows.append(await run_config("daemon (cold start)" if cold else "daemon (warm)", home, corpus, sessions,
                                      args.searches, pool, daemon))
         if cold:  # the same, with the daemon already warm: what every later session sees
             rows.append(await run_config("daemon (warm)", home, corpus, sessions, args.searches, pool, daemon))
+    busy = None
+    if args.busy:
+        busy = await run_busy(home, corpus, args.searches, pool, daemon, src)
     from agro_mcp.daemon_client import control
 
     st = control(home, "status") or {}
     stop_daemon(home)
     print_rows(rows, args, st)
+    if busy is not None:
+        print_busy(busy, args)
 
 
 def print_rows(rows: list[dict], args, status: dict) -> None:
@@ -242,6 +341,15 @@ def print_rows(rows: list[dict], args, status: dict) -> None:
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs (shared machine)")
 
 
+def print_busy(b: dict, args) -> None:
+    print(f"\n## search p95 while a training job and index refreshes run (daemon, {args.searches} searches each)")
+    print(f"quiet:  p50 {b['quiet_p50']:.1f} ms  p95 {b['quiet_p95']:.1f} ms  (server p95 {b['quiet_server_p95']:.1f})")
+    print(f"busy:   p50 {b['busy_p50']:.1f} ms  p95 {b['busy_p95']:.1f} ms  (server p95 {b['busy_server_p95']:.1f})"
+          f"  -> {b['busy_p95'] / b['quiet_p95']:.2f}x the quiet p95 (target <= 2x)")
+    print(f"meanwhile: {b['refreshes']} index refreshes of a changed file; the training job was "
+          f"{b['job_state_at_end']} at the end ({b['job_message_at_end'] or ''}, progress {b['job_progress_at_end']})")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--home", type=Path, default=Path("/tmp/agro-bench-daemon"))
@@ -249,6 +357,10 @@ def parse_args(argv=None):
     p.add_argument("--searches", type=int, default=200)
     p.add_argument("--sessions", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-busy", dest="busy", action="store_false",
+                   help="skip the row with a training job and index refreshes running")
+    p.add_argument("--only-busy", action="store_true", help="only the busy row (and its quiet baseline)")
+    p.add_argument("--no-inprocess", dest="inprocess", action="store_false", help="skip the in-process rows")
     p.add_argument("--rebuild", action="store_true", help="rebuild the corpus even if the home has it")
     return p.parse_args(argv)
 

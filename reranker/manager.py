@@ -22,6 +22,8 @@ import numpy as np
 
 from reranker.model import RerankerLoadError, load_scorer
 from reranker.settings import RerankerSettings
+from reranker.vectors import delta_path, preload
+from reranker.warming import Warmer
 
 __all__ = ["NO_MODEL_REASON", "LoadedReranker", "RerankerManager", "Scorer", "effective_alpha", "effective_dense_weight"]
 
@@ -98,7 +100,7 @@ def _manifest_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     if manifest is None:
         return None
     keys = ("id", "release_id", "created_at", "promoted_at", "base_model", "parent", "parent_release", "metrics",
-            "blend")
+            "blend", "vectors")
     return {k: manifest[k] for k in keys if k in manifest}
 
 
@@ -123,15 +125,11 @@ class RerankerManager:
         self.settings = settings
         self.models_dir = Path(models_dir)
         self._sync = sync  # brings models/current in line with a shared registry (team backend) before a check
-        self._warm_texts: Callable[[], Iterable[str]] | None = None  # see set_warm_source
-        self._warm_cancel: threading.Event | None = None
-        self._warm_thread: threading.Thread | None = None
-        self._warm: dict[str, Any] | None = None
-        self._warm_lock = threading.Lock()  # one warming thread at a time
         self._loaded: LoadedReranker | None = None
         self._lock = threading.Lock()  # guards the fields below
         self._check_lock = threading.Lock()  # one resolution + load at a time
         self._stop = threading.Event()
+        self._warmer = Warmer(settings, self._stop, self._serving)
         self._first_done = threading.Event()
         self._thread: threading.Thread | None = None
         self._none_reason: str | None = None
@@ -139,6 +137,7 @@ class RerankerManager:
         self._last_check: float | None = None
         self._failed_identity: tuple | None = None
         self._resolved: _Candidate | None = None
+        self._kept: tuple[set[str], Path] | None = None  # serving release's shipped keys, where new ones are kept
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -152,8 +151,7 @@ class RerankerManager:
     def close(self) -> None:
         """Stop the background threads (waits for a load in progress to finish)."""
         self._stop.set()
-        with self._warm_lock:
-            self._stop_warm()
+        self._warmer.stop()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -310,6 +308,7 @@ class RerankerManager:
                 if self._loaded is None:
                     self._none_reason = msg
             return {"action": "failed", "model": old.model_id if old else None, "error": msg}
+        shipped = self._preload(scorer, cand)
         new = LoadedReranker(
             scorer=scorer,
             model_id=cand.model_id or str(cand.ref),
@@ -320,6 +319,7 @@ class RerankerManager:
         )
         with self._lock:
             self._loaded = new
+            self._kept = shipped
             self._none_reason = None
             self._last_error = None
             self._failed_identity = None
@@ -327,70 +327,40 @@ class RerankerManager:
             "reranker %s loaded in %.1fs (was %s)", new.model_id, time.perf_counter() - t0,
             old.model_id if old else "none",
         )
-        self._start_warm(new)
+        self._warmer.start(new)
         return {"action": "loaded", "model": new.model_id, "previous": old.model_id if old else None, "error": None}
+
+    def _preload(self, scorer: Any, cand: _Candidate) -> tuple[set[str], Path] | None:
+        """Put a release's shipped (and since refreshed) chunk vectors in a bi-encoder's cache before it serves
+        (``settings.shipped_vectors``): the keys it shipped and where refreshed ones are kept, or None when this is
+        not a release or it is off."""
+        if not self.settings.shipped_vectors or cand.identity[:1] != ("release",) or cand.ref is None:
+            return None
+        try:
+            delta = delta_path(self.models_dir, cand.ref)
+            state = preload(scorer, cand.ref, cand.manifest, delta)
+        except OSError as exc:  # weights unreadable for hashing: the model loaded, so it serves without them
+            logger.warning("reranker %s: cannot read its shipped vectors: %s", cand.model_id, exc)
+            return None
+        return (set() if state is None else state["keys"]), delta
 
     # --------------------------------------------------------------------------------------------- warming
 
+    def refresh_warm(self) -> None:
+        """The indexed chunks changed (an index refresh): warm the serving bi-encoder again (:class:`Warmer`)."""
+        self._warmer.refresh()
+
     def set_warm_source(self, texts: Callable[[], Iterable[str]] | None) -> None:
-        """Where a bi-encoder that loads from now on finds the texts to embed ahead of use (the indexed chunks'
-        located texts); None turns warming off. A model already serving starts warming at once."""
-        self._warm_texts = texts
-        with self._lock:
-            loaded, warmed = self._loaded, self._warm
-        if texts is not None and loaded is not None and (warmed or {}).get("model") != loaded.model_id:
-            self._start_warm(loaded)
-
-    def _stop_warm(self) -> None:
-        if self._warm_cancel is not None:
-            self._warm_cancel.set()
-        if self._warm_thread is not None:
-            self._warm_thread.join(timeout=30)
-            self._warm_thread = None
-
-    def _start_warm(self, loaded: LoadedReranker) -> None:
-        """Embed the indexed chunks with a newly loaded bi-encoder in the background (``settings.prewarm``), so the
-        first searches on a new release do not pay for every candidate they have not seen. Searches never wait for
-        it: a candidate not warmed yet is embedded by the search that ranks it, as without warming."""
-        with self._warm_lock:
-            self._stop_warm()
-            warm = getattr(loaded.scorer, "warm", None)
-            source = self._warm_texts
-            if not self.settings.prewarm or warm is None or source is None or self._stop.is_set():
-                return
-            self._spawn_warm(loaded, warm, source)
-
-    def _spawn_warm(self, loaded: LoadedReranker, warm: Callable[..., int], source: Callable[[], Iterable[str]]) -> None:
-        cancel = threading.Event()
-        state: dict[str, Any] = {"model": loaded.model_id, "state": "running", "embedded": 0, "started": time.time(),
-                                 "finished": None, "error": None}
-
-        def run() -> None:
-            t0 = time.perf_counter()
-            try:
-                state["embedded"] = warm(source(), batch=max(16, self.settings.batch), cancel=cancel,
-                                         progress=lambda n: state.__setitem__("embedded", n))
-                state["state"] = "cancelled" if cancel.is_set() else "done"
-            except Exception as exc:  # noqa: BLE001 - warming is an optimisation: searches embed on demand
-                state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
-                logger.warning("reranker %s: warming the candidate cache failed: %s", loaded.model_id, exc)
-            state["finished"] = time.time()
-            logger.info("reranker %s: warming %s, %d chunks embedded in %.1fs", loaded.model_id, state["state"],
-                        state["embedded"], time.perf_counter() - t0)
-
-        with self._lock:
-            self._warm = state
-        self._warm_cancel = cancel
-        self._warm_thread = threading.Thread(target=run, name="agro-reranker-warm", daemon=True)
-        self._warm_thread.start()
+        """Where a bi-encoder finds the texts to embed ahead of use (:meth:`Warmer.set_source`)."""
+        self._warmer.set_source(texts)
 
     def wait_warm(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Wait for the current warming to end (tests, benches); returns its state."""
-        t = self._warm_thread
-        if t is not None:
-            t.join(timeout)
+        return self._warmer.wait(timeout)
+
+    def _serving(self) -> tuple[LoadedReranker | None, tuple[set[str], Path] | None]:
         with self._lock:
-            return dict(self._warm) if self._warm else None
+            return self._loaded, self._kept
 
     # ----------------------------------------------------------------------------------------------- info
 
@@ -399,7 +369,6 @@ class RerankerManager:
         with self._lock:
             loaded, cand = self._loaded, self._resolved
             last_check, last_error = self._last_check, self._last_error
-            warm = dict(self._warm) if self._warm else None
         scorer = loaded.scorer if loaded else None
         alpha, alpha_source = effective_alpha(loaded, s)
         dense_weight, dense_weight_source = effective_dense_weight(loaded, s)
@@ -435,5 +404,6 @@ class RerankerManager:
             "last_error": last_error,
             "none_reason": self.none_reason,
             "prewarm": s.prewarm,
-            "warm": warm,
+            "warm": self._warmer.state(),
+            "vectors": getattr(scorer, "shipped", None),  # shipped chunk vectors loaded (or refused) for this release
         }

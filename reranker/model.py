@@ -39,6 +39,7 @@ __all__ = [
     "CrossEncoderScorer",
     "RerankerLoadError",
     "ScoringCancelled",
+    "clean_text",
     "cpu_has_native_bf16",
     "cpu_has_vnni",
     "create_from_backbone",
@@ -451,6 +452,8 @@ class BiEncoderScorer:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self.embedded = 0  # texts this scorer has run through the model (shipped or cached vectors are not counted)
+        self.shipped: dict[str, Any] | None = None  # what reranker.vectors loaded into the cache, or why it refused
 
     @classmethod
     def load(cls, ref: str | Path, *, backend: str = "auto", maxlen: int = 256, threads: int | None = None,
@@ -503,6 +506,7 @@ class BiEncoderScorer:
             chunk = todo[start : start + step]
             vecs = self.embedder.encode_documents([_clean(texts[missing[k][0]]) for k in chunk])
             with self._lock:
+                self.embedded += len(chunk)
                 for k, v in zip(chunk, vecs):
                     out[missing[k]] = v
                     self._cache[k] = v
@@ -549,6 +553,26 @@ class BiEncoderScorer:
             pass
         return done
 
+    def put_vectors(self, keys: list[str], vectors: np.ndarray) -> int:
+        """Place known vectors (by text key, see :meth:`key`) in the cache, at most its size; returns how many."""
+        n = min(len(keys), self._cache_size)
+        with self._lock:
+            for k, v in zip(keys[:n], vectors[:n]):
+                self._cache[k] = v
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return n
+
+    def cached_vectors(self, keys: list[str]) -> list[np.ndarray | None]:
+        """The cached vector of each text key, None where there is none."""
+        with self._lock:
+            return [self._cache.get(k) for k in keys]
+
+    @staticmethod
+    def key(text: str) -> str:
+        """The cache key of a candidate text: a content hash of what the model reads."""
+        return BiEncoderScorer._key(text)
+
     @staticmethod
     def _key(text: str) -> str:
         import hashlib
@@ -566,7 +590,8 @@ class BiEncoderScorer:
         return sum(p.numel() for p in self.embedder._model.parameters())
 
     def describe(self) -> dict[str, Any]:
-        return {**_describe(self), "cached_vectors": len(self._cache)}
+        return {**_describe(self), "cached_vectors": len(self._cache), "embedded": self.embedded,
+                "shipped": self.shipped}
 
 
 def load_scorer(ref: str | Path, **kwargs: Any):
@@ -595,6 +620,9 @@ def _clean(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     return text
+
+
+clean_text = _clean  # what the scorers feed their tokenizer (the query key of a bi-encoder's query cache)
 
 
 # ---------------------------------------------------------------------------------------------------- create

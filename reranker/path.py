@@ -9,6 +9,7 @@ another second stage (a candidate, a release loaded for the gate, a blend weight
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any
 from reranker.cache import ScoreCache
 from reranker.manager import LoadedReranker, RerankerManager
 from reranker.settings import RerankerSettings
-from reranker.stage import RerankOutcome, rerank, retrieval_scores
+from reranker.model import clean_text
+from reranker.stage import RerankOutcome, long_query_reason, rerank, retrieval_scores
 from retrieval.search import Mode, SearchResult, search
 from retrieval.settings import RetrievalSettings
 from retrieval.types import Hit
@@ -107,6 +109,7 @@ class RankingPath:
         t0 = time.perf_counter()
         rerank_on = self.settings.enabled if rerank is None else bool(rerank)
         n = self.candidates(gen, k, rerank_on)
+        early = self._query_ahead(query) if rerank_on else None
         res = self.retrieve(gen, query, n, "fused", path_glob=path_glob, language=language,
                             exclude_paths=exclude_paths, use_query_cache=use_query_cache)
         timings = dict(res.timings)
@@ -121,6 +124,8 @@ class RankingPath:
             if stage is None:
                 out = Ranked(res.hits, timings, fallback_reason=reason)
             else:
+                if early is not None:  # the stage's own deadline still bounds the wait
+                    early.join(None if self.settings.timeout_ms is None else self.settings.timeout_ms / 1000.0)
                 outcome = self._run(stage, query, res.hits)
                 timings["rerank"] = outcome.ms
                 out = Ranked(outcome.hits, timings, outcome.used, outcome.model, outcome.fallback_reason,
@@ -135,6 +140,22 @@ class RankingPath:
         if stage is None:
             return RerankOutcome(list(hits), False, None, reason, 0.0, 0)
         return self._run(stage, query, hits)
+
+    def _query_ahead(self, query: str) -> threading.Thread | None:
+        """A bi-encoder release embeds the query with its own model: start that beside the retrieval's query
+        embedding (it lands in the release embedder's query cache, where its scoring finds it), so a served release
+        adds a lookup to the search, not a second forward pass after the first. None when there is nothing to start
+        (no model loaded yet, a cross-encoder, a query the release keeps in the fused order)."""
+        stage = self.reranker
+        loaded = stage.get() if isinstance(stage, RerankerManager) else stage
+        embedder = getattr(getattr(loaded, "scorer", None), "embedder", None)
+        if embedder is None or not isinstance(loaded, LoadedReranker) or long_query_reason(query, loaded,
+                                                                                          self.settings):
+            return None
+        t = threading.Thread(target=embedder.encode_query, args=(clean_text(query),), name="agro-query-ahead",
+                             daemon=True)
+        t.start()
+        return t
 
     def _stage(self) -> tuple[LoadedReranker | RetrievalBlend | None, str | None]:
         """The second stage ready to run, or None and why not (waits for a manager's first load)."""

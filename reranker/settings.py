@@ -51,6 +51,9 @@ class RerankerSettings(AgroSettings):
     prewarm: bool = Field(
         True, description="agro serve: embed the indexed chunks with a new bi-encoder release in the background."
     )
+    shipped_vectors: bool = Field(
+        True, description="Load a bi-encoder release's shipped chunk vectors before it serves; keep refreshed ones."
+    )
     reload_on_change: bool = Field(True, description="Watch models/current and hot-reload a new release.")
     reload_period_sec: float = Field(60.0, gt=0, description="How often to check models/current, in seconds.")
     cache_size: int = Field(50_000, ge=0, description="Cached (release, query, chunk) scores.")

@@ -13,6 +13,7 @@ import numpy as np
 
 from retrieval.models import cpu_has_native_bf16, resolve_model_ref
 from retrieval.settings import RetrievalSettings
+from retrieval.threads import single_threaded
 
 __all__ = ["Embedder", "load_embedder"]
 
@@ -46,7 +47,10 @@ class Embedder:
         self.max_tokens = max_tokens
         self.batch = batch
         self.dim = int(self._model.get_embedding_dimension())
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model's own pipeline (module state): one call at a time
+        # The query caches have their own lock: an index build holding ``_lock`` for a batch of chunks (seconds, at a
+        # lower priority in the daemon) must not hold up a search's cache look-up.
+        self._cache_lock = threading.Lock()
         self.tokenizer = self._model.tokenizer
         self._lean = None
         if lean_queries and self.dtype != "int8":  # before packing: it reads the plain linears' weights
@@ -111,7 +115,7 @@ class Embedder:
         """Embed long queries as at most ``n`` windows from now on (cached query vectors are dropped)."""
         if n < 1:
             raise ValueError(f"query_windows expects at least 1, but got {n}")
-        with self._lock:
+        with self._cache_lock:
             self.query_windows = int(n)
             self._query_cache.clear()
             self._coverage_cache.clear()
@@ -119,29 +123,46 @@ class Embedder:
     def encode_query(self, text: str, cache: bool = True) -> np.ndarray:
         """One vector for a query of any length; repeated queries come from a small LRU cache."""
         if not cache:
-            return self._encode_query(text)
-        with self._lock:
+            with single_threaded():
+                return self._encode_query(text)
+        with self._cache_lock:
             hit = self._query_cache.get(text)
             if hit is not None:
                 self._query_cache.move_to_end(text)
                 return hit
-        vec = self._encode_query(text)
+        with single_threaded():  # a query's small kernels lose more in thread hand-offs than a second core gives
+            vec = self._encode_query(text)
         vec.setflags(write=False)
-        with self._lock:
+        with self._cache_lock:
             self._query_cache[text] = vec
             while len(self._query_cache) > QUERY_CACHE_SIZE:
                 self._query_cache.popitem(last=False)
         return vec
 
+    def warm_query_lengths(self) -> int:
+        """Embed one query of each padded length (:data:`retrieval.lean.LENGTH_BUCKETS` up to the window), once, as
+        searches do (one thread), so no search pays a shape's first-time kernel set-up. A long-running server calls
+        it at start. Returns the number of shapes warmed."""
+        if self._lean is None:
+            return 0
+        from retrieval.lean import LENGTH_BUCKETS, with_special_tokens
+
+        filler = self.tokenizer("code", add_special_tokens=False)["input_ids"][:1] or [self.tokenizer.unk_token_id]
+        lengths = sorted({min(b, self.max_tokens) for b in LENGTH_BUCKETS if b - 2 < self.max_tokens})
+        with single_threaded():
+            for n in lengths:
+                self._lean.embed_ids(with_special_tokens(self.tokenizer, filler * (n - 2)))
+        return len(lengths)
+
     def query_coverage(self, text: str) -> float:
         """Share of ``text``'s tokens that its query vector is computed from (1 when it fits the embedded windows)."""
-        with self._lock:
+        with self._cache_lock:
             hit = self._coverage_cache.get(text)
         if hit is not None:
             return hit
         n = len(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
         c = 1.0 if n <= 0 else min(1.0, (self.max_tokens - 2) * self.query_windows / n)
-        with self._lock:
+        with self._cache_lock:
             self._coverage_cache[text] = c
             while len(self._coverage_cache) > QUERY_CACHE_SIZE:
                 self._coverage_cache.popitem(last=False)

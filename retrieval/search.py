@@ -15,6 +15,7 @@ import numpy as np
 
 from retrieval.globs import path_glob_regex as glob_to_regex
 from retrieval.settings import RetrievalSettings
+from retrieval.threads import single_threaded
 from retrieval.tokenize import code_tokens
 from retrieval.types import Hit
 
@@ -138,7 +139,9 @@ def dense_top_k(gen: Any, qv: np.ndarray, n: int, mask: np.ndarray | None) -> tu
         order = top_k_indices(scores, n, mask)
         return order, ExactScores(gen.vectors, qv, ((int(d), float(scores[d])) for d in order))
     # A copy: cached query vectors are read-only, and torch refuses (with a warning) to wrap a read-only array.
-    approx = (gen.half_vectors() @ torch.from_numpy(qv.copy()).to(torch.float16)).float().numpy()
+    # One thread: a memory-bound product that waits longer for a second OpenMP thread than it gains from it.
+    with single_threaded():
+        approx = (gen.half_vectors() @ torch.from_numpy(qv.copy()).to(torch.float16)).float().numpy()
     cand = top_k_indices(approx, keep, mask)
     exact = np.einsum("ij,j->i", gen.vectors[cand], qv)
     order = cand[np.lexsort((cand, -exact))][:n]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reranker.vectors import VECTORS_FILE
 from retrieval.types import located_text
 from training.learning.calibrate import calibrate_alpha, calibration_split, choose_dense_weight
 from training.learning.miners import (
@@ -287,10 +288,12 @@ def bootstrap_gate_views(ws: Workspace, heldout: Sequence[Triplet]) -> dict[str,
     return views
 
 
-def evaluate_run(ws: Workspace, ctx: Any, run_id: str) -> dict[str, Any]:
+def evaluate_run(ws: Workspace, ctx: Any, run_id: str, *, ship: bool = True) -> dict[str, Any]:
     """Candidate vs current release vs retrieval alone on the run's held-out questions, and the gate's decision.
 
-    Saves the report (store ``evaluations`` + ``exports/evals``) and ``runs/<run_id>/evaluation.json``.
+    Saves the report (store ``evaluations`` + ``exports/evals``) and ``runs/<run_id>/evaluation.json``. A
+    bi-encoder candidate the gate accepts (and ``ship``) embeds the indexed chunks with the model it was judged
+    with, reusing the vectors its evaluation computed, to ship them with its release.
     """
     from training.evaluation.datasets import EvalError, queries_from_feedback
     from training.evaluation.report import save_report
@@ -340,9 +343,11 @@ def evaluate_run(ws: Workspace, ctx: Any, run_id: str) -> dict[str, Any]:
         notes.append(f"corpus-bootstrap questions of {c} scored on a view of the index without their answers' "
                      f"docstrings ({v.generation_id})")
     try:
+        candidate = load_reranker(str(d / "model"), rr)  # after the blend above: judged at what it would serve
         report = run_evaluation(
             queries_from_feedback(rows), Path(ws.home), ws.settings.index, ws.settings.retrieval,
             configs=configs, rerank_path=rerank_path, candidate_model=str(d / "model"), reranker_settings=rr,
+            candidate_path=ws.path.with_reranker(candidate, rr),
             model=str(cur.get("id")) if cur else None, embedder=ws.embedder(), levels=("span", "file"),
             index_backend=ws.indexes, generations=views,
             k=50, progress=lambda i, n: ctx.progress(0.8 + 0.15 * i / max(n, 1), f"evaluating {i}/{n}"),
@@ -380,6 +385,10 @@ def evaluate_run(ws: Workspace, ctx: Any, run_id: str) -> dict[str, Any]:
               "notes": notes, "current_release": cur.get("id") if cur else None, "per_query": per_query}
     write_json_atomic(d / "evaluation.json", result)
     ctx.log("gate for %s: %s (%s)", run_id, "promote" if decision.promote else "refuse", "; ".join(decision.reasons))
+    if decision.promote and ship:
+        from training.releases.shipping import ship_vectors
+
+        ship_vectors(ws, ctx, d / "model", candidate)
     return result
 
 
@@ -395,6 +404,10 @@ def promote_step(ws: Workspace, ctx: Any, run_id: str, *, force: bool = False, r
         ev = evaluate_run(ws, ctx, run_id)  # the gate must compare with the release serving now
     dec = ev["decision"]
     decision = GateDecision(dec["promote"], dec["reasons"], dec["figures"])
+    if (decision.promote or force) and not (d / "model" / VECTORS_FILE).is_file():
+        from training.releases.shipping import ship_vectors
+
+        ship_vectors(ws, ctx, d / "model")  # a forced promotion, or a cross-validated run's final model
     out = promote_run(Path(ws.home), run_id, decision, ws.store, force=force, registry=ws.releases)
     if out["decision"] == "promoted" and reload and ws.reload is not None:
         ws.reload()  # this process serves the new release at once; others on their next check
@@ -515,7 +528,7 @@ def _run_cross_validated(ws: Workspace, ctx: Any, split: MinedSplit, folds: list
         train = [t for t in every if query_key(t.corpus, t.query) not in keys]
         fsplit = MinedSplit(train, held, {**split.info, "cv": {"fold": i, "folds": k, "questions": len(keys)}})
         train_step(ws, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id})
-        ev = evaluate_run(ws, fctx, fctx.run_id)
+        ev = evaluate_run(ws, fctx, fctx.run_id, ship=False)  # a fold's candidate is never released
         for c, rows in (ev.get("per_query") or {}).items():
             pooled.setdefault(c, []).extend(rows)
         figs = ev["decision"]["figures"]

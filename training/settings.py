@@ -99,6 +99,12 @@ class TrainingSettings(AgroSettings):
     promote_min_queries: int = Field(
         6, ge=1, description="Fewest held-out questions for a decision (6: the fewest a 95% paired interval needs)."
     )
+    ship_vectors_max: int = Field(
+        20_000, ge=0, description="A bi-encoder release ships the vectors of at most this many indexed chunks (0 = none)."
+    )
+    ship_vectors_dtype: Literal["float16", "float32"] = Field(
+        "float32", description="Storage of the shipped chunk vectors (float16: half the bytes; near-ties may swap)."
+    )
     bf16: bool = Field(True, description="bf16 autocast in training when the CPU has native bf16.")
     student_layers: int | None = Field(
         None, ge=1, description="Train a layer-cut student with the base's first N transformer layers (unset = all)."

@@ -248,14 +248,15 @@ async def test_socket_token_and_state_files_are_private(home):
     assert stat.S_ISSOCK(socket_path(home).stat().st_mode)
 
 
-async def test_serve_proxy_never_imports_torch_or_numpy(home):
+async def test_serve_proxy_imports_neither_torch_numpy_nor_the_settings_and_mcp_stacks(home):
     out = _agro(home, "daemon", "start")
     assert out.returncode == 0, out.stderr
     script = ("import sys, io\n"
               "from agro_mcp.cli import main\n"
               "sys.stdin = io.TextIOWrapper(io.BytesIO(b''))\n"
               "code = main(['serve'])\n"
-              "heavy = [m for m in ('torch', 'transformers', 'numpy', 'scipy', 'sentence_transformers') "
+              "heavy = [m for m in ('torch', 'transformers', 'numpy', 'scipy', 'sentence_transformers', "
+              "'pydantic', 'pydantic_settings', 'mcp', 'anyio') "
               "if m in sys.modules]\n"
               "print('HEAVY', heavy, 'CODE', code, file=sys.stderr)\n")
     res = subprocess.run([sys.executable, "-c", script], env=_env(home), capture_output=True, text=True, timeout=120)
@@ -344,3 +345,41 @@ async def test_rag_answer_samples_from_the_client_through_the_proxy(home, mode):
     assert not res.is_error, _text(res)
     assert len(asked) == 1 and res.structured_content["mode"] == "sampling"
     assert res.structured_content["citations"]
+
+
+async def test_a_proxy_of_another_version_drains_the_daemon_and_a_new_one_serves_its_session(home):
+    old = {"AGRO__VERSION_FOR_TESTS": "0.0.1-old"}
+    assert _agro(home, "daemon", "start", **old).returncode == 0
+    st = control(home, "status")
+    old_pid = st["pid"]
+    assert st["version"] == "0.0.1-old"
+    async with _proxy(home, **old) as old_client:  # same version: it uses the running daemon
+        res = await old_client.call_tool("rag_search", {"query": "connection pool", "k": 1})
+        assert not res.is_error, _text(res)
+        assert control(home, "status")["pid"] == old_pid
+        async with _proxy(home) as new_client:  # the installed version: the old daemon drains, a new one starts
+            res = await new_client.call_tool("rag_search", {"query": "exponential backoff with jitter", "k": 2})
+            assert not res.is_error, _text(res)
+            assert res.structured_content["results"][0]["path"] == "utils/retry.py"
+            st = control(home, "status")
+            assert st["pid"] != old_pid and st["version"] not in ("0.0.1-old", "")
+        res = await old_client.call_tool("rag_search", {"query": "exponential backoff", "k": 1})  # still served
+        assert not res.is_error, _text(res)
+    deadline = time.monotonic() + 30
+    while old_pid in _daemon_pids(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert old_pid not in _daemon_pids(home), "the old daemon did not exit after its last session"
+    assert "draining: a proxy of version" in (home / "logs" / "daemon.log").read_text()
+
+
+async def test_the_daemon_log_rotates_at_its_size_setting_and_keeps_its_backups(home):
+    small = {"AGRO_DAEMON_LOG_MAX_BYTES": "1000", "AGRO_DAEMON_LOG_BACKUPS": "2"}
+    for i in range(12):  # each session logs its opening and its end
+        async with _proxy(home, **small) as client:
+            res = await client.call_tool("rag_search", {"query": f"retry delay {i}", "k": 2})
+            assert not res.is_error, _text(res)
+    logs = home / "logs"
+    assert (logs / "daemon.log").exists() and (logs / "daemon.log.1").exists() and (logs / "daemon.log.2").exists()
+    assert not (logs / "daemon.log.3").exists()
+    for name in ("daemon.log.1", "daemon.log.2"):
+        assert (logs / name).stat().st_size <= 1000 + 4096  # rotated once over the limit (one record may cross it)

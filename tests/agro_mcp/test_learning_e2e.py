@@ -512,11 +512,11 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
 
         info = await _call(client, "reranker_admin", action="info")
         assert info["loaded"] and info["release_id"] == rel_a and info["model"] == rel_a
-        # The serving bi-encoder embeds the indexed chunks in the background, ahead of the searches that rank them.
-        warm = (await _poll(f"warming {rel_a}", lambda: _call(client, "reranker_admin", action="info"),
-                            lambda i: (i["warm"] or {}).get("model") == rel_a and i["warm"]["state"] == "done",
-                            60))["warm"]
-        assert warm["embedded"] > 0 and warm["error"] is None, warm
+        # The release shipped the indexed chunks' vectors: loaded before it served, the warm-up has nothing to embed.
+        warmed = await _poll(f"warming {rel_a}", lambda: _call(client, "reranker_admin", action="info"),
+                             lambda i: (i["warm"] or {}).get("model") == rel_a and i["warm"]["state"] == "done", 60)
+        assert warmed["warm"]["embedded"] == 0 and warmed["warm"]["error"] is None, warmed["warm"]
+        assert warmed["vectors"]["shipped"] == info["manifest"]["vectors"]["count"] > 0, warmed["vectors"]
         assert info["manifest"]["id"] == rel_a and info["manifest"]["parent"] is None
         runs = await _call(client, "reranker_admin", action="runs")
         assert run_a in [r["run_id"] for r in runs["runs"]]

@@ -71,3 +71,12 @@ def test_a_short_query_embeds_like_the_same_text_as_a_document(emb):
         d = emb.encode_documents([text])[0]
         assert q.dtype == np.float32 and abs(float(np.linalg.norm(q)) - 1.0) < 1e-5
         assert float(q @ d) > 0.9999
+
+
+def test_warming_every_padded_query_length_leaves_query_vectors_as_they_were(embedder):
+    from retrieval.lean import LENGTH_BUCKETS
+
+    query = "how are retries delayed between attempts"
+    before = embedder.encode_query(query, cache=False)
+    assert embedder.warm_query_lengths() == len([b for b in LENGTH_BUCKETS if b < embedder.max_tokens + 2])
+    assert np.allclose(embedder.encode_query(query, cache=False), before, atol=1e-6)

@@ -109,3 +109,17 @@ def test_a_window_longer_than_the_models_positions_keeps_its_own_pipeline(embedd
 
 def test_int8_models_keep_their_own_pipeline(embedder):
     assert Embedder(embedder.ref, "int8", embedder.max_tokens).query_path == "model"
+
+
+def test_padding_to_a_length_bucket_leaves_the_vector_as_it_is_unpadded(embedder):
+    from retrieval.lean import padded_length
+
+    enc = embedder._lean
+    ids = token_ids(embedder.tokenizer, "the session token is refreshed before the retry loop gives up " * 6, 128)
+    for n in (3, 9, 17, 30, 33, 63, 100):
+        seq = ids[: n - 1] + ids[-1:]  # n tokens, the separator last
+        assert padded_length(n, enc.max_positions) >= n
+        padded, exact = enc.embed_ids(seq), enc.embed_ids(seq, pad=False)
+        assert float(padded @ exact) > 0.9999, n
+    assert [padded_length(n, 512) for n in (1, 8, 9, 33, 129, 600)] == [8, 8, 16, 40, 160, 600]
+    assert padded_length(100, 100) == 100  # never past the model's positions

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import AgroUserError
+from retrieval.threads import apply_limits, current_limits
 
 __all__ = [
     "FileLock",
@@ -341,13 +342,16 @@ def start_job(store: Any, home: Path, kind: str, fn: JobFn, *, params: dict | No
               lock_name: str | None = TRAINING_LOCK) -> str:
     """Start a job in a background thread and return its run_id at once.
 
-    The lock is taken before returning, so a second training job is refused immediately with
+    The thread keeps the starting thread's CPU limits (:mod:`retrieval.threads`). The lock is taken before
+    returning, so a second training job is refused immediately with
     :class:`JobBusyError`; the thread releases it when the job ends, and the kernel (embedded) or the
     PostgreSQL server (postgres) does if the process dies.
     """
     ctx, lock = _prepare(store, home, kind, params, lock_name, None)
+    limits = current_limits()  # a job started from the daemon's lower-priority pool stays there, torch threads too
 
     def target() -> None:
+        apply_limits(limits)
         try:
             _execute(ctx, fn, lock)
         except BaseException:  # top-level handler of a job thread: recorded in the store by _execute

@@ -195,6 +195,24 @@ def switch_current(folder: Path, target: Path, hook: Hook | None = None) -> None
         hook("replaced")
 
 
+def _shipped_vectors(dest: Path) -> dict[str, Any] | None:
+    """The manifest's record of the chunk vectors copied into the release folder ``dest`` (checked against its
+    weights, before the manifest makes the release complete), or None: none shipped, or a file that does not check
+    out, which is removed (the release then embeds on demand)."""
+    from reranker.vectors import VECTORS_FILE, VectorsError, manifest_entry, read_vectors, weights_sha256
+
+    path = dest / VECTORS_FILE
+    if not path.is_file():
+        return None
+    try:
+        _, _, meta = read_vectors(path, {"weights_sha256": weights_sha256(dest)})
+    except VectorsError as exc:
+        logger.warning("release %s ships no vectors: %s", dest.name, exc)
+        path.unlink(missing_ok=True)
+        return None
+    return manifest_entry(meta)
+
+
 def _new_release_id() -> str:
     return datetime.now(timezone.utc).strftime("rel-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
@@ -272,6 +290,7 @@ def promote_run(
             "config": run.get("config"),
             "blend": run.get("blend"),
         }
+        manifest["vectors"] = _shipped_vectors(dest)
         write_json_atomic(dest / "manifest.json", manifest)
         fsync_dir(dest)
         if hook:

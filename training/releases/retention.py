@@ -69,6 +69,11 @@ def remove_orphan_folders(models_dir: Path, store: Any = None, *, releases_locke
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(f"runs/{d.name}")
+    kept = models_dir / "vectors"  # vectors servers embedded for a release since it shipped (reranker.vectors)
+    for f in sorted(kept.glob("*.delta.npz")) if kept.is_dir() else []:
+        if not (releases / f.name.removesuffix(".delta.npz") / "manifest.json").is_file():
+            f.unlink(missing_ok=True)
+            removed.append(f"vectors/{f.name}")
     for rel in removed:
         logger.info("removed incomplete folder models/%s", rel)
     return removed

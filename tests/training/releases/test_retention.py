@@ -63,7 +63,7 @@ def _old(path: Path) -> Path:
     return path
 
 
-def test_incomplete_release_and_run_folders_are_removed_and_everything_else_kept(open_store, tmp_path):
+def test_incomplete_releases_and_runs_and_the_vectors_of_gone_releases_are_removed_and_the_rest_kept(open_store, tmp_path):
     store = open_store()
     models = tmp_path / "models"
     for rid in ("r-complete", "r-current-incomplete", "r-killed-copy"):
@@ -80,14 +80,17 @@ def test_incomplete_release_and_run_folders_are_removed_and_everything_else_kept
     for d in ("run-done", "run-orphan", "run-active"):
         _old(models / "runs" / d)
     _old(models / "releases" / "r-killed-copy")
+    (models / "vectors").mkdir()
+    for rid in ("r-complete", "r-gone"):  # chunk vectors a server kept for a release; r-gone's release is gone
+        (models / "vectors" / f"{rid}.delta.npz").write_bytes(b"npz")
 
     removed = remove_orphan_folders(models, store)  # no promote lock: only old incomplete releases
-    assert sorted(removed) == ["releases/r-killed-copy", "runs/run-orphan"]
+    assert sorted(removed) == ["releases/r-killed-copy", "runs/run-orphan", "vectors/r-gone.delta.npz"]
     assert young_release.is_dir()
     assert remove_orphan_folders(models, store, releases_locked=True) == ["releases/r-young"]
     left = sorted(p.relative_to(models).as_posix() for p in models.glob("*/*"))
     assert left == ["releases/r-complete", "releases/r-current-incomplete", "runs/run-active", "runs/run-done",
-                    "runs/run-young"]
+                    "runs/run-young", "vectors/r-complete.delta.npz"]
 
 
 def test_agro_db_compact_removes_old_events_and_reports_the_sizes(tmp_path, monkeypatch, capsys):
