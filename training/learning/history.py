@@ -4,7 +4,9 @@ Each commit's message (subject and body, trailers and ``(#N)`` removed) is a que
 do I change X"); its answers are the chunks of **today's** index that hold the lines it changed. A changed line is
 located in the file as it was at that commit, chunked with the index's own rules; the chunk's symbol (and path)
 then names today's chunk (``Client.send`` in ``httpx/_client.py``). Module-level lines (no symbol) are found by
-their text in today's chunks of the same file. A chunk that no longer exists is dropped.
+their text in today's chunks of the same file. A chunk that no longer exists is dropped. A file renamed since (git's
+rename detection, newer commits first) is looked up under its name of today: a move to ``src/`` keeps the years of
+history before it.
 
 Only the local ``.git`` is read: git runs with every transport forbidden (``protocol.allow=never``, which also stops
 a partial clone's lazy fetch), and with external diff drivers and text conversions off (a repository's own config
@@ -82,6 +84,7 @@ class Commit:
     author: str
     message: str  # the raw message (subject + body)
     files: list[FileChange] = field(default_factory=list)
+    renames: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path) this commit renamed
 
     @property
     def subject(self) -> str:
@@ -191,9 +194,17 @@ def _parse_record(rec: str, prefix: str = "") -> Commit:
     sha, ts, author, message = (head.split(_FLD, 3) + ["", "", ""])[:4]
     commit = Commit(sha.strip(), int(ts or 0), author, message.strip("\n"))
     cur: FileChange | None = None
+    moved_from: str | None = None
     for line in diff.split("\n"):
         if line.startswith("diff --git "):
-            cur = None
+            cur, moved_from = None, None
+        elif cur is None and line.startswith("rename from "):
+            moved_from = line[len("rename from "):]
+        elif cur is None and line.startswith("rename to ") and moved_from is not None:
+            new = line[len("rename to "):]
+            if moved_from.startswith(prefix) and new.startswith(prefix) and '"' not in moved_from + new:
+                commit.renames.append((moved_from[len(prefix):], new[len(prefix):]))
+            moved_from = None
         elif line.startswith("+++ "):
             target = line[4:].rstrip("\t")
             target = target[2:] if target.startswith("b/") else target
@@ -395,6 +406,7 @@ def mine_history(
         today.setdefault(c.path, []).append(c)
     out: list[HistoryQuestion] = []
     seen: set[str] = set()
+    moved: dict[str, str] = {}  # a path in older commits -> its name today (renames seen in newer commits)
     blobs = _Blobs(root)
     try:
         for commit in read_commits(root, max_commits=max_commits, since_days=since_days, prefix=prefix):
@@ -403,6 +415,14 @@ def mine_history(
             report.scanned += 1
             if progress is not None:
                 progress(report.scanned, max_commits)
+            then: dict[str, str] = {}  # today's name -> the name at this commit, for the files it renamed since
+            if moved:
+                files = [FileChange(moved.get(f.path, f.path), f.new_lines, f.added, f.removed) for f in commit.files]
+                then = {n.path: f.path for n, f in zip(files, commit.files) if n.path != f.path}
+                if then:
+                    commit = Commit(commit.sha, commit.ts, commit.author, commit.message, files, commit.renames)
+            for old, new in commit.renames:  # older commits know the file by its old name
+                moved[old] = moved.get(new, new)
             reason = skip_reason(commit, max_files=max_files)
             if reason is None and not any(f.path in today for f in commit.files):
                 reason = "changed files not indexed today"
@@ -412,8 +432,8 @@ def mine_history(
                 reason = "same message as a newer commit"
             positives: list[Any] = []
             if reason is None:
-                positives = map_commit(commit, lambda p, s=commit.sha: blobs.read(s, prefix + p), today, chunker,
-                                       max_positives=max_positives)
+                positives = map_commit(commit, lambda p, s=commit.sha, n=then: blobs.read(s, prefix + n.get(p, p)),
+                                       today, chunker, max_positives=max_positives)
                 if not positives:
                     reason = "changed code no longer exists"
             if reason is not None:

@@ -135,24 +135,34 @@ def test_commit_messages_become_questions_answered_by_todays_chunks_of_the_chang
     assert report.scanned == 6 and report.mined == 3
 
 
-def test_a_function_deleted_since_gives_no_answer_nor_does_a_file_known_today_by_another_name(tmp_path):
+def test_a_function_deleted_since_gives_no_answer_and_a_file_renamed_since_answers_by_its_name_of_today(tmp_path):
     repo = Repo(tmp_path / "repo")
     repo.commit("Add the retry policy", {"lib/retry.py": "def backoff(n):\n    return 2 ** n\n\n\n"
                                          "def jitter(n):\n    return n % 3\n"})
     repo.commit("Make jitter depend on the attempt number squared",
                 {"lib/retry.py": "def backoff(n):\n    return 2 ** n\n\n\ndef jitter(n):\n    return (n * n) % 3\n"})
     repo.commit("Remove jitter, nobody used it", {"lib/retry.py": "def backoff(n):\n    return 2 ** n\n"})
-    repo.commit("Write the old helpers", {"lib/old.py": "def legacy(n):\n    return n\n"})
-    repo.git("mv", "lib/old.py", "lib/policy.py")
-    repo.commit("Move the old helpers into policy", {})
+    repo.commit("Write the old helpers",
+                {"lib/old.py": "def legacy(n):\n    return n\n\n\ndef spare(n):\n    return n\n"})
+    repo.commit("Legacy helpers count from one", {"lib/old.py": "def legacy(n):\n    return n + 1\n\n\n"
+                                                  "def spare(n):\n    return n\n"})
+    repo.git("mv", "lib/old.py", "lib/middle.py")
+    repo.commit("Move the old helpers aside", {})
+    (repo.root / "src" / "lib").mkdir(parents=True)
+    repo.git("mv", "lib/middle.py", "src/lib/policy.py")
+    repo.commit("Move the helpers into the src layout and drop the spare one",
+                {"src/lib/policy.py": "def legacy(n):\n    return n + 1\n"})
     repo.commit("Backoff is capped at one minute of waiting",
                 {"lib/retry.py": "def backoff(n):\n    return min(2 ** n, 60)\n"})
     qs, report = mine_history(repo.root, repo.chunks(), chunker, max_questions=50, max_commits=100)
     found = {q.query: [c.doc_id for c in q.positives] for q in qs}
     assert found["Backoff is capped at one minute of waiting"] == ["lib/retry.py:1-2"]
     assert "Make jitter depend on the attempt number squared" not in found  # jitter is gone today
+    # lib/old.py is src/lib/policy.py today (two renames, the second with an edit): older commits answer there
+    assert found["Legacy helpers count from one"] == ["src/lib/policy.py:1-2"]
+    assert found["Write the old helpers"] == ["src/lib/policy.py:1-2"]  # spare() is gone, legacy() is not
     assert report.skipped["changed code no longer exists"] == 1
-    assert report.skipped["changed files not indexed today"] == 1  # lib/old.py is lib/policy.py today
+    assert "changed files not indexed today" not in report.skipped
     assert report.skipped["no added or modified file"] == 1  # the pure rename
 
 
