@@ -26,13 +26,19 @@ from pathlib import Path
 
 logger = logging.getLogger("bench_learning")
 
-BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+BENCH = Path(os.environ.get("AGRO_BENCH_DIR") or next(
+    (p / "shared" / "bench" for p in Path(__file__).resolve().parents if (p / "shared" / "bench").is_dir()),
+    Path(__file__).resolve().parents[2] / "shared" / "bench"))
 
 
 def _settings(home: Path, args):
     from agro_mcp.config import load_settings
 
     env = dict(os.environ)
+    if args.defaults:  # the product's defaults, and only what --env sets on top
+        env["AGRO_HOME"] = str(home)
+        env.update(kv.split("=", 1) for kv in args.env)
+        return load_settings(env)
     env.update({
         "AGRO_HOME": str(home),
         "AGRO_TRAINING_MIN_TRIPLETS": "10",
@@ -70,24 +76,32 @@ def _overlaps(hit, gold) -> bool:
         hit.start_line <= gold.end_line and gold.start_line <= hit.end_line))
 
 
-def simulate_user(engine, corpus: str, queries, k: int) -> dict:
+def simulate_user(engine, corpus: str, queries, k: int, *, served: bool = False, thumbs_down: bool = False) -> dict:
+    """Play the user on ``queries``: ``used`` on each gold hit seen, ``correct_location`` with the gold span when
+    none is shown, and (``thumbs_down``) a thumbs down on the top non-gold hit ranked above the first gold one.
+    ``served``: the user sees what is served (the current release, if any); otherwise fused retrieval alone."""
     from training.events.feedback import submit_feedback
 
-    n_used = n_loc = 0
+    n_used = n_loc = n_down = 0
     for q in queries:
-        resp = engine.search(q.query, corpus, k=k, rerank=False)  # no release yet: what the user saw
+        resp = engine.search(q.query, corpus, k=k, rerank=None if served else False)
         gold = q.span_gold if q.span_gold else q.gold
-        seen = [h for h in resp.results if any(_overlaps(h, g) for g in gold)]
+        is_gold = [any(_overlaps(h, g) for g in gold) for h in resp.results]
+        seen = [h for h, ok in zip(resp.results, is_gold) if ok]
         for h in seen:
             submit_feedback(engine.store, resp.event_id, "used", doc_id=h.doc_id, corpus_root=engine.corpus_root)
             n_used += 1
+        if thumbs_down and seen and not is_gold[0]:  # the top hit is not gold and a gold one is shown below it
+            submit_feedback(engine.store, resp.event_id, "thumbs_down", doc_id=resp.results[0].doc_id,
+                            corpus_root=engine.corpus_root)
+            n_down += 1
         if not seen:
             g = next((g for g in gold if g.start_line is not None), None)
             if g is not None:
                 submit_feedback(engine.store, resp.event_id, "correct_location", path=g.path,
                                 start_line=g.start_line, end_line=g.end_line, corpus_root=engine.corpus_root)
                 n_loc += 1
-    return {"queries": len(queries), "used": n_used, "correct_location": n_loc}
+    return {"queries": len(queries), "used": n_used, "thumbs_down": n_down, "correct_location": n_loc}
 
 
 def _score_report(engine, queries, candidate: Path | None, label: str, reranker_settings=None):
@@ -132,6 +146,105 @@ def blend_grid(engine, queries, candidate: Path, alphas=(0.0, 0.2, 0.3, 0.5, 0.7
             m = r.metrics["fused+candidate"]
             out[f"alpha {a:.1f} w {w:.1f}"] = {lv: round(m[lv]["MRR@10"], 4) for lv in ("file", "span") if lv in m}
             logger.info("blend grid: alpha %.1f, dense weight %.1f: %s", a, w, out[f"alpha {a:.1f} w {w:.1f}"])
+    return out
+
+
+def _half_metrics(engine, queries, model: Path | None, label: str) -> dict:
+    """File and span MRR@10 / Hit@1 of ``queries`` with fused retrieval and, given ``model`` (a run's model folder
+    or a release folder, blended as its run.json / manifest says), fused + that model."""
+    from training.evaluation.run import run_evaluation
+
+    s = engine.settings
+    r = run_evaluation(queries, engine.home, s.index, s.retrieval, configs=("fused",),
+                       candidate_model=str(model) if model else None, reranker_settings=s.reranker,
+                       embedder=engine.embedder(), k=50)
+    out = {cfg: {lv: {m: round(v[m], 4) for m in ("MRR@10", "Hit@1")} for lv, v in by.items() if lv in ("file", "span")}
+           for cfg, by in r.metrics.items()}
+    logger.info("%s: %s", label, out)
+    return out
+
+
+def _gate_summary(res: dict) -> dict:
+    """The gate's decision in numbers: questions judged, the best alternative, mean paired gain and its CI."""
+    gate = res.get("gate") or {}
+    figs = gate.get("figures") or {}
+    best = figs.get("best_other")
+    gain = figs.get(f"mrr_gain_vs_{best}") or {}
+    cv = figs.get("cross_validation") or {}
+    return {"promote": gate.get("promote"), "n": figs.get("n_queries"), "best_other": best,
+            "mean_gain": gain.get("mean"), "ci": gain.get("ci"), "p": gain.get("p_value"),
+            "required_gain": figs.get("required_gain"), "judged_on": (figs.get("judged_on") or {}).get("questions"),
+            "cv_folds": len(cv.get("folds") or []) or None, "reasons": gate.get("reasons") or [res.get("reason")]}
+
+
+def feedback_steps(args, bench, home: Path) -> dict:
+    """The simulated user works on the training half in steps; after each step ``run_loop`` (what ``agro loop``
+    runs) mines all feedback so far, trains, gates and promotes; the other half is scored with what is served
+    then (fused + the current release, or fused alone) and with the step's candidate."""
+    from agro_mcp.config import load_settings
+    from agro_mcp.engine import Engine
+    from training.loop import run_loop
+    from training.releases.jobs import run_job
+    from training.releases.promote import current_release
+
+    env = dict(os.environ)
+    env["AGRO_HOME"] = str(home)  # the product's defaults otherwise (AGRO_* from the caller's environment apply)
+    eng = Engine(load_settings(env))
+    corpora = sorted(bench.roots)
+    if len(corpora) != 1:
+        raise SystemExit("--steps needs a single-corpus collection (the docstring ones)")
+    corpus = corpora[0]
+    eng.index(bench.roots[corpus], corpus)
+    qs = list(bench.queries)
+    random.Random(args.seed).shuffle(qs)
+    train_q, test_q = qs[: len(qs) // 2], qs[len(qs) // 2:]
+    out: dict = {"train_half": len(train_q), "test_half": len(test_q), "steps": [], "first_promotion": None}
+    out["test_half_before"] = _half_metrics(eng, test_q, None, "test half before any feedback")["fused"]
+    sys.stdout.write(f"{args.collection}: {len(train_q)} questions for the user, {len(test_q)} unseen; fused "
+                     f"file/span MRR@10 {out['test_half_before']['file']['MRR@10']:.4f} / "
+                     f"{out['test_half_before']['span']['MRR@10']:.4f}\n")
+    sys.stdout.flush()
+    done = 0
+    for step in args.steps.split(","):
+        n = len(train_q) if step == "all" else min(int(step), len(train_q))
+        if n <= done:
+            continue
+        t0 = time.time()
+        user = simulate_user(eng, corpus, train_q[done:n], args.k, served=True, thumbs_down=True)
+        done = n
+        run_id, res = run_job(eng.store, home, "loop",
+                              lambda ctx: run_loop(eng.workspace, ctx, ["feedback"], reload=True))
+        loop_sec = round(time.time() - t0, 1)
+        cur = current_release(home / "models")
+        promoted = res.get("decision") == "promoted"
+        served = _half_metrics(eng, test_q, Path(cur["_dir"]) if cur else None, f"test half after {n} (served)")
+        served = served["fused+candidate"] if cur else served["fused"]
+        cand_dir = home / "models" / "runs" / (res.get("candidate_run") or run_id) / "model"
+        cand = None
+        if not promoted and cand_dir.is_dir():  # what the gate kept from users
+            cand = _half_metrics(eng, test_q, cand_dir, f"test half after {n} (candidate)")["fused+candidate"]
+        row = {"questions": n, "user": user, "run_id": run_id, "decision": res.get("decision"),
+               "gate": _gate_summary(res), "release": cur.get("id") if cur else None,
+               "served": served, "candidate_if_refused": cand, "loop_sec": loop_sec,
+               "blend": {k: (res.get("blend") or {}).get(k) for k in ("alpha", "dense_weight", "calibrated")}}
+        out["steps"].append(row)
+        if promoted and out["first_promotion"] is None:
+            out["first_promotion"] = n
+        g = row["gate"]
+        ci = g.get("ci") or [float("nan"), float("nan")]
+        base = out["test_half_before"]
+        line = (f"{args.collection} after {n} questions: {res.get('decision')}; gate n={g.get('n')} "
+                f"mean gain {g.get('mean_gain') if g.get('mean_gain') is None else round(g['mean_gain'], 4)} "
+                f"CI [{ci[0]:+.4f}, {ci[1]:+.4f}] (cv folds {g.get('cv_folds')}); unseen half served file/span "
+                f"MRR@10 {served['file']['MRR@10']:.4f} / {served['span']['MRR@10']:.4f} "
+                f"({served['file']['MRR@10'] / base['file']['MRR@10'] - 1:+.1%} / "
+                f"{served['span']['MRR@10'] / base['span']['MRR@10'] - 1:+.1%} vs fused)")
+        if cand:
+            line += (f"; refused candidate {cand['file']['MRR@10']:.4f} / {cand['span']['MRR@10']:.4f}")
+        line += f"; {loop_sec}s\n    reasons: " + " | ".join(str(r) for r in g["reasons"]) + "\n"
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    eng.close()
     return out
 
 
@@ -195,6 +308,13 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", action="store_true",
                    help="with --bootstrap and the --home of an earlier run: score each corpus's finished bootstrap "
                    "run again (other AGRO_RERANKER_* settings) instead of indexing and training anew")
+    p.add_argument("--steps", help="feedback loop by steps, e.g. 20,40,all: the user works on the training half in "
+                   "steps and agro loop runs after each (the product's default settings); replaces the one-shot run")
+    p.add_argument("--defaults", action="store_true",
+                   help="the product's default settings (plus --env), not this script's training overrides; with "
+                   "--bootstrap, only the served configuration is scored (no long-query variants)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --defaults: an AGRO_* setting on top of the defaults (repeatable)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -210,7 +330,9 @@ def main(argv=None) -> int:
     figures: dict = {"collection": args.collection, "args": vars(args)}
     base_home = Path(args.home or tempfile.mkdtemp(prefix="agro-bench-"))
 
-    if not args.no_feedback:
+    if args.steps and not args.no_feedback:
+        figures["feedback_steps"] = feedback_steps(args, bench, base_home / "feedback-steps")
+    elif not args.no_feedback:
         home = base_home / "feedback"
         _install_base(home, args.base)
         eng = Engine(_settings(home, args))
@@ -261,6 +383,8 @@ def main(argv=None) -> int:
             gate = res.get("gate") or {}
             per_corpus[c] = {"run_id": run_id, "decision": res.get("decision"), "gate": gate.get("reasons"),
                              "mined": res.get("mined"), "alpha": (res.get("blend") or {}).get("alpha"),
+                             "judged_on": (gate.get("figures") or {}).get("judged_on"),
+                             "synthetic_only": eng.settings.training.synthetic_only,
                              "sec": round(time.time() - t0, 1)}
             logger.info("bootstrap %s: %s", c, per_corpus[c])
             cand = home / "models" / "runs" / run_id / "model"
@@ -269,7 +393,7 @@ def main(argv=None) -> int:
                 report = _score_report(eng, qs, cand if cand.is_dir() else None, f"{c} (bootstrap alone)")
                 promoted = res.get("decision") == "promoted"
                 per_query = dict(report.per_query)
-                if cand.is_dir() and eng.settings.reranker.long_query_factor:
+                if cand.is_dir() and eng.settings.reranker.long_query_factor and not args.defaults:
                     # the same candidate with the long-query rule off: what it does to every question
                     every = _score_report(eng, qs, cand, f"{c} (bootstrap alone, every query reranked)",
                                           eng.settings.reranker.model_copy(update={"long_query_factor": 0}))

@@ -54,6 +54,7 @@ __all__ = [
     "run_bootstrap",
     "run_loop",
     "train_step",
+    "trainable_triplets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def export_triplets(ws: Workspace, split: MinedSplit) -> Path:
 
 
 def train_step(ws: Workspace, ctx: Any, split: MinedSplit, *, extra: dict | None = None,
-               weigh_dense: bool = True, kind: str | None = None) -> dict[str, Any]:
+               weigh_dense: bool = True, kind: str | None = None, fold: bool = False) -> dict[str, Any]:
     """Train a candidate into ``models/runs/<ctx.run_id>``; returns its run.json.
 
     Its blend (``run.json`` ``blend``, carried into a release's manifest) gets the dense weight chosen on all its
@@ -217,7 +218,9 @@ def train_step(ws: Workspace, ctx: Any, split: MinedSplit, *, extra: dict | None
     """
     ts = ws.settings.training
     kind = kind or (ts.model_kind if ts.model_kind != "auto" else "bi-encoder")
-    ts = ts.model_copy(update={"model_kind": kind})
+    # a cross-validation fold trains on (k-1)/k of questions that passed AGRO_TRAINING_MIN_TRIPLETS together: the
+    # floor is for the released model, trained on all of them, not for the folds that estimate it
+    ts = ts.model_copy(update={"model_kind": kind, **({"min_triplets": 1} if fold else {})})
     rr = ws.settings.reranker
     if "dense_weight" in rr.model_fields_set or not weigh_dense:  # set by the user: it is what will be served
         weighing = {"dense_weight": rr.dense_weight,
@@ -443,9 +446,11 @@ def run_loop(
     ctx.log(f"compacted: {compacted['events']} old events without feedback, {len(compacted['folders'])} folders")
     split = mine(ws, ctx, sources, golden_path=golden_path, corpus=corpus)
     ts = ws.settings.training
-    if len(split.train) < ts.min_triplets:
+    folds = cv_folds(split, ts) if "bootstrap" not in sources else None
+    usable = trainable_triplets(split, folds)
+    if usable < ts.min_triplets:
         msg = (_bootstrap_shortfall(split, ts.min_triplets) if "bootstrap" in sources else
-               f"Too few training triplets: {len(split.train)} (need {ts.min_triplets}). Send more feedback, "
+               f"Too few training triplets: {usable} (need {ts.min_triplets}). Send more feedback, "
                "add golden.json questions, or run `agro bootstrap`.")
         ctx.log(msg)
         d = run_dir(Path(ws.home) / "models", ctx.run_id)
@@ -458,7 +463,6 @@ def run_loop(
 
         raise TrainingCancelled(f"run {ctx.run_id} was cancelled")
     export_triplets(ws, split)
-    folds = cv_folds(split, ts) if "bootstrap" not in sources else None
     if folds is not None:
         return _run_cross_validated(ws, ctx, split, folds, sources, promote=promote, reload=reload)
     if ts.model_kind == "auto":
@@ -475,6 +479,13 @@ def run_loop(
     out.update(decision=pr["decision"], release=pr.get("release"),
                status=LoopOutcome.PROMOTED if pr["decision"] == "promoted" else LoopOutcome.NOT_PROMOTED)
     return out
+
+
+def trainable_triplets(split: MinedSplit, folds: list[set[str]] | None) -> int:
+    """The triplets a run can learn from: the training side of a fixed split, or every triplet when the run is
+    cross-validated (each fold's model trains on the others and the released one on all of them), so a few dozen
+    questions are not refused for the share a fixed split would have held out."""
+    return len(split.train) + (len(split.heldout) if folds is not None else 0)
 
 
 def cv_folds(split: MinedSplit, ts: Any) -> list[set[str]] | None:
@@ -527,7 +538,7 @@ def _run_cross_validated(ws: Workspace, ctx: Any, split: MinedSplit, folds: list
         held = [t for t in every if query_key(t.corpus, t.query) in keys]
         train = [t for t in every if query_key(t.corpus, t.query) not in keys]
         fsplit = MinedSplit(train, held, {**split.info, "cv": {"fold": i, "folds": k, "questions": len(keys)}})
-        train_step(ws, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id})
+        train_step(ws, fctx, fsplit, extra={"sources": list(sources), "cv_of": ctx.run_id}, fold=True)
         ev = evaluate_run(ws, fctx, fctx.run_id, ship=False)  # a fold's candidate is never released
         for c, rows in (ev.get("per_query") or {}).items():
             pooled.setdefault(c, []).extend(rows)

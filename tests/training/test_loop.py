@@ -144,6 +144,8 @@ TOPICS = {
 @pytest.mark.slow
 def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with_the_pooled_evidence(
         tmp_path, make_settings, embedder):
+    """Twelve questions meet AGRO_TRAINING_MIN_TRIPLETS=12 together: the loop cross-validates them although each
+    fold trains on eight and a fixed split would train on fewer than twelve."""
     import json
 
     from tests.reranker.conftest import build_tiny_cross_encoder
@@ -161,7 +163,7 @@ def test_few_golden_questions_are_cross_validated_and_one_model_is_released_with
     (tmp_path / "golden.json").write_text(json.dumps(golden))
     tiny = build_tiny_cross_encoder(tmp_path / "tiny")
     settings = make_settings(AGRO_TRAINING_MODEL_KIND="cross-encoder", AGRO_TRAINING_BASE_MODEL=str(tiny),
-                             AGRO_TRAINING_MIN_TRIPLETS="3", AGRO_TRAINING_MAX_LENGTH="64",
+                             AGRO_TRAINING_MIN_TRIPLETS="12", AGRO_TRAINING_MAX_LENGTH="64",
                              AGRO_TRAINING_MIN_STEPS="0", AGRO_TRAINING_CALIBRATE_ALPHA="0",
                              AGRO_TRAINING_CV_FOLDS="3", AGRO_RERANKER_TOPN="10", AGRO_RERANKER_ENABLED="1")
     eng = Engine(settings, embedder=embedder)
@@ -221,3 +223,24 @@ def test_model_kind_auto_trains_both_kinds_and_records_which_the_gate_chose(tmp_
     chosen = json.loads((runs / res["candidate_run"] / "run.json").read_text())
     assert chosen["kind_choice"]["chosen"] == chosen["model_kind"] and choice["why"].startswith(chosen["model_kind"])
     assert res["decision"] in ("promoted", "refused")
+
+
+def _feedback_triplets(n):
+    from training.learning.miners import Triplet
+
+    return [Triplet(f"where do we handle case {i}", f"def case_{i}(): pass", f"m.py:{i}-{i}", ["x"], ["n.py:1-2"],
+                    "feedback", "c") for i in range(n)]
+
+
+def test_a_cross_validated_loop_counts_every_question_against_the_triplet_minimum():
+    from training.learning.miners import split_by_query
+    from training.loop import cv_folds, trainable_triplets
+    from training.settings import TrainingSettings
+
+    ts = TrainingSettings(min_triplets=20, cv_folds=5, cv_below=30, heldout_fraction=0.2)
+    split = split_by_query(_feedback_triplets(20), ts.heldout_fraction, ts.seed)
+    assert len(split.train) < ts.min_triplets  # a fixed split alone would refuse to train on these 20 questions
+    folds = cv_folds(split, ts)
+    assert folds is not None and sum(len(f) for f in folds) == 20
+    assert trainable_triplets(split, folds) == 20 >= ts.min_triplets
+    assert trainable_triplets(split, None) == len(split.train)
