@@ -482,6 +482,7 @@ async def test_feedback_train_promote_rollback_through_mcp_without_restart(tmp_p
         AGRO_TRAINING_BATCH_SIZE="8",
         AGRO_TRAINING_EPOCHS="2",
         AGRO_TRAINING_BI_ENCODER_EPOCHS="2",  # the default 4 ranks better; 2 keeps this test quick
+        AGRO_TRAINING_CV_FOLDS="3",  # 36 questions are cross-validated; 3 folds train 4 models instead of 6
         **backend_env,
     )
     out = _cli(home, env, "index", str(repo), "--corpus", CORPUS)
