@@ -94,6 +94,11 @@ class Warmer:
         def run() -> None:
             t0 = time.perf_counter()
             try:
+                # the release embeds each query too (reranker.path), padded to the same length buckets as retrieval's
+                # embedder: warm those shapes first, so no search pays a shape's first-time kernel set-up
+                warm_lengths = getattr(getattr(loaded.scorer, "embedder", None), "warm_query_lengths", None)
+                if warm_lengths is not None:
+                    warm_lengths()
                 state["embedded"] = warm(tap(source()), batch=max(16, self.settings.batch), cancel=cancel,
                                          progress=lambda n: state.__setitem__("embedded", n))
                 state["state"] = "cancelled" if cancel.is_set() else "done"
