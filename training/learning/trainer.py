@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 from retrieval.atomic import atomic_write, write_json_atomic
 from retrieval.errors import AgroUserError
 from training.learning.bases import BaseModel, resolve_base
-from training.learning.miners import MinedSplit, Triplet, data_hash
+from training.learning.miners import SYNTHETIC_SOURCES, MinedSplit, Triplet, data_hash
 
 __all__ = [
     "TrainingCancelled",
@@ -459,20 +460,45 @@ def _train_and_save(trainer: Any, state: _TrainState, save: Callable[[Path], Non
     return out
 
 
-def _bi_encoder_dataset(train: Sequence[Triplet], negatives: int, max_chars: int):
-    """(anchor, positive, negative_1..n) rows for MultipleNegativesRankingLoss: n = the fewest hard negatives
-    among the triplets that have any (at most ``negatives``); triplets with fewer are left out, unless none has
-    any, when rows are (anchor, positive) and the batch's other positives are the negatives."""
-    from datasets import Dataset
+def budget_rows(rows: Sequence[Triplet], most: int, mode: str, seed: int) -> list[Triplet]:
+    """At most ``most`` of ``rows``, for a run whose step cap cannot cover them all.
 
+    ``random``: a seeded sample. ``recent``: questions people wrote first (feedback, golden), then git history in
+    mined order (newest commit first), then a seeded sample of synthetic pairs; every row kept keeps its place.
+    The future a history run is judged on looks more like last month's commits than like the first year's.
+    """
+    if len(rows) <= most:
+        return list(rows)
+    rng = random.Random(seed)
+    if mode == "random":
+        keep = set(rng.sample(range(len(rows)), most))
+    else:
+        order = [i for i, t in enumerate(rows) if t.source not in SYNTHETIC_SOURCES and t.source != "git_history"]
+        order += [i for i, t in enumerate(rows) if t.source == "git_history"]
+        synthetic = [i for i, t in enumerate(rows) if t.source in SYNTHETIC_SOURCES]
+        rng.shuffle(synthetic)
+        keep = set((order + synthetic)[:most])
+    return [t for i, t in enumerate(rows) if i in keep]
+
+
+def _bi_encoder_rows(train: Sequence[Triplet], negatives: int) -> tuple[list[Triplet], int]:
+    """The triplets a bi-encoder run can use and n, its hard negatives per row: the fewest among the triplets that
+    have any (at most ``negatives``); triplets with fewer are left out, unless none has any (n = 0)."""
     with_negs = [t for t in train if t.negative_texts]
     n_neg = min([negatives] + [len(t.negative_texts) for t in with_negs]) if with_negs else 0
-    rows = with_negs if n_neg else list(train)
+    return (with_negs if n_neg else list(train)), n_neg
+
+
+def _bi_encoder_dataset(rows: Sequence[Triplet], n_neg: int, max_chars: int):
+    """(anchor, positive, negative_1..n) rows for MultipleNegativesRankingLoss; with n = 0, (anchor, positive) and
+    the batch's other positives are the negatives."""
+    from datasets import Dataset
+
     cols: dict[str, list[str]] = {"anchor": [t.query for t in rows],
                                   "positive": [t.positive_text[:max_chars] for t in rows]}
     for i in range(n_neg):
         cols[f"negative_{i + 1}"] = [t.negative_texts[i][:max_chars] for t in rows]
-    return Dataset.from_dict(cols), len(rows) * (1 + n_neg)
+    return Dataset.from_dict(cols)
 
 
 def _fit_bi_encoder(d: Path, base: BaseModel, train: list[Triplet], settings: Any, bf16: bool, manifest: dict,
@@ -497,15 +523,16 @@ def _fit_bi_encoder(d: Path, base: BaseModel, train: list[Triplet], settings: An
         raise TrainingError(f"the base model {base.ref} ({base.kind}) is not a sentence-transformers bi-encoder "
                             "(no pooling module); set AGRO_TRAINING_MODEL_KIND=cross-encoder to train a cross-encoder")
     model.max_seq_length = settings.max_length
-    dataset, n_pairs = _bi_encoder_dataset(train, settings.bi_encoder_negatives,
-                                           settings.max_length * _CHARS_PER_TOKEN)
+    rows, n_neg = _bi_encoder_rows(train, settings.bi_encoder_negatives)
     epochs = settings.bi_encoder_epochs
     most = settings.bi_encoder_max_steps * settings.batch_size // max(1, epochs)
-    if len(dataset) > most:  # bounded run time: a seeded sample of the rows, every epoch the same sample
-        dataset = dataset.shuffle(seed=settings.seed).select(range(most))
-        n_pairs = n_pairs * most // len(train)
-        logger.info("run %s: bi-encoder trains on %d of its triplets (AGRO_TRAINING_BI_ENCODER_MAX_STEPS %d)",
-                    manifest["run_id"], most, settings.bi_encoder_max_steps)
+    if len(rows) > most:  # bounded run time: every epoch trains on the same `most` rows
+        logger.info("run %s: bi-encoder trains on %d of its %d triplets (%s; AGRO_TRAINING_BI_ENCODER_MAX_STEPS %d)",
+                    manifest["run_id"], most, len(rows), settings.bi_encoder_sample, settings.bi_encoder_max_steps)
+        manifest["data"]["sampled"] = {"mode": settings.bi_encoder_sample, "of": len(rows), "kept": most}
+        rows = budget_rows(rows, most, settings.bi_encoder_sample, settings.seed)
+    dataset = _bi_encoder_dataset(rows, n_neg, settings.max_length * _CHARS_PER_TOKEN)
+    n_pairs = len(rows) * (1 + n_neg)
     manifest["data"]["trained_pairs"] = n_pairs
     manifest["data"]["query_tokens_max"] = _query_tokens_max(model.tokenizer, train)
     state = _TrainState(d, manifest, progress, cancelled)

@@ -9,7 +9,7 @@ from tests.reranker.conftest import build_tiny_cross_encoder, make_release, poin
 from training.learning.miners import Triplet, split_by_query
 from training.settings import TrainingSettings
 from training.learning.bases import resolve_base
-from training.learning.trainer import TrainingCancelled, TrainingError, load_run, run_dir, train_run
+from training.learning.trainer import TrainingCancelled, TrainingError, budget_rows, load_run, run_dir, train_run
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,20 @@ def test_a_bi_encoder_run_refuses_a_cross_encoder_base_and_says_what_to_set(tmp_
     ts = TrainingSettings(model_kind="bi-encoder", base_model=str(tiny), batch_size=8, max_length=64, min_triplets=5)
     with pytest.raises(TrainingError, match="AGRO_TRAINING_MODEL_KIND=cross-encoder"):
         train_run(tmp_path / "models", "run-x", split_by_query(_bi_triplets(), 0.25, seed=13), ts)
+
+
+def _t(query: str, source: str) -> Triplet:
+    return Triplet(query, f"def {query}(): pass", f"d-{query}", ["x = 1"], ["d-neg"], source, "c")
+
+
+def test_a_run_past_its_step_cap_trains_on_peoples_questions_then_the_newest_commits_then_a_synthetic_sample():
+    rows = ([_t(f"doc{i}", "corpus_bootstrap") for i in range(6)] + [_t(f"commit{i}", "git_history") for i in range(6)]
+            + [_t("why is this slow", "thumbs_down")])  # history rows come mined newest first
+    kept = budget_rows(rows, 5, "recent", seed=1)
+    assert [t.query for t in kept] == ["commit0", "commit1", "commit2", "commit3", "why is this slow"]
+    more = budget_rows(rows, 9, "recent", seed=1)
+    assert sum(t.source == "git_history" for t in more) == 6 and sum(t.source == "corpus_bootstrap" for t in more) == 2
+    assert budget_rows(rows, 9, "recent", seed=1) == more  # seeded
+    sample = budget_rows(rows, 5, "random", seed=1)
+    assert len(sample) == 5 and all(t in rows for t in sample) and sample != kept
+    assert budget_rows(rows, 20, "recent", seed=1) == rows
