@@ -197,11 +197,10 @@ def train_run(
         )
     negatives = settings.negatives_per_query
     if max_train_pairs is not None and len(train) * (1 + negatives) > max_train_pairs:
-        import random
-
         keep = max(settings.min_triplets, max_train_pairs // (1 + negatives))
-        train = random.Random(settings.seed).sample(train, min(keep, len(train)))
-        logger.info("run %s: sampled %d triplets to stay under %d pairs", run_id, len(train), max_train_pairs)
+        train = budget_rows(train, keep, settings.sample, settings.seed)
+        logger.info("run %s: kept %d triplets (%s) to stay under %d pairs", run_id, len(train), settings.sample,
+                    max_train_pairs)
     d.mkdir(parents=True, exist_ok=True)
     write_split(d, split)
     kind = getattr(settings, "model_kind", "cross-encoder")
@@ -527,10 +526,10 @@ def _fit_bi_encoder(d: Path, base: BaseModel, train: list[Triplet], settings: An
     epochs = settings.bi_encoder_epochs
     most = settings.bi_encoder_max_steps * settings.batch_size // max(1, epochs)
     if len(rows) > most:  # bounded run time: every epoch trains on the same `most` rows
-        logger.info("run %s: bi-encoder trains on %d of its %d triplets (%s; AGRO_TRAINING_BI_ENCODER_MAX_STEPS %d)",
-                    manifest["run_id"], most, len(rows), settings.bi_encoder_sample, settings.bi_encoder_max_steps)
-        manifest["data"]["sampled"] = {"mode": settings.bi_encoder_sample, "of": len(rows), "kept": most}
-        rows = budget_rows(rows, most, settings.bi_encoder_sample, settings.seed)
+        logger.info("run %s: bi-encoder trains on %d of its %d triplets (AGRO_TRAINING_SAMPLE %s, AGRO_TRAINING_BI_ENCODER_MAX_STEPS %d)",
+                    manifest["run_id"], most, len(rows), settings.sample, settings.bi_encoder_max_steps)
+        manifest["data"]["sampled"] = {"mode": settings.sample, "of": len(rows), "kept": most}
+        rows = budget_rows(rows, most, settings.sample, settings.seed)
     dataset = _bi_encoder_dataset(rows, n_neg, settings.max_length * _CHARS_PER_TOKEN)
     n_pairs = len(rows) * (1 + n_neg)
     manifest["data"]["trained_pairs"] = n_pairs
