@@ -29,8 +29,8 @@ class TrainingSettings(AgroSettings):
     bi_encoder_max_steps: int = Field(
         120, ge=1, description="Cap on a bi-encoder run's optimiser steps (a large set trains on a seeded sample)."
     )
-    sample: Literal["recent", "random"] = Field(
-        "recent", description="Which triplets a run past its caps trains on: people's and newest first, or random."
+    sample: Literal["random", "recent"] = Field(
+        "random", description="Triplets a run past its caps trains on: a seeded sample, or people's and newest first."
     )
     bi_encoder_alpha: float = Field(
         0.8, ge=0, le=1, description="Blend weight an uncalibrated bi-encoder run is judged and served with."

@@ -526,7 +526,8 @@ def _fit_bi_encoder(d: Path, base: BaseModel, train: list[Triplet], settings: An
     epochs = settings.bi_encoder_epochs
     most = settings.bi_encoder_max_steps * settings.batch_size // max(1, epochs)
     if len(rows) > most:  # bounded run time: every epoch trains on the same `most` rows
-        logger.info("run %s: bi-encoder trains on %d of its %d triplets (AGRO_TRAINING_SAMPLE %s, AGRO_TRAINING_BI_ENCODER_MAX_STEPS %d)",
+        logger.info("run %s: bi-encoder trains on %d of its %d triplets (AGRO_TRAINING_SAMPLE %s, "
+                    "AGRO_TRAINING_BI_ENCODER_MAX_STEPS %d)",
                     manifest["run_id"], most, len(rows), settings.sample, settings.bi_encoder_max_steps)
         manifest["data"]["sampled"] = {"mode": settings.sample, "of": len(rows), "kept": most}
         rows = budget_rows(rows, most, settings.sample, settings.seed)
