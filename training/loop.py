@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from training.learning.miners import (
     mine_feedback,
     mine_golden,
     mine_identifiers,
+    query_hash,
     query_key,
     split_by_query,
 )
@@ -364,6 +365,10 @@ def evaluate_run(ws: Workspace, ctx: Any, run_id: str, *, ship: bool = True) -> 
     per_query = {names[c]: report.per_query[c]["span"] for c in report.configs}
     if human:  # questions people wrote decide whenever there are any; synthetic ones are reported only
         per_query = {c: [r for r in rs if r["qid"] in human] for c, rs in per_query.items()}
+    if "current" in per_query:  # the current release is compared only on questions it did not learn from
+        trained = trained_questions(models_dir, cur)
+        seen = {r["qid"] for r in rows if query_hash(query_key(r["corpus"], r["query"])) in trained}
+        per_query["current"] = [{**r, "trained_on": r["qid"] in seen} for r in per_query["current"]]
     decision = gate(per_query, delta=ts.promote_delta, min_queries=ts.promote_min_queries, seed=ts.seed)
     sources = sorted({s for r in rows if r["qid"] in human for s in r.get("sources", [])})
     decision.figures["judged_on"] = {
@@ -393,6 +398,23 @@ def evaluate_run(ws: Workspace, ctx: Any, run_id: str, *, ship: bool = True) -> 
 
         ship_vectors(ws, ctx, d / "model", candidate)
     return result
+
+
+def trained_questions(models_dir: Path, release: Mapping[str, Any] | None) -> set[str]:
+    """Fingerprints (:func:`training.learning.miners.query_hash`) of the questions a release learned from: its
+    manifest's record, else its run's training data when the run folder is still there, else none known."""
+    if not release:
+        return set()
+    data = release.get("data") or {}
+    if "trained_query_hashes" in data:
+        return set(data["trained_query_hashes"])
+    try:
+        split = load_split(run_dir(Path(models_dir), str(release.get("run_id"))))
+    except (TrainingError, OSError, ValueError):
+        return set()
+    cv = (split.info or {}).get("cv") or {}
+    rows = split.train + (split.heldout if cv.get("trained_on") == "every question" else [])
+    return {query_hash(query_key(t.corpus, t.query)) for t in rows}
 
 
 def promote_step(ws: Workspace, ctx: Any, run_id: str, *, force: bool = False, reload: bool = False) -> dict[str, Any]:

@@ -244,3 +244,49 @@ def test_a_cross_validated_loop_counts_every_question_against_the_triplet_minimu
     assert folds is not None and sum(len(f) for f in folds) == 20
     assert trainable_triplets(split, folds) == 20 >= ts.min_triplets
     assert trainable_triplets(split, None) == len(split.train)
+
+
+@pytest.mark.slow
+def test_the_next_loop_compares_with_the_current_release_only_on_questions_it_did_not_learn_from(
+        tmp_path, make_settings, embedder):
+    """A release trained on every golden question would be judged on its own training data by the next loop; the
+    gate leaves those questions out of that comparison (here all of them, so it refuses and says why)."""
+    import json
+
+    from tests.reranker.conftest import build_tiny_cross_encoder
+    from training.loop import promote_step, run_loop, trained_questions
+    from training.releases.jobs import run_job
+    from training.releases.promote import current_release
+
+    files = {path: f"def {fn}(item):\n    # {words}\n    result = item\n    return result\n"
+             for path, (fn, words) in TOPICS.items()}
+    repo = write_repo(tmp_path / "repo", files)
+    golden = [{"q": f"how do we {words}", "repo": "jobs", "expect_paths": [path]}
+              for path, (fn, words) in TOPICS.items()]
+    golden += [{"q": f"where is the code that will {words.split(' ', 2)[-1]}", "repo": "jobs", "expect_paths": [path]}
+               for path, (fn, words) in TOPICS.items()]
+    (tmp_path / "golden.json").write_text(json.dumps(golden))
+    tiny = build_tiny_cross_encoder(tmp_path / "tiny")
+    settings = make_settings(AGRO_TRAINING_MODEL_KIND="cross-encoder", AGRO_TRAINING_BASE_MODEL=str(tiny),
+                             AGRO_TRAINING_MIN_TRIPLETS="12", AGRO_TRAINING_MAX_LENGTH="64",
+                             AGRO_TRAINING_MIN_STEPS="0", AGRO_TRAINING_CALIBRATE_ALPHA="0",
+                             AGRO_TRAINING_CV_FOLDS="3", AGRO_RERANKER_TOPN="10", AGRO_RERANKER_ENABLED="1",
+                             AGRO_TRAINING_PROMOTE_MIN_QUERIES="6")
+    models = settings.server.home / "models"
+    eng = Engine(settings, embedder=embedder)
+    try:
+        eng.index(repo, "jobs")
+        loop = lambda ctx: run_loop(eng.workspace, ctx, ["golden"], golden_path=tmp_path / "golden.json")  # noqa: E731
+        first, res = run_job(eng.store, settings.server.home, "loop", loop)
+        if res["decision"] != "promoted":
+            run_job(eng.store, settings.server.home, "promote",
+                    lambda ctx: promote_step(eng.workspace, ctx, first, force=True))
+        cur = current_release(models)
+        assert cur["data"]["trained_query_hashes"] and len(trained_questions(models, cur)) == 12
+        second, res = run_job(eng.store, settings.server.home, "loop", loop)
+    finally:
+        eng.close()
+    gate = res["gate"]
+    assert res["decision"] == "refused"
+    assert any("only 0 of the 12 held-out questions are new to the current release" in r for r in gate["reasons"])
+    assert "mrr_gain_vs_retrieval" in gate["figures"]  # retrieval never trained: compared on all twelve

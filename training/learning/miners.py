@@ -92,6 +92,12 @@ def query_key(corpus: str, query: str) -> str:
     return f"{corpus}\x1f{' '.join(query.lower().split())}"
 
 
+def query_hash(key: str) -> str:
+    """A question's short stable fingerprint (sha256 of its :func:`query_key`, 16 hex digits), as manifests record
+    which questions a run was held out on or trained on without storing their text."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def data_hash(triplets: Iterable[Triplet]) -> str:
     """sha256 of the triplets' canonical JSON (order-sensitive), recorded in run and release manifests."""
     h = hashlib.sha256()
@@ -568,8 +574,7 @@ def split_by_query(triplets: Sequence[Triplet], fraction: float, seed: int,
         "heldout_queries": len(held_keys),
         "train_triplets": len(train),
         "heldout_triplets": len(held),
-        "heldout_query_hashes": sorted(hashlib.sha256(k.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-                                       for k in held_keys),
+        "heldout_query_hashes": sorted(query_hash(k) for k in held_keys),
         "train_data_hash": data_hash(train),
         "heldout_data_hash": data_hash(held),
     }

@@ -84,6 +84,10 @@ def gate(
     only when no interval could exclude zero on it (:func:`training.releases.significance.min_questions`) or it is below
     ``min_queries``.
 
+    An alternative's row marked ``trained_on`` (a question the current release learned from) is left out of the
+    comparison with that alternative: a model judged on its own training questions looks better than it is, and a
+    candidate would have to beat that. Each comparison rests on the questions both sides did not see.
+
     Args:
         per_query: config name -> rows (same questions, same order) with ``MRR@10`` and ``Hit@1``.
         delta: required relative MRR@10 gain over the better of ``others`` (0.02 = 2%).
@@ -101,9 +105,12 @@ def gate(
     figures: dict[str, Any] = {"n_queries": n, "delta": delta, "min_queries": floor, "level": level,
                                "method": "paired per-question MRR@10 difference, percentile bootstrap interval "
                                          "(4000 resamples, seeded) and two-sided sign-flip p"}
+    fair = {o: [i for i, r in enumerate(per_query[o]) if not r.get("trained_on")] for o in present}
     for c in [candidate, *present]:
-        rows = per_query[c]
+        rows = per_query[c] if c == candidate else [per_query[c][i] for i in fair[c]]
         figures[c] = {"MRR@10": _mean([r["MRR@10"] for r in rows]), "Hit@1": _mean([r["Hit@1"] for r in rows])}
+        if c != candidate and len(rows) < n:
+            figures[c].update(n_unseen=len(rows), candidate_MRR10_on_them=_mean([cand[i]["MRR@10"] for i in fair[c]]))
     reasons: list[str] = []
     if n < floor:
         reasons.append(f"only {n} held-out questions; the gate needs at least {floor} (below "
@@ -118,24 +125,33 @@ def gate(
     need = delta * figures[best]["MRR@10"]
     figures.update(best_other=best, required_gain=need, required_mrr=figures[best]["MRR@10"] + need)
     for o in present:
-        g = paired_gain([r["MRR@10"] for r in cand], [r["MRR@10"] for r in per_query[o]], seed=seed, level=level)
-        figures[f"mrr_gain_vs_{o}"] = g.to_dict()
+        idx = fair[o]
+        if len(idx) < floor:
+            ok = False
+            reasons.append(f"only {len(idx)} of the {n} held-out questions are new to the {o} release (it trained on "
+                           f"the others); comparing with it needs at least {floor}: send feedback on more questions")
+            continue
+        mine = [cand[i] for i in idx]
+        theirs = [per_query[o][i] for i in idx]
+        g = paired_gain([r["MRR@10"] for r in mine], [r["MRR@10"] for r in theirs], seed=seed, level=level)
+        figures[f"mrr_gain_vs_{o}"] = {**g.to_dict(), "n": len(idx)}
         lo, hi = g.ci
+        m = len(idx)
         # both the percentile bootstrap interval and the sign-flip test must exclude chance: on a few dozen questions
         # the percentile interval is too narrow (docstring_boltons, 20 feedback questions: CI [+0.004, +0.271] but
         # p = 0.061, and the release served 7% worse span MRR@10 to the unseen half)
         if lo <= 0 or g.p_value >= 1 - level:
             ok = False
             reasons.append(f"MRR@10 gain vs {o} {g.mean:+.4f} is not above chance ({level:.0%} CI [{lo:+.4f}, "
-                           f"{hi:+.4f}], p={g.p_value:.3f}, {g.wins} questions up / {g.losses} down of {n})")
+                           f"{hi:+.4f}], p={g.p_value:.3f}, {g.wins} questions up / {g.losses} down of {m})")
         else:
             reasons.append(f"MRR@10 gain vs {o} {g.mean:+.4f} ({level:.0%} CI [{lo:+.4f}, {hi:+.4f}], "
-                           f"p={g.p_value:.3f}, {g.wins} up / {g.losses} down of {n})")
+                           f"p={g.p_value:.3f}, {g.wins} up / {g.losses} down of {m})")
         if o == best and g.mean < need:
             ok = False
             reasons.append(f"mean gain {g.mean:+.4f} over {best} < required {need:.4f} ({delta} x its MRR@10 "
                            f"{figures[best]['MRR@10']:.4f})")
-        h = paired_gain([r["Hit@1"] for r in cand], [r["Hit@1"] for r in per_query[o]], seed=seed, level=level)
+        h = paired_gain([r["Hit@1"] for r in mine], [r["Hit@1"] for r in theirs], seed=seed, level=level)
         figures[f"hit1_diff_vs_{o}"] = {"mean": h.mean, "ci95": list(h.ci), "p_value": h.p_value}
         if h.ci[1] < 0:
             ok = False

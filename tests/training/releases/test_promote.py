@@ -49,6 +49,29 @@ def test_gate_refuses_a_hit1_drop_beyond_noise():
     assert not d.promote and any("Hit@1 drops" in r for r in d.reasons)
 
 
+def test_gate_compares_with_the_current_release_only_on_questions_it_did_not_train_on():
+    # the current release scores 1.0 on the 30 questions it learned from and 0.25 on 30 new ones; the candidate
+    # (judged on questions it never saw) scores 0.75 everywhere: clearly better where the comparison is fair
+    cand = rows([0.75] * 60)
+    current = [{**r, "trained_on": i < 30} for i, r in enumerate(rows([1.0] * 30 + [0.25] * 30))]
+    d = gate({"candidate": cand, "retrieval": rows([0.25] * 60), "current": current}, delta=0.02, min_queries=6)
+    assert d.promote, d.reasons
+    assert d.figures["mrr_gain_vs_current"]["n"] == 30 and d.figures["current"]["n_unseen"] == 30
+    assert any("of 30" in r for r in d.reasons if "vs current" in r)
+    unfair = gate({"candidate": cand, "retrieval": rows([0.25] * 60),
+                   "current": [{k: v for k, v in r.items() if k != "trained_on"} for r in current]},
+                  delta=0.02, min_queries=6)
+    assert not unfair.promote  # judged on its own training questions, the current release looked unbeatable
+
+
+def test_gate_refuses_when_too_few_questions_are_new_to_the_current_release():
+    current = [{**r, "trained_on": i >= 3} for i, r in enumerate(rows([0.5] * 40))]
+    d = gate({"candidate": rows([1.0] * 40), "retrieval": rows([0.5] * 40), "current": current}, delta=0.02,
+             min_queries=6)
+    assert not d.promote and any("only 3 of the 40 held-out questions are new to the current release" in r
+                                 for r in d.reasons)
+
+
 def test_gate_refuses_when_the_bootstrap_interval_clears_zero_but_the_sign_flip_test_does_not():
     # the pooled cross-validation gains of a real loop (docstring_boltons, 20 feedback questions), whose release
     # then served the unseen half 7% worse span MRR@10: the percentile interval is above zero, p = 0.061 is not
