@@ -143,7 +143,8 @@ def test_promote_and_roll_back_through_the_confirmation_step(learning_console, b
     def promote_forced() -> str:
         browser.get(learning_console.url("/learning"))
         browser.find_element(By.CSS_SELECTOR, f'tr.run[data-run="{run_id}"] a.promote').click()
-        assert "Promote run" in browser.find_element(By.TAG_NAME, "h1").text  # the confirmation step
+        WebDriverWait(browser, 30).until(  # the confirmation step (the click may still be loading it)
+            lambda d: "Promote run" in d.find_element(By.TAG_NAME, "h1").text)
         assert browser.find_elements(By.CSS_SELECTOR, ".gate .decision")
         browser.find_element(By.ID, "force").click()
         browser.find_element(By.ID, "confirm").click()
@@ -162,7 +163,7 @@ def test_promote_and_roll_back_through_the_confirmation_step(learning_console, b
     current = browser.find_element(By.CSS_SELECTOR, ".timeline li.current")
     assert second in current.text and "current" in current.text
     browser.find_element(By.ID, "rollback").click()
-    assert browser.find_element(By.TAG_NAME, "h1").text == "Roll back?"
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "Roll back?")
     assert first in browser.find_element(By.TAG_NAME, "main").text
     assert json.loads((models / "current" / "manifest.json").read_text())["id"] == second  # nothing yet
     browser.find_element(By.ID, "confirm").click()
