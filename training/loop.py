@@ -29,6 +29,7 @@ from training.learning.miners import (
     mine_identifiers,
     query_hash,
     query_key,
+    question_hashes,
     split_by_query,
 )
 from training.releases.promote import GateDecision, current_release, gate, promote_run
@@ -408,13 +409,10 @@ def trained_questions(models_dir: Path, release: Mapping[str, Any] | None) -> se
     data = release.get("data") or {}
     if "trained_query_hashes" in data:
         return set(data["trained_query_hashes"])
-    try:
-        split = load_split(run_dir(Path(models_dir), str(release.get("run_id"))))
+    try:  # a cross-validated run's final model has every question on its training side
+        return set(question_hashes(load_split(run_dir(Path(models_dir), str(release.get("run_id")))).train))
     except (TrainingError, OSError, ValueError):
         return set()
-    cv = (split.info or {}).get("cv") or {}
-    rows = split.train + (split.heldout if cv.get("trained_on") == "every question" else [])
-    return {query_hash(query_key(t.corpus, t.query)) for t in rows}
 
 
 def promote_step(ws: Workspace, ctx: Any, run_id: str, *, force: bool = False, reload: bool = False) -> dict[str, Any]:

@@ -98,6 +98,11 @@ def query_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def question_hashes(triplets: Iterable[Triplet]) -> list[str]:
+    """The sorted :func:`query_hash` of every distinct question among ``triplets``."""
+    return sorted({query_hash(query_key(t.corpus, t.query)) for t in triplets})
+
+
 def data_hash(triplets: Iterable[Triplet]) -> str:
     """sha256 of the triplets' canonical JSON (order-sensitive), recorded in run and release manifests."""
     h = hashlib.sha256()

@@ -29,7 +29,7 @@ from typing import Any
 from retrieval.atomic import atomic_write, write_json_atomic
 from retrieval.errors import AgroUserError
 from training.learning.bases import BaseModel, resolve_base
-from training.learning.miners import SYNTHETIC_SOURCES, MinedSplit, Triplet, data_hash, query_hash, query_key
+from training.learning.miners import SYNTHETIC_SOURCES, MinedSplit, Triplet, data_hash, question_hashes
 
 __all__ = [
     "TrainingCancelled",
@@ -231,7 +231,7 @@ def train_run(
             "trained_triplets": len(train), "trained_hash": data_hash(train),
             "sources": sorted({t.source for t in split.train}),
             # which questions it learned from: a later gate must not judge this release on them
-            "trained_query_hashes": sorted({query_hash(query_key(t.corpus, t.query)) for t in split.train}),
+            "trained_query_hashes": question_hashes(split.train),
         },
         "split": {k: v for k, v in split.info.items() if k != "heldout_query_hashes"},
         "heldout_query_hashes": split.info.get("heldout_query_hashes", []),
